@@ -1,0 +1,229 @@
+"""Typed model configuration and named presets.
+
+No torch import here: configs are cheap to build, compare, serialise and compose with
+Hydra (every field is a plain type, so ``OmegaConf.structured`` accepts them).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VISION_BACKENDS = ("hf", "timm")
+SELECT_FEATURES = ("patch", "cls_patch")
+IMAGE_ASPECTS = ("pad", "resize", "crop")
+
+
+@dataclass
+class VisionConfig:
+    """Which vision encoder to use and which of its features feed the projector.
+
+    ``name_or_path`` set: load pretrained weights (a hub id or a local folder for ``hf``;
+    a timm model name, optionally with ``checkpoint_path``, for ``timm``). Unset: build the
+    architecture described by ``model_type`` + ``arch`` with random weights (tests, demo).
+    """
+
+    backend: str = "hf"
+    name_or_path: str | None = None
+    model_type: str = "clip_vision_model"
+    arch: dict[str, Any] = field(default_factory=dict)
+    timm_pretrained: bool = False
+    checkpoint_path: str | None = None
+    select_layer: int = -2
+    select_feature: str = "patch"
+    freeze: bool = True
+    # Preprocessing overrides; None means "what the tower's own processor says".
+    image_size: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in VISION_BACKENDS:
+            raise ValueError(f"vision.backend={self.backend!r}; valid: {list(VISION_BACKENDS)}")
+        if self.select_feature not in SELECT_FEATURES:
+            raise ValueError(f"vision.select_feature={self.select_feature!r}; valid: {list(SELECT_FEATURES)}")
+        if self.backend == "timm" and not (self.name_or_path or self.arch.get("model_name")):
+            raise ValueError("vision.backend='timm' needs name_or_path (a timm model name)")
+
+
+@dataclass
+class ProjectorConfig:
+    """Maps vision features to LLM embeddings; ``type`` is a key of the projector registry."""
+
+    type: str = "mlp2x_gelu"
+
+
+@dataclass
+class LLMConfig:
+    """Which causal LM to use, and how its tokenizer is obtained.
+
+    ``name_or_path`` set: ``AutoModelForCausalLM.from_pretrained``. Unset: build ``model_type``
+    + ``arch`` with random weights. The tokenizer comes from ``tokenizer_name_or_path``, else
+    from ``name_or_path``, else a small BPE tokenizer is trained offline (``tiny_tokenizer``).
+    """
+
+    name_or_path: str | None = None
+    model_type: str = "llama"
+    arch: dict[str, Any] = field(default_factory=dict)
+    tokenizer_name_or_path: str | None = None
+    tiny_tokenizer: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+    pad_vocab_to_multiple_of: int = 1
+
+
+@dataclass
+class LlavaConfig:
+    """A whole LLaVA model: vision tower, projector, LLM and how images become tokens."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    image_token: str = "<image>"
+    image_aspect: str = "pad"
+    model_max_length: int = 2048
+    conv_template: str = "vicuna_v1"
+
+    def __post_init__(self) -> None:
+        # Accept plain dicts (from JSON or Hydra) for the nested parts.
+        if isinstance(self.vision, dict):
+            self.vision = _from_dict(VisionConfig, self.vision)
+        if isinstance(self.projector, dict):
+            self.projector = _from_dict(ProjectorConfig, self.projector)
+        if isinstance(self.llm, dict):
+            self.llm = _from_dict(LLMConfig, self.llm)
+        if self.image_aspect not in IMAGE_ASPECTS:
+            raise ValueError(f"image_aspect={self.image_aspect!r}; valid: {list(IMAGE_ASPECTS)}")
+
+    # ---- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LlavaConfig:
+        """Rebuild from a dict; unknown keys (from newer or older versions) are logged, not fatal."""
+        return _from_dict(cls, data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"llava_lite": self.to_dict()}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LlavaConfig:
+        data = json.loads(Path(path).read_text())
+        if "llava_lite" not in data:
+            raise ValueError(f"{path} is not a llava_lite config.json (no 'llava_lite' key)")
+        return cls.from_dict(data["llava_lite"])
+
+    # ---- presets -------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> LlavaConfig:
+        """A named preset (see ``PRESETS``), with top-level fields optionally overridden."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown LLaVA preset {name!r}; valid: {sorted(PRESETS)}")
+        data = copy.deepcopy(PRESETS[name])
+        data.update(overrides)
+        return cls.from_dict(data)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        log.warning("%s: ignoring unknown config keys %s", cls.__name__, unknown)
+    return cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
+
+
+# ---- presets --------------------------------------------------------------------------
+_CLIP_L14 = "openai/clip-vit-large-patch14"
+_CLIP_L14_336 = "openai/clip-vit-large-patch14-336"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Builds in seconds on a CPU with random weights and an offline tokenizer.
+    "tiny": {
+        "vision": {
+            "model_type": "clip_vision_model",
+            "arch": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
+                "image_size": 32,
+                "patch_size": 8,
+            },
+        },
+        "projector": {"type": "mlp2x_gelu"},
+        "llm": {
+            "model_type": "llama",
+            "arch": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 512,
+            },
+            "tiny_tokenizer": {"vocab_size": 512},
+        },
+        "model_max_length": 512,
+        "conv_template": "vicuna_v1",
+    },
+    # LLaVA v1 (NeurIPS 2023): CLIP ViT-L/14 at 224 px, linear projector, Vicuna.
+    "llava_v1_7b": {
+        "vision": {"name_or_path": _CLIP_L14},
+        "projector": {"type": "linear"},
+        "llm": {"name_or_path": "lmsys/vicuna-7b-v1.3", "dtype": "bfloat16"},
+        "image_aspect": "resize",
+        "model_max_length": 2048,
+        "conv_template": "vicuna_v1",
+    },
+    "llava_v1_13b": {
+        "vision": {"name_or_path": _CLIP_L14},
+        "projector": {"type": "linear"},
+        "llm": {"name_or_path": "lmsys/vicuna-13b-v1.3", "dtype": "bfloat16"},
+        "image_aspect": "resize",
+        "model_max_length": 2048,
+        "conv_template": "vicuna_v1",
+    },
+    # LLaVA-1.5: CLIP ViT-L/14 at 336 px, 2-layer MLP projector, pad to square, Vicuna v1.5.
+    "llava_v1_5_7b": {
+        "vision": {"name_or_path": _CLIP_L14_336},
+        "projector": {"type": "mlp2x_gelu"},
+        "llm": {"name_or_path": "lmsys/vicuna-7b-v1.5", "dtype": "bfloat16"},
+        "image_aspect": "pad",
+        "model_max_length": 2048,
+        "conv_template": "vicuna_v1",
+    },
+    "llava_v1_5_13b": {
+        "vision": {"name_or_path": _CLIP_L14_336},
+        "projector": {"type": "mlp2x_gelu"},
+        "llm": {"name_or_path": "lmsys/vicuna-13b-v1.5", "dtype": "bfloat16"},
+        "image_aspect": "pad",
+        "model_max_length": 2048,
+        "conv_template": "vicuna_v1",
+    },
+    # Other LLM families through the same code path.
+    "llava_qwen2_7b": {
+        "vision": {"name_or_path": _CLIP_L14_336},
+        "projector": {"type": "mlp2x_gelu"},
+        "llm": {"name_or_path": "Qwen/Qwen2-7B-Instruct", "dtype": "bfloat16"},
+        "image_aspect": "pad",
+        "model_max_length": 2048,
+        "conv_template": "chatml",
+    },
+    "llava_llama2_7b": {
+        "vision": {"name_or_path": _CLIP_L14_336},
+        "projector": {"type": "mlp2x_gelu"},
+        "llm": {"name_or_path": "meta-llama/Llama-2-7b-chat-hf", "dtype": "bfloat16"},
+        "image_aspect": "pad",
+        "model_max_length": 2048,
+        "conv_template": "llama_2",
+    },
+}

@@ -1,0 +1,87 @@
+"""Small tokenizers trained offline, for tests, presets and the demo.
+
+Real checkpoints bring their own tokenizer; with no model hub, the tiny presets train a
+BPE tokenizer from a built-in corpus in milliseconds. Two kinds, so code is exercised on
+both families real LLMs use: ``sentencepiece`` (Llama-style: metaspace, byte fallback,
+``<s>``/``</s>``) and ``bpe`` (GPT-2/Qwen-style byte-level BPE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from importlib import resources
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+TOKENIZER_KINDS = ("sentencepiece", "bpe")
+# Chat-format tokens some templates need (chatml); harmless for the others.
+CHAT_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+
+def default_corpus() -> list[str]:
+    """The built-in training text: chat phrasing, colours, shapes, counts, positions."""
+    text = resources.files("llava_lite.modeling").joinpath("tiny_corpus.txt").read_text()
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def build_tiny_tokenizer(
+    kind: str = "sentencepiece",
+    vocab_size: int = 512,
+    extra_texts: Iterable[str] = (),
+    repeats: int = 4,
+) -> PreTrainedTokenizerFast:
+    """Train a small tokenizer offline and wrap it as a transformers fast tokenizer.
+
+    Deterministic for the same arguments, so a model saved with it reloads with the same ids.
+    """
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer kind {kind!r}; valid: {list(TOKENIZER_KINDS)}")
+    corpus = default_corpus() + list(extra_texts)
+    if kind == "sentencepiece":
+        specials = ["<unk>", "<s>", "</s>", "<pad>", *CHAT_SPECIAL_TOKENS]
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+        byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size + len(byte_tokens),
+            special_tokens=specials + byte_tokens,
+            show_progress=False,
+        )
+        tok.train_from_iterator(corpus * repeats, trainer)
+        bos_id = tok.token_to_id("<s>")
+        # Llama prepends <s>; it never appends </s> on its own.
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            additional_special_tokens=CHAT_SPECIAL_TOKENS,
+        )
+    specials = ["<|endoftext|>", "<|pad|>", *CHAT_SPECIAL_TOKENS]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size + 256,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus * repeats, trainer)
+    # Byte-level BPE (GPT-2, Qwen) adds no BOS; end of text doubles as EOS.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|endoftext|>",
+        unk_token=None,
+        pad_token="<|pad|>",
+        additional_special_tokens=CHAT_SPECIAL_TOKENS,
+    )
