@@ -43,6 +43,8 @@ class VisionConfig:
     image_size: int | None = None
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
+    # Pickle (.bin) checkpoints can run code when loaded; only safetensors unless allowed.
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in VISION_BACKENDS:
@@ -78,6 +80,8 @@ class LLMConfig:
     dtype: str = "float32"
     attn_implementation: str | None = None
     pad_vocab_to_multiple_of: int = 1
+    # Pickle (.bin) checkpoints can run code when loaded; only safetensors unless allowed.
+    allow_pickle: bool = False
 
 
 @dataclass
