@@ -1,0 +1,215 @@
+"""Conversion to and from transformers' ``LlavaForConditionalGeneration`` (the ``llava-hf`` layout).
+
+Both directions go through the transformers model object and its own ``save_pretrained`` /
+``from_pretrained``, so on-disk key names are whatever the installed transformers writes and
+reads; only in-memory state-dict keys are mapped here. What the ``llava-hf`` layout can hold:
+a transformers vision tower with at most one prefix (CLS) token, one feature layer, a
+``mlp2x_gelu`` or ``linear`` projector, and an LM head without bias.
+
+A ``linear`` projector is exported exactly as ``linear_2(identity(linear_1(x)))`` with
+``linear_2`` the identity matrix; on import, an ``identity``-activation projector is folded
+back into one linear layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+from transformers import LlavaConfig as HFLlavaConfig
+
+from llava_lite.config import LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
+from llava_lite.modeling.llava import LlavaModel
+from llava_lite.modeling.vision import hf_config_to_arch
+
+log = logging.getLogger(__name__)
+
+_IDENTITY_ACTS = ("linear", "identity")
+
+
+def _projector_to_hf(model: LlavaModel) -> tuple[str, dict[str, Tensor]]:
+    """(projector_hidden_act, ``multi_modal_projector.*`` tensors) for our projector."""
+    kind = model.config.projector.type
+    proj = model.projector
+    if kind == "mlp2x_gelu":
+        assert isinstance(proj, nn.Sequential)
+        return "gelu", {
+            "linear_1.weight": proj[0].weight,
+            "linear_1.bias": proj[0].bias,
+            "linear_2.weight": proj[2].weight,
+            "linear_2.bias": proj[2].bias,
+        }
+    if kind == "linear":
+        assert isinstance(proj, nn.Linear)
+        out_dim = proj.weight.shape[0]
+        return "linear", {
+            "linear_1.weight": proj.weight,
+            "linear_1.bias": proj.bias,
+            "linear_2.weight": torch.eye(out_dim, dtype=proj.weight.dtype),
+            "linear_2.bias": torch.zeros(out_dim, dtype=proj.weight.dtype),
+        }
+    raise ValueError(
+        f"projector {kind!r} has no llava-hf equivalent; export supports 'mlp2x_gelu' and 'linear'"
+    )
+
+
+def _output_head(llm: nn.Module) -> nn.Linear:
+    head = llm.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        raise ValueError(
+            f"{type(llm).__name__}'s LM head has a bias or is not a plain Linear; "
+            "llava-hf's lm_head is a bias-free Linear"
+        )
+    return head
+
+
+def _select_strategy(model: LlavaModel) -> str:
+    """llava-hf's strategy: 'default' drops exactly one leading token (CLS), 'full' keeps all."""
+    tower = model.vision_tower
+    if model.config.vision.select_feature == "cls_patch" or tower.num_prefix_tokens == 0:
+        return "full"
+    if tower.num_prefix_tokens == 1:
+        return "default"
+    raise ValueError(
+        f"vision tower has {tower.num_prefix_tokens} prefix tokens; llava-hf's 'default' strategy drops only one"
+    )
+
+
+def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
+    """Write ``model`` as a folder ``LlavaForConditionalGeneration.from_pretrained`` loads.
+
+    Also writes the tokenizer and a ``LlavaProcessor`` (image processor + tokenizer), so
+    ``AutoProcessor.from_pretrained(out_dir)`` expands ``<image>`` to the right token count.
+    """
+    if model.config.vision.backend != "hf":
+        raise ValueError(
+            "export needs a transformers vision tower (vision.backend='hf'); timm towers have no llava-hf form"
+        )
+    out = Path(out_dir)
+    tower = model.vision_tower.model
+    llm = model.llm
+    act, projector_state = _projector_to_hf(model)
+    head = _output_head(llm)
+    strategy = _select_strategy(model)
+    hf_config = HFLlavaConfig(
+        vision_config=tower.config.to_dict(),
+        text_config=llm.config.to_dict(),
+        image_token_index=model.image_token_id,
+        image_seq_length=model.num_image_tokens,
+        projector_hidden_act=act,
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=model.config.vision.select_layer,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
+    )
+    hf_model = LlavaForConditionalGeneration(hf_config).to(head.weight.dtype)
+    state: dict[str, Tensor] = {f"model.vision_tower.{k}": v for k, v in tower.state_dict().items()}
+    state.update({f"model.language_model.{k}": v for k, v in llm.base_model.state_dict().items()})
+    state.update({f"model.multi_modal_projector.{k}": v for k, v in projector_state.items()})
+    state["lm_head.weight"] = head.weight
+    hf_model.load_state_dict(state, strict=True)
+    hf_model.save_pretrained(out)
+    processor = LlavaProcessor(
+        image_processor=model.image_processor,
+        tokenizer=model.tokenizer,
+        patch_size=int(tower.config.patch_size),
+        vision_feature_select_strategy=strategy,
+        image_token=model.config.image_token,
+        num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
+    )
+    processor.save_pretrained(out)
+    log.info("exported llava-hf model to %s", out)
+    return out
+
+
+def _projector_from_hf(hf_config: HFLlavaConfig, state: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]]:
+    """(our projector type, its state dict) from ``multi_modal_projector.*`` tensors."""
+    w1, b1 = state["linear_1.weight"], state.get("linear_1.bias")
+    w2, b2 = state["linear_2.weight"], state.get("linear_2.bias")
+    if b1 is None:
+        b1 = torch.zeros(w1.shape[0], dtype=w1.dtype)
+    if b2 is None:
+        b2 = torch.zeros(w2.shape[0], dtype=w2.dtype)
+    act = hf_config.projector_hidden_act
+    if act == "gelu":
+        return "mlp2x_gelu", {"0.weight": w1, "0.bias": b1, "2.weight": w2, "2.bias": b2}
+    if act in _IDENTITY_ACTS:
+        # W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2); exact when W2 is the identity.
+        return "linear", {"weight": w2 @ w1, "bias": w2 @ b1 + b2}
+    raise ValueError(
+        f"projector_hidden_act={act!r} has no llava_lite projector (supported: 'gelu', 'linear')"
+    )
+
+
+def import_hf_llava(
+    path: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> LlavaModel:
+    """Load a ``llava-hf`` folder (config, weights, tokenizer, image processor) as a LlavaModel."""
+    hf_model = LlavaForConditionalGeneration.from_pretrained(
+        path, use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code
+    )
+    hc = hf_model.config
+    if not isinstance(hc.vision_feature_layer, int):
+        raise ValueError(
+            f"vision_feature_layer={hc.vision_feature_layer!r}: only a single layer is supported"
+        )
+    dtype = str(hf_model.lm_head.weight.dtype).removeprefix("torch.")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    image_processor = AutoImageProcessor.from_pretrained(path)
+    image_token = tokenizer.convert_ids_to_tokens(hc.image_token_index)
+    vision_type, vision_arch = hf_config_to_arch(hc.vision_config)
+    text_type, text_arch = hf_config_to_arch(hc.text_config)
+    proj_state = {
+        k.removeprefix("model.multi_modal_projector."): v
+        for k, v in hf_model.state_dict().items()
+        if k.startswith("model.multi_modal_projector.")
+    }
+    projector_type, projector_state = _projector_from_hf(hc, proj_state)
+    config = LlavaConfig(
+        vision=VisionConfig(
+            backend="hf",
+            model_type=vision_type,
+            arch=vision_arch,
+            select_layer=hc.vision_feature_layer,
+            select_feature="patch" if hc.vision_feature_select_strategy == "default" else "cls_patch",
+        ),
+        projector=ProjectorConfig(type=projector_type),
+        llm=LLMConfig(model_type=text_type, arch=text_arch, dtype=dtype, trust_remote_code=trust_remote_code),
+        image_token=image_token,
+    )
+    model = LlavaModel(
+        config,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        vision_hf_config=hc.vision_config,
+        llm_hf_config=hc.text_config,
+    )
+    if model.image_token_id != hc.image_token_index:
+        raise ValueError(
+            f"{path}: tokenizer maps {image_token!r} to {model.image_token_id}, config says {hc.image_token_index}"
+        )
+    _load_from_hf(model, hf_model, projector_state)
+    return model
+
+
+def _load_from_hf(
+    model: LlavaModel, hf_model: LlavaForConditionalGeneration, projector_state: dict[str, Any]
+) -> None:
+    hf_state = hf_model.state_dict()
+
+    def part(prefix: str) -> dict[str, Tensor]:
+        return {k.removeprefix(prefix): v for k, v in hf_state.items() if k.startswith(prefix)}
+
+    model.vision_tower.model.load_state_dict(part("model.vision_tower."), strict=True)
+    model.llm.base_model.load_state_dict(part("model.language_model."), strict=True)
+    _output_head(model.llm).weight.data.copy_(hf_state["lm_head.weight"])
+    model.projector.load_state_dict(projector_state, strict=True)
