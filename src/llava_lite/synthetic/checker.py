@@ -1,0 +1,236 @@
+"""Check question/answer turns against a scene's ground truth (the instances' attributes).
+
+Independent of how the answers were written: it reads the question, resolves the object it
+refers to from the words in it (size, colour, shape, position), recomputes the answer from
+the truth, and compares it with the words in the answer. It also flags any object an answer
+mentions that is not in the image ("a small green cross in the center" when there is none).
+Used to test the offline teacher and the evaluation set, and usable on any teacher's output
+for this world.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from llava_lite.synthetic.language import NUMBER_WORDS, plural
+from llava_lite.synthetic.scene import CELL_PHRASES, COLORS, SHAPES, SIZES, Scene, SceneObject
+
+_COLOR = "|".join(COLORS)
+_SHAPE = "|".join(sorted([*SHAPES, *(plural(s) for s in SHAPES)], key=len, reverse=True))
+_POS = "|".join(sorted(CELL_PHRASES, key=len, reverse=True))
+_NOUN = re.compile(rf"\b(?:(?P<size>{'|'.join(SIZES)})\s+)?(?P<color>{_COLOR})\s+(?P<shape>{_SHAPE})\b")
+_LOCATED_NOUN = re.compile(
+    rf"\b(?P<size>{'|'.join(SIZES)})\s+(?P<color>{_COLOR})\s+(?P<shape>{_SHAPE})\s+(?:in|on|at)\s+the\s+(?P<pos>{_POS})\b"
+)
+_NEGATION = re.compile(r"\b(no|not|none|without|if i added)\b|n't")
+_HORIZONTAL_OPTIONS = "on the left, in the center, or on the right"
+_VERTICAL_OPTIONS = "at the top, in the middle, or at the bottom"
+
+
+@dataclass
+class CheckResult:
+    checked: int = 0  # claims compared with the truth
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _singular(shape: str) -> str:
+    return next(s for s in SHAPES if shape in (s, plural(s)))
+
+
+def resolve(ref: str, scene: Scene) -> list[SceneObject]:
+    """Objects matching every attribute word in a referring expression like 'the small circle on the left'."""
+    ref = ref.lower()
+    found: list[SceneObject] = list(scene.objects)
+    pos = re.search(rf"\b(?:in|on|at)\s+the\s+({_POS})\b", ref)
+    if pos:
+        found = [o for o in found if o.position == pos.group(1)]
+        ref = ref[: pos.start()]
+    words = set(re.findall(r"[a-z]+", ref))
+    for o in list(found):
+        if (
+            (words & set(SIZES) and o.size not in words)
+            or (words & set(COLORS) and o.color not in words)
+            or (words & set(SHAPES) and o.shape not in words)
+        ):
+            found.remove(o)
+    return found
+
+
+def _numbers(text: str) -> list[int]:
+    out = []
+    for tok in re.findall(r"[a-z]+|\d+", text.lower()):
+        if tok.isdigit():
+            out.append(int(tok))
+        elif tok in NUMBER_WORDS:
+            out.append(NUMBER_WORDS.index(tok))
+        elif tok == "no":
+            out.append(0)
+    return out
+
+
+def _first(pattern: str, text: str) -> str | None:
+    m = re.search(rf"\b({pattern})\b", text.lower())
+    return m.group(1) if m else None
+
+
+class _Checker:
+    def __init__(self, scene: Scene) -> None:
+        self.scene = scene
+        self.result = CheckResult()
+
+    def expect(self, ok: bool, message: str) -> None:
+        self.result.checked += 1
+        if not ok:
+            self.result.problems.append(message)
+
+    def one(self, ref: str, question: str) -> SceneObject | None:
+        found = resolve(ref, self.scene)
+        self.expect(len(found) == 1, f"{question!r}: {ref!r} matches {len(found)} objects")
+        return found[0] if len(found) == 1 else None
+
+    def mentions(self, answer: str) -> None:
+        """Every non-negated object an answer names must exist (with its position, where given)."""
+        for sentence in re.split(r"(?<=[.!?])\s+", answer.lower()):
+            if _NEGATION.search(sentence):
+                continue
+            for m in _LOCATED_NOUN.finditer(sentence):
+                obj = [o for o in self.scene.objects if o.position == m["pos"]]
+                actual = obj[0].noun() if obj else "nothing"
+                want = f"{m['size']} {m['color']} {_singular(m['shape'])}"
+                self.expect(actual == want, f"{answer!r}: says {want} {m['pos']}, image has {actual} there")
+            for m in _NOUN.finditer(sentence):
+                shape = _singular(m["shape"])
+                hit = [o for o in self.scene.objects if (o.color, o.shape) == (m["color"], shape)
+                       and (m["size"] is None or o.size == m["size"])]  # fmt: skip
+                self.expect(bool(hit), f"{answer!r}: mentions a {m.group(0)} that is not in the image")
+
+    def subject(self, obj: SceneObject, a: str, question: str) -> None:
+        """A long answer that restates its subject ('The red circle is ...') must restate the same object."""
+        if m := re.match(r"^(the .+?) is ", a):
+            self.expect(obj in resolve(m[1], self.scene), f"{question!r}: answer is about {m[1]!r}")
+
+    def turn(self, question: str, answer: str) -> None:
+        q, a = question.split("\n")[0].strip().lower(), answer.strip().lower()
+        self.mentions(answer)
+        if self.reasoning(q, a, question):
+            return
+        if m := re.match(rf"^is (the .+?) ({_HORIZONTAL_OPTIONS}|{_VERTICAL_OPTIONS})\?$", q):
+            if obj := self.one(m[1], question):
+                truth = ("left", "center", "right")[obj.cell[1]] if m[2] == _HORIZONTAL_OPTIONS else (
+                    ("top", "middle", "bottom")[obj.cell[0]])  # fmt: skip
+                self.expect(
+                    _first("left|center|right|top|middle|bottom", a) == truth,
+                    f"{question!r}: {answer!r}, truth {truth}",
+                )
+        elif m := re.match(
+            r"^(?:what colou?r is|which colou?r does|can you tell me the colou?r of) (the .+?)(?: have)?\?$",
+            q,
+        ):
+            if obj := self.one(m[1], question):
+                self.subject(obj, a, question)
+                self.expect(_first(_COLOR, a) == obj.color, f"{question!r}: {answer!r}, truth {obj.color}")
+        elif m := re.match(r"^what (?:kind of )?shape is (the .+?)\?$", q):
+            if obj := self.one(m[1], question):
+                self.subject(obj, a, question)
+                shapes = re.findall(rf"\b({_SHAPE})\b", a)
+                self.expect(
+                    bool(shapes) and _singular(shapes[-1]) == obj.shape,
+                    f"{question!r}: {answer!r}, truth {obj.shape}",
+                )
+        elif m := re.match(
+            r"^(?:where is|where in the image is|in which part of the picture is) (the .+?)(?: located)?\?$",
+            q,
+        ):
+            if obj := self.one(m[1], question):
+                self.subject(obj, a, question)
+                said = re.search(rf"\b(?:in|on|at) the ({_POS})\b", a)
+                self.expect(
+                    bool(said) and said.group(1) == obj.position,
+                    f"{question!r}: {answer!r}, truth {obj.position}",
+                )
+        elif m := re.match(r"^is (the .+?) large or small\?$", q):
+            if obj := self.one(m[1], question):
+                self.subject(obj, a, question)
+                self.expect(
+                    _first("large|small", a.split(" is ")[-1]) == obj.size,
+                    f"{question!r}: {answer!r}, truth {obj.size}",
+                )
+        elif m := re.match(r"^which is bigger, (the .+?) or (the .+?)\?$", q):
+            x, y = self.one(m[1], question), self.one(m[2], question)
+            if x and y:
+                big = m[1] if x.size == "large" else m[2]
+                self.expect(x.size != y.size and a.startswith(big), f"{question!r}: {answer!r}, truth {big}")
+        elif m := re.match(r"^is (the .+?) (to the left of|to the right of|above|below) (the .+?)\?$", q):
+            x, y = self.one(m[1], question), self.one(m[3], question)
+            if x and y:
+                truth = {"to the left of": x.cell[1] < y.cell[1], "to the right of": x.cell[1] > y.cell[1],
+                         "above": x.cell[0] < y.cell[0], "below": x.cell[0] > y.cell[0]}[m[2]]  # fmt: skip
+                self.expect(a.startswith("yes") == truth, f"{question!r}: {answer!r}, truth {truth}")
+        elif m := re.match(rf"^(?:is there|can you see) an? ({_COLOR}) ({_SHAPE})\b", q):
+            truth = any((o.color, o.shape) == (m[1], m[2]) for o in self.scene.objects)
+            self.expect(a.startswith("yes") == truth, f"{question!r}: {answer!r}, truth {truth}")
+        elif re.match(r"^(?:how many|can you count)", q) and " if " not in f" {q} ":
+            self.count(q, a, question, answer)
+
+    def reasoning(self, q: str, a: str, question: str) -> bool:
+        """The counting and comparison behind the complex-reasoning questions; True if ``q`` was one."""
+        objs = self.scene.objects
+        if q.startswith("are all the objects in the image the same size"):
+            if len(objs) > 1:
+                same = len({o.size for o in objs}) == 1
+                self.expect(a.startswith("yes") == same, f"{question!r}: {a!r}, truth {same}")
+        elif m := re.match(rf"^if i added an? (?:{_COLOR}) ({_SHAPE}) .*how many", q):
+            k = sum(o.shape == m[1] for o in objs)
+            said = _numbers(a)
+            self.expect(
+                said[:1] == [k] and said[-1:] == [k + 1], f"{question!r}: {a!r}, truth {k} then {k + 1}"
+            )
+        elif m := re.match(r"^if (the .+?) were taken out of the picture", q):
+            said, n = _numbers(a), len(objs)
+            self.expect(len(resolve(m[1], self.scene)) == 1, f"{question!r}: ambiguous reference")
+            self.expect(
+                (said[:2] == [n, n - 1]) if n > 1 else said[-1:] == [0], f"{question!r}: {a!r}, truth {n - 1}"
+            )
+        elif q.startswith("which color appears most often"):
+            for k, color in re.findall(rf"\b(\w+) ({_COLOR})\b", a.split(", so")[0]):
+                truth = sum(o.color == color for o in objs)
+                self.expect(_numbers(k) == [truth], f"{question!r}: says {k} {color}, truth {truth}")
+        else:
+            return False
+        return True
+
+    def count(self, q: str, a: str, question: str, answer: str) -> None:
+        color = _first(_COLOR, q)
+        shape = _first(_SHAPE, q)
+        truth = sum(
+            (color is None or o.color == color) and (shape is None or o.shape == _singular(shape))
+            for o in self.scene.objects
+        )
+        said = _numbers(a)
+        self.expect(bool(said) and said[0] == truth, f"{question!r}: {answer!r}, truth {truth}")
+
+    def description(self, answer: str) -> None:
+        """A detailed description names every object with its size, colour and position."""
+        a = answer.lower()
+        for o in self.scene.objects:
+            self.expect(o.noun() in a, f"description misses the {o.noun()}: {answer!r}")
+        n = len(self.scene.objects)
+        said = _numbers(a.split(".")[0]) or ([1] if "single" in a.split(".")[0] else [])
+        self.expect(bool(said) and said[0] == n, f"description's count {said[:1]} != {n}: {answer!r}")
+
+
+def check_turns(turns: list[tuple[str, str]], scene: Scene, description: bool = False) -> CheckResult:
+    """Verify (question, answer) turns about ``scene``; ``description=True`` for detailed descriptions."""
+    checker = _Checker(scene)
+    for question, answer in turns:
+        if description:
+            checker.description(answer)
+            checker.mentions(answer)
+        else:
+            checker.turn(question, answer)
+    return checker.result

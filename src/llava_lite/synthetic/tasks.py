@@ -1,0 +1,101 @@
+"""Training and evaluation records from a built world, in LLaVA's JSON format.
+
+* Stage-1 caption data, like LCS-558K / CC3M-595K ``chat.json``: one image and one caption
+  per record, the human turn only ``<image>`` (the ``plain`` template ignores it anyway).
+* Held-out closed-form questions (``colour``, ``shape``, ``count``, ``position``) from a
+  split's ground truth, each with ``question_type``, ``answer`` and ``choices`` so chance
+  is known (1 / number of choices).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from llava_lite.synthetic.questions import QUESTION_TYPES, SHORT_ANSWER_PROMPT, closed_question
+from llava_lite.synthetic.world import WorldPaths, load_scenes
+
+IMAGE_TOKEN = "<image>"
+
+
+def caption_records(
+    paths: WorldPaths, split: str = "train", captions_per_image: int = 1, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Image-caption pairs for stage 1; ``captions_per_image`` of the five, picked at random per image."""
+    if not 1 <= captions_per_image <= 5:
+        raise ValueError(f"captions_per_image={captions_per_image}; the world has 5 per image")
+    data = json.loads(paths.captions(split).read_text())
+    by_image: dict[int, list[str]] = defaultdict(list)
+    for ann in data["annotations"]:
+        by_image[int(ann["image_id"])].append(str(ann["caption"]))
+    records = []
+    for im in data["images"]:
+        image_id = int(im["id"])
+        rng = random.Random(f"{seed}:stage1:{image_id}")
+        for k, caption in enumerate(rng.sample(by_image[image_id], captions_per_image)):
+            records.append(
+                {
+                    "id": f"{image_id:07d}_cap{k}",
+                    "image": im["file_name"],
+                    "conversations": [
+                        {"from": "human", "value": IMAGE_TOKEN},
+                        {"from": "gpt", "value": caption},
+                    ],
+                }
+            )
+    return records
+
+
+def eval_questions(
+    paths: WorldPaths, split: str = "test", seed: int = 0, types: tuple[str, ...] = QUESTION_TYPES
+) -> list[dict[str, Any]]:
+    """One closed-form question of each type per image of ``split`` (held out from training)."""
+    records = []
+    files = {
+        int(im["id"]): im["file_name"] for im in json.loads(paths.instances(split).read_text())["images"]
+    }
+    for scene in load_scenes(paths, split):
+        rng = random.Random(f"{seed}:eval:{scene.image_id}")
+        for qtype in types:
+            cq = None
+            for _ in range(8):  # a position question needs an object with a unique look
+                cq = closed_question(qtype, scene, rng)
+                if cq is not None:
+                    break
+            if cq is None:
+                continue
+            records.append(
+                {
+                    "id": f"{scene.image_id:07d}_{qtype}",
+                    "image": files[scene.image_id],
+                    "conversations": [
+                        {"from": "human", "value": f"{IMAGE_TOKEN}\n{cq.question}\n{SHORT_ANSWER_PROMPT}"},
+                        {"from": "gpt", "value": cq.answer},
+                    ],
+                    "question_type": qtype,
+                    "answer": cq.answer,
+                    "choices": list(cq.choices),
+                }
+            )
+    return records
+
+
+def chance_by_type(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Expected accuracy of uniform guessing among each question's choices, per question type."""
+    sums: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        sums[r["question_type"]].append(1.0 / len(r["choices"]))
+    return {t: sum(v) / len(v) for t, v in sums.items()}
+
+
+def write_json(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write records as one JSON list (the form LLaVA's data files use)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,159 @@
+"""The synthetic world: deterministic, valid COCO, disjoint splits, truthful captions and tasks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llava_lite.generation.symbolic import load_coco
+from llava_lite.synthetic import COLORS, SHAPES, SPLITS, build_world, load_scenes
+from llava_lite.synthetic.checker import check_turns
+from llava_lite.synthetic.render import visible_areas
+from llava_lite.synthetic.tasks import caption_records, chance_by_type, eval_questions
+
+SIZES = {"n_train": 40, "n_val": 8, "n_test": 16, "image_size": 96}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    return build_world(tmp_path_factory.mktemp("world"), seed=3, **SIZES)
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_world_is_deterministic_from_seed(world, tmp_path: Path) -> None:
+    again = build_world(tmp_path / "again", seed=3, **SIZES)
+    other = build_world(tmp_path / "other", seed=4, **SIZES)
+    assert _digest(again.root) == _digest(world.root)
+    assert _digest(other.root) != _digest(world.root)
+
+
+def test_an_image_does_not_depend_on_other_split_sizes(world, tmp_path: Path) -> None:
+    bigger = build_world(tmp_path / "bigger", seed=3, **{**SIZES, "n_val": 20})
+    name = "test/2000005.png"
+    assert (bigger.image_root / name).read_bytes() == (world.image_root / name).read_bytes()
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_annotations_are_valid_coco(world, split: str) -> None:
+    inst = json.loads(world.instances(split).read_text())
+    caps = json.loads(world.captions(split).read_text())
+    images = {im["id"]: im for im in inst["images"]}
+    assert len(images) == len(inst["images"]) == SIZES[f"n_{split}"]
+    assert [im["id"] for im in caps["images"]] == [im["id"] for im in inst["images"]]
+    assert [c["name"] for c in inst["categories"]] == list(SHAPES)
+    cat_ids = {c["id"] for c in inst["categories"]}
+    ann_ids = [a["id"] for a in inst["annotations"]]
+    assert len(ann_ids) == len(set(ann_ids))
+    per_image: dict[int, int] = {}
+    for a in inst["annotations"]:
+        assert a["image_id"] in images and a["category_id"] in cat_ids
+        assert a["iscrowd"] == 0 and a["area"] > 0
+        im = images[a["image_id"]]
+        x, y, w, h = a["bbox"]
+        assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= im["width"] and y + h <= im["height"]
+        assert a["attributes"]["color"] in COLORS
+        per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+    assert set(per_image) == set(images) and all(1 <= n <= 4 for n in per_image.values())
+    cap_counts: dict[int, int] = {}
+    for c in caps["annotations"]:
+        cap_counts[c["image_id"]] = cap_counts.get(c["image_id"], 0) + 1
+    assert set(cap_counts.values()) == {5}
+    for im in inst["images"]:
+        with Image.open(world.image_root / im["file_name"]) as pil:
+            assert pil.size == (im["width"], im["height"]) and pil.mode == "RGB"
+
+
+def test_splits_are_disjoint(world) -> None:
+    ids, files = [], []
+    for split in SPLITS:
+        inst = json.loads(world.instances(split).read_text())
+        ids += [im["id"] for im in inst["images"]]
+        files += [im["file_name"] for im in inst["images"]]
+    assert len(ids) == len(set(ids)) and len(files) == len(set(files))
+
+
+def test_every_object_is_visible_and_drawn_in_its_colour(world) -> None:
+    for scene in load_scenes(world, "train"):
+        assert all(frac >= 0.75 for _, frac in visible_areas(scene))
+        pixels = np.asarray(Image.open(world.image_root / f"train/{scene.image_id:07d}.png"))
+        for obj in scene.objects:
+            cx, cy = (int(v) for v in obj.center)
+            if obj.shape == "triangle":  # the centre of a box is inside every shape but the apex region
+                cy += int(obj.bbox[3] / 4)
+            drawn = [
+                o
+                for o in scene.objects
+                if o.bbox[0] <= cx < o.bbox[0] + o.bbox[2] and o.bbox[1] <= cy < o.bbox[1] + o.bbox[3]
+            ]
+            if drawn[-1] is obj:  # not occluded at its centre
+                assert np.abs(pixels[cy, cx].astype(int) - COLORS[obj.color]).max() < 40
+
+
+def test_world_has_the_promised_variety(tmp_path: Path) -> None:
+    world = build_world(tmp_path, n_train=150, n_val=0, n_test=0, image_size=64, seed=0)
+    objs = [o for s in load_scenes(world, "train") for o in s.objects]
+    assert {o.color for o in objs} == set(COLORS) and {o.shape for o in objs} == set(SHAPES)
+    assert {o.size for o in objs} == {"small", "large"}
+    assert {len(s.objects) for s in load_scenes(world, "train")} == {1, 2, 3, 4}
+    assert len({o.cell for o in objs}) == 9
+
+
+def test_captions_are_true_of_the_scene(world) -> None:
+    contexts = {c.image_id: c for c in load_coco(world.captions("val"), world.instances("val"))}
+    for scene in load_scenes(world, "val"):
+        caps = contexts[scene.image_id].captions
+        joined = " ".join(caps).lower()
+        for obj in scene.objects:
+            assert f"{obj.noun()} " in caps[0].lower() and obj.color in joined
+        result = check_turns([("", c) for c in caps], scene)
+        assert result.ok, result.problems
+
+
+def test_stage1_caption_records(world) -> None:
+    records = caption_records(world, "train", captions_per_image=2, seed=0)
+    assert len(records) == 2 * SIZES["n_train"]
+    assert len({r["id"] for r in records}) == len(records)
+    for r in records:
+        assert (world.image_root / r["image"]).is_file()
+        human, gpt = r["conversations"]
+        assert human == {"from": "human", "value": "<image>"}
+        assert gpt["from"] == "gpt" and gpt["value"] and "<image>" not in gpt["value"]
+    with pytest.raises(ValueError, match="captions_per_image"):
+        caption_records(world, "train", captions_per_image=6)
+
+
+def test_eval_questions_are_held_out_correct_and_chance_is_known(world) -> None:
+    records = eval_questions(world, "test", seed=0)
+    test_images = {im["file_name"] for im in json.loads(world.instances("test").read_text())["images"]}
+    assert {r["image"] for r in records} <= test_images
+    assert {r["question_type"] for r in records} == {"colour", "shape", "count", "position"}
+    scenes = {s.image_id: s for s in load_scenes(world, "test")}
+    for r in records:
+        assert r["answer"] in r["choices"] and r["conversations"][1]["value"] == r["answer"]
+        question = r["conversations"][0]["value"]
+        assert question.startswith("<image>\n") and question.count("<image>") == 1
+        result = check_turns([(question.removeprefix("<image>\n"), r["answer"])], scenes[int(r["id"][:7])])
+        assert result.ok and result.checked >= (1 if r["question_type"] == "count" else 2), (r, result)
+    chance = chance_by_type(records)
+    assert chance["colour"] == pytest.approx(1 / 6) and chance["shape"] == pytest.approx(1 / 4)
+    assert chance["count"] == pytest.approx(1 / 4) and chance["position"] == pytest.approx(1 / 3)
+
+
+def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        build_world(tmp_path, 1, 1, 1, image_size=16)
+    with pytest.raises(ValueError, match="split sizes"):
+        build_world(tmp_path, -1, 1, 1)
