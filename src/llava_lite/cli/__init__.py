@@ -1,0 +1,1 @@
+"""Console entry points (``llava-lite-train``, ``-generate``, ``-eval``, ``-chat``, ``-demo``)."""

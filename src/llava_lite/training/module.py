@@ -1,0 +1,172 @@
+"""``LlavaLitModule``: the thin Lightning wrapper around ``LlavaModel``.
+
+It owns what only training needs: freezing by stage, optimiser groups and schedule,
+logging. Hyperparameters are plain config dicts (never modules), so
+``LlavaLitModule.load_from_checkpoint(path)`` rebuilds the same model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from llava_lite.config import LlavaConfig
+from llava_lite.training.freeze import (
+    apply_lora,
+    apply_stage,
+    count_parameters,
+    format_parameter_table,
+)
+from llava_lite.training.optim import build_adamw, build_cosine_schedule, param_groups
+from llava_lite.training.projector import load_projector
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+EMPTY_BATCH_POLICIES = ("error", "skip")
+DEFAULT_OPTIMIZER: dict[str, Any] = {
+    "lr": 2e-5,
+    "component_lr": {},
+    "weight_decay": 0.0,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+}
+
+
+class LlavaLitModule(L.LightningModule):
+    """Trains a ``LlavaModel`` built from ``model`` (a ``LlavaConfig`` dict) in one stage.
+
+    Args:
+        model: ``LlavaConfig`` fields, plus optionally ``init_projector_from`` (a stage-1
+            projector file, loaded at fit start unless resuming from a checkpoint).
+        stage: ``pretrain`` (projector only) or ``finetune`` (projector + LLM; the vision
+            tower too when ``model.vision.freeze`` is false).
+        optimizer: AdamW settings: ``lr``, ``component_lr`` (e.g. ``{projector: 2e-5}``),
+            ``weight_decay``, ``betas``, ``eps``.
+        warmup_ratio: share of optimiser steps with linear warmup before the cosine decay.
+        lora: ``peft.LoraConfig`` fields to train the LLM through LoRA (finetune only).
+        gradient_checkpointing: recompute LLM activations in backward to save memory.
+        on_empty_batch: a batch with no trained token would give a NaN or zero loss;
+            ``error`` raises, ``skip`` skips its optimiser step, counts it and logs the count
+            as ``train/empty_batches`` (single-process only: ranks would desynchronise).
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        stage: str = "pretrain",
+        optimizer: dict[str, Any] | None = None,
+        warmup_ratio: float = 0.03,
+        lora: dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+        on_empty_batch: str = "error",
+    ) -> None:
+        super().__init__()
+        if on_empty_batch not in EMPTY_BATCH_POLICIES:
+            raise ValueError(f"on_empty_batch={on_empty_batch!r}; valid: {list(EMPTY_BATCH_POLICIES)}")
+        if lora and stage != "finetune":
+            raise ValueError(f"LoRA trains the LLM, which stage {stage!r} keeps frozen; use stage 'finetune'")
+        self.save_hyperparameters()
+        model_cfg = copy.deepcopy(dict(model))
+        self.init_projector_from: str | None = model_cfg.pop("init_projector_from", None)
+        self.optimizer_cfg = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+
+        from llava_lite.modeling import LlavaModel  # heavy import kept out of module import time
+
+        self.model = LlavaModel(LlavaConfig.from_dict(model_cfg))
+        if gradient_checkpointing:
+            self.model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.trained = apply_stage(self.model.components(), stage, train_vision=not self.model.config.vision.freeze)
+        if lora:
+            self.model.llm = apply_lora(self.model.llm, lora)
+        self.empty_batches = 0
+        self._batch_start = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # A resumed run takes every weight from its checkpoint, so the stage-1 file is only
+        # read when starting fresh.
+        if stage == "fit" and self.init_projector_from and self.trainer.ckpt_path is None:
+            load_projector(self.model.projector, self.init_projector_from, self.model.config.projector.type)
+            log.info("projector initialised from %s", self.init_projector_from)
+        elif stage == "fit" and self.hparams.stage == "finetune" and not self.init_projector_from:
+            log.warning("finetune without model.init_projector_from: the projector starts from random weights")
+
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:
+            table = format_parameter_table(count_parameters(self.model.components()))
+            log.info("stage %r, trainable components %s\n%s", self.hparams.stage, sorted(self.trained), table)
+
+    # ---- steps -----------------------------------------------------------------------
+    def _has_trained_tokens(self, batch: dict[str, Any], batch_idx: int, split: str) -> bool:
+        # The LM loss shifts labels by one, so only labels[:, 1:] are trained.
+        n_trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        if n_trained:
+            return True
+        if self.hparams.on_empty_batch == "error":
+            raise ValueError(
+                f"{split} batch {batch_idx} (global step {self.global_step}) has no trained token: every "
+                "label is -100 (prompts longer than model_max_length, or empty answers). Fix the data or "
+                "set module.on_empty_batch=skip"
+            )
+        self.empty_batches += 1
+        log.warning("skipping %s batch %d with no trained token (%d so far)", split, batch_idx, self.empty_batches)
+        return False
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        out = self.model(
+            input_ids=batch["input_ids"],  # [B, T]
+            pixel_values=batch.get("pixel_values"),  # [N, 3, H, W] or None
+            attention_mask=batch.get("attention_mask"),  # [B, T]
+            labels=batch["labels"],  # [B, T]
+        )
+        return out.loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if not self._has_trained_tokens(batch, batch_idx, "train"):
+            self.log("train/empty_batches", float(self.empty_batches))
+            return None
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        for group in self.trainer.optimizers[0].param_groups:
+            self.log(f"train/lr_{group['name']}", group["lr"], batch_size=1)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._batch_start
+        mask = batch.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        if elapsed > 0:
+            self.log("train/tokens_per_s", tokens / elapsed, batch_size=1)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not self._has_trained_tokens(batch, batch_idx, "val"):
+            return
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    # ---- optimisation ------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optimizer_cfg
+        groups = param_groups(self.model.components(), cfg["lr"], cfg["weight_decay"], cfg["component_lr"])
+        optimizer = build_adamw(groups, cfg["lr"], betas=cfg["betas"], eps=cfg["eps"])
+        total = self.trainer.estimated_stepping_batches
+        scheduler = build_cosine_schedule(optimizer, total, self.hparams.warmup_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- export ------------------------------------------------------------------------
+    def export_model(self, path: str | Path) -> Path:
+        """Save the trained ``LlavaModel`` (LoRA merged into the LLM) for generation and eval."""
+        if self.hparams.lora:
+            self.model.llm = self.model.llm.merge_and_unload()
+        self.model.save_pretrained(path)
+        return Path(path)

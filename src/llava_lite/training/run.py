@@ -1,0 +1,122 @@
+"""``train(cfg)``: one training run from a composed Hydra config.
+
+The same function backs the ``llava-lite-train`` console script and notebooks
+(``compose_config([...])`` then ``train(cfg)``). Both stages go through it; they differ
+only in config (``experiment=pretrain`` / ``experiment=finetune``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import llava_lite
+
+log = logging.getLogger(__name__)
+
+CONF_ENV = "LLAVA_LITE_CONF"
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: ``$LLAVA_LITE_CONF`` if set, else ``conf/`` at the repository root."""
+    if env := os.environ.get(CONF_ENV):
+        path = Path(env).expanduser().resolve()
+        if not (path / "train.yaml").is_file():
+            raise FileNotFoundError(f"${CONF_ENV}={env}: no train.yaml in {path}")
+        return path
+    # src/llava_lite/__init__.py -> repository root (editable install or source checkout).
+    path = Path(llava_lite.__file__).resolve().parents[2] / "conf"
+    if not (path / "train.yaml").is_file():
+        raise FileNotFoundError(
+            f"no Hydra configs at {path} (llava_lite installed without its repository?); "
+            f"set {CONF_ENV} to a folder holding train.yaml"
+        )
+    return path
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with command-line style overrides (for notebooks and tests)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def accumulation_steps(global_batch_size: int, per_device_batch_size: int, world_size: int) -> int:
+    """Gradient accumulation that makes per-device batch x devices x accumulation = global batch."""
+    per_step = per_device_batch_size * world_size
+    if global_batch_size < per_step or global_batch_size % per_step:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not a multiple of data.batch_size="
+            f"{per_device_batch_size} x {world_size} device(s) = {per_step}"
+        )
+    return global_batch_size // per_step
+
+
+def _instantiate_all(node: DictConfig | None) -> list[Any]:
+    """Instantiate each entry of a name -> config mapping (``callbacks``, ``logger``); null entries are off."""
+    if not node:
+        return []
+    return [instantiate(c) for c in node.values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Build module, data and trainer from ``cfg``, fit, and return metrics and artefact paths.
+
+    Returns ``{"metrics": {name: float}, "output_dir", "last_checkpoint", "best_checkpoint",
+    "projector_path", "model_dir", "global_step", "accumulate_grad_batches"}`` (paths are
+    ``None`` where the run made none).
+    """
+    from llava_lite.data import LlavaProcessor  # data and model imports are heavy; keep them lazy
+
+    cfg = cfg.copy()
+    OmegaConf.resolve(cfg)  # fix ${now:...} and friends once for the whole run
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    module = instantiate(cfg.module)
+    datamodule = instantiate(cfg.data)
+    datamodule.attach_processor(LlavaProcessor.from_model(module.model))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if cfg.get("global_batch_size"):
+        trainer.accumulate_grad_batches = accumulation_steps(
+            cfg.global_batch_size, cfg.data.batch_size, trainer.world_size
+        )
+    if trainer.is_global_zero:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        log.info(
+            "stage %s: global batch %d = %d per device x %d device(s) x %d accumulation",
+            cfg.module.stage,
+            cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches,
+            cfg.data.batch_size,
+            trainer.world_size,
+            trainer.accumulate_grad_batches,
+        )
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    model_dir = None
+    if cfg.get("export_model") and trainer.is_global_zero:
+        model_dir = str(module.export_model(output_dir / "model"))
+    ckpt_cb = trainer.checkpoint_callback
+    projector_path = output_dir / "projector.safetensors"
+    return {
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "output_dir": str(output_dir),
+        "last_checkpoint": (ckpt_cb.last_model_path or None) if ckpt_cb else None,
+        "best_checkpoint": (ckpt_cb.best_model_path or None) if ckpt_cb else None,
+        "projector_path": str(projector_path) if projector_path.is_file() else None,
+        "model_dir": model_dir,
+        "global_step": trainer.global_step,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "empty_batches": module.empty_batches,
+    }
