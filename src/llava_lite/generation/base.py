@@ -20,6 +20,7 @@ class GenerationRequest:
     response_type: str  # one of RESPONSE_TYPES
     sample_index: int = 0  # several samples of one type per image get different indices
     instruction: str | None = None  # the fixed question for "detail" (drawn by the pipeline)
+    attempt: int = 0  # retries after a rejected reply are new requests with their own cache key
 
 
 @dataclass
@@ -29,6 +30,14 @@ class Usage:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
 
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
+        )
+
 
 @dataclass
 class TeacherReply:
@@ -36,14 +45,21 @@ class TeacherReply:
     model: str
     usage: Usage = field(default_factory=Usage)
     raw: str | None = None
+    cached: bool = False  # replayed from the request cache: already paid for, costs nothing now
+    batch: bool = False  # paid at the Message Batches discount
 
 
 class TeacherError(Exception):
     """A reply that is not data (refusal, cut by max_tokens, unparseable); ``reason`` is counted."""
 
-    def __init__(self, reason: str, message: str = "") -> None:
+    def __init__(
+        self, reason: str, message: str = "", usage: Usage | None = None, cached: bool = False, batch: bool = False
+    ) -> None:
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
+        self.usage = usage or Usage()  # a refused or truncated reply is still billed
+        self.cached = cached
+        self.batch = batch
 
 
 class Teacher(Protocol):

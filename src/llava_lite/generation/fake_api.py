@@ -1,0 +1,246 @@
+"""A local stand-in for the Anthropic Messages and Message Batches HTTP API.
+
+It binds 127.0.0.1 only and speaks the API's JSON shapes, so the real ``AsyncAnthropic``
+client (its retries, parsing and errors included) can be exercised offline: in tests, or
+to rehearse a configured run before paying for it. Replies are well-formed tool calls built
+from the request; ``script`` makes the next requests misbehave (status codes, bodies that
+are not JSON, thinking blocks, ``max_tokens`` or refusal stops, hangs), and batch items can
+be made to error or expire. Every request is logged (method, path, JSON body, status); the
+API key header is never recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# prompt-cache minimum in this stand-in; the real API's minimum depends on the model
+_MIN_CACHE_TOKENS = 1
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+class FakeAnthropicAPI:
+    """``with FakeAnthropicAPI() as api: ... base_url=api.url``."""
+
+    def __init__(self, batch_polls_before_end: int = 1) -> None:
+        self.script: deque[dict[str, Any]] = deque()  # behaviours for the next /v1/messages calls
+        self.batch_item_script: deque[str] = deque()  # "errored" | "expired" | "canceled" for next items
+        self.batch_polls_before_end = batch_polls_before_end
+        self.log: list[dict[str, Any]] = []
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._cached_prefixes: set[str] = set()
+        self._lock = threading.Lock()
+        self._n = 0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:
+                api._handle(self, "POST")
+
+            def do_GET(self) -> None:
+                api._handle(self, "GET")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeAnthropicAPI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # ---- inspection ------------------------------------------------------------------
+    def calls(self, path: str = "/v1/messages", status: int | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.log if e["path"] == path and (status is None or e["status"] == status)]
+
+    # ---- request handling ------------------------------------------------------------
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(h.headers.get("content-length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        path = h.path.split("?")[0]
+        entry: dict[str, Any] = {"method": method, "path": path, "body": body, "status": None}
+        with self._lock:
+            self.log.append(entry)
+        if method == "POST" and path == "/v1/messages":
+            with self._lock:
+                behaviour = self.script.popleft() if self.script else {}
+            status, payload, headers = self._messages(body, behaviour)
+        elif method == "POST" and path == "/v1/messages/batches":
+            status, payload, headers = 200, self._create_batch(body), {}
+        elif method == "GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
+            status, payload, headers = self._results(path.split("/")[-2])
+        elif method == "GET" and path.startswith("/v1/messages/batches/"):
+            status, payload, headers = self._retrieve(path.split("/")[-1])
+        else:
+            status, payload, headers = 404, _error("not_found_error", f"no route {method} {path}"), {}
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            h.send_response(status)
+            h.send_header("content-type", headers.pop("content-type", "application/json"))
+            h.send_header("content-length", str(len(data)))
+            h.send_header("request-id", f"req_{len(self.log)}")
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(data)
+            h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            status = -1  # the client was gone: nothing was delivered
+        entry["status"] = status
+
+    def _messages(self, body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        if "hang_s" in behaviour:
+            time.sleep(behaviour["hang_s"])
+            return 529, _error("overloaded_error", "hung"), {"retry-after-ms": "1"}
+        if "status" in behaviour:
+            kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(behaviour["status"], "api_error")
+            return behaviour["status"], _error(kind, "scripted"), {"retry-after-ms": "1"}
+        if "raw" in behaviour:
+            return 200, behaviour["raw"], {"content-type": behaviour.get("content_type", "application/json")}
+        message = self.reply(body)
+        if "content" in behaviour:
+            message["content"] = behaviour["content"]
+        if "stop_reason" in behaviour:
+            message["stop_reason"] = behaviour["stop_reason"]
+        return 200, message, {}
+
+    def reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A well-formed tool-call reply to a Messages request, with prompt-cache usage."""
+        with self._lock:
+            self._n += 1
+            n = self._n
+        tool = body["tools"][0]["name"] if body.get("tools") else None
+        user = body["messages"][-1]["content"]
+        user_text = user if isinstance(user, str) else json.dumps(user)
+        tag = hashlib.sha1(user_text.encode()).hexdigest()[:6]
+        if tool == "record_description":
+            content = [
+                _tool_use(n, tool, {"description": f"A scene with several things in view, variant {tag}."})
+            ]
+        else:
+            turns = [
+                {
+                    "question": f"What stands out in this picture ({tag})?",
+                    "answer": "A few objects in a tidy scene.",
+                },
+                {
+                    "question": f"Where might this be ({tag})?",
+                    "answer": "It looks like an ordinary outdoor place.",
+                },
+            ]
+            content = [_tool_use(n, tool or "record_turns", {"turns": turns})]
+        system = body.get("system") or []
+        prefix = json.dumps(body.get("tools", [])) + json.dumps(
+            system if isinstance(system, list) else [system]
+        )
+        cached = (
+            any(isinstance(b, dict) and b.get("cache_control") for b in system)
+            if isinstance(system, list)
+            else False
+        )
+        usage = {"input_tokens": _tokens(user_text), "output_tokens": 40}
+        if cached and _tokens(prefix) >= _MIN_CACHE_TOKENS:
+            with self._lock:
+                hit = prefix in self._cached_prefixes
+                self._cached_prefixes.add(prefix)
+            usage["cache_read_input_tokens" if hit else "cache_creation_input_tokens"] = _tokens(prefix)
+        else:
+            usage["input_tokens"] += _tokens(prefix)
+        return {
+            "id": f"msg_{n:06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "claude-test"),
+            "content": content,
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+
+    # ---- batches ---------------------------------------------------------------------
+    def _create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            batch_id = f"msgbatch_{len(self.batches) + 1:04d}"
+        results = []
+        for item in body["requests"]:
+            with self._lock:
+                outcome = self.batch_item_script.popleft() if self.batch_item_script else "succeeded"
+            if outcome == "succeeded":
+                result: dict[str, Any] = {"type": "succeeded", "message": self.reply(item["params"])}
+            elif outcome == "errored":
+                result = {
+                    "type": "errored",
+                    "error": {"type": "error", "error": _error("api_error", "x")["error"]},
+                }
+            else:
+                result = {"type": outcome}
+            results.append({"custom_id": item["custom_id"], "result": result})
+        batch = {"id": batch_id, "results": results, "polls": 0, "created_at": _now()}
+        with self._lock:
+            self.batches[batch_id] = batch
+        return self._batch_json(batch, ended=False)
+
+    def _retrieve(self, batch_id: str) -> tuple[int, Any, dict[str, str]]:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return 404, _error("not_found_error", batch_id), {}
+        batch["polls"] += 1
+        return 200, self._batch_json(batch, ended=batch["polls"] > self.batch_polls_before_end), {}
+
+    def _results(self, batch_id: str) -> tuple[int, Any, dict[str, str]]:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return 404, _error("not_found_error", batch_id), {}
+        lines = "".join(json.dumps(r) + "\n" for r in batch["results"])
+        return 200, lines.encode(), {"content-type": "application/binary"}
+
+    def _batch_json(self, batch: dict[str, Any], ended: bool) -> dict[str, Any]:
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        if ended:
+            for r in batch["results"]:
+                counts[r["result"]["type"]] += 1
+        else:
+            counts["processing"] = len(batch["results"])
+        return {
+            "id": batch["id"],
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": counts,
+            "created_at": batch["created_at"],
+            "expires_at": batch["created_at"],
+            "ended_at": _now() if ended else None,
+            "results_url": f"{self.url}/v1/messages/batches/{batch['id']}/results" if ended else None,
+        }
+
+
+def _tool_use(n: int, name: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_{n:06d}", "name": name, "input": data}
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

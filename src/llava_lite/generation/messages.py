@@ -1,0 +1,236 @@
+"""The Messages API wire format of a teacher request: building the body, parsing the reply.
+
+One body serves every path: live calls, Message Batches ``params``, the cache key and the
+dry-run token estimate, so what is hashed and estimated is exactly what is sent.
+
+Structured replies come from a forced tool call (``tool_choice`` names the tool); when a
+reply carries text instead, it is read as JSON, then as the paper's
+``Question: ... === Answer: ...`` layout. Only ``text`` and ``tool_use`` blocks are read;
+thinking blocks that may come first are skipped. A reply cut by ``max_tokens`` or refused
+is a :class:`TeacherError`, never data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llava_lite.generation.base import GenerationRequest, TeacherError
+from llava_lite.generation.prompts import PromptSet
+from llava_lite.generation.symbolic import SymbolicContext
+
+TURNS_TOOL: dict[str, Any] = {
+    "name": "record_turns",
+    "description": "Record the question-answer turns written about the image, in order.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "turns": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+                    "required": ["question", "answer"],
+                },
+            }
+        },
+        "required": ["turns"],
+    },
+}
+DESCRIPTION_TOOL: dict[str, Any] = {
+    "name": "record_description",
+    "description": "Record the detailed description written about the image.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"description": {"type": "string"}},
+        "required": ["description"],
+    },
+}
+
+# stop reasons that mean the reply is not a finished answer
+_FAILED_STOPS = {
+    "max_tokens": "max_tokens",
+    "refusal": "refusal",
+    "model_context_window_exceeded": "context_window",
+    "pause_turn": "pause_turn",
+}
+
+
+@dataclass
+class ContextOptions:
+    """Which parts of the symbolic context a response type is shown."""
+
+    captions: bool = True
+    boxes: bool = True
+
+
+# The paper: captions only for conversations; captions + boxes for detail and reasoning.
+PAPER_CONTEXT = {
+    "conversation": ContextOptions(captions=True, boxes=False),
+    "detail": ContextOptions(captions=True, boxes=True),
+    "complex_reasoning": ContextOptions(captions=True, boxes=True),
+}
+
+
+def tool_for(response_type: str) -> dict[str, Any]:
+    return DESCRIPTION_TOOL if response_type == "detail" else TURNS_TOOL
+
+
+def render_user_message(
+    context: SymbolicContext, options: ContextOptions, instruction: str | None = None
+) -> str:
+    text = context.render(captions=options.captions, boxes=options.boxes)
+    if not text.strip():
+        raise ValueError(
+            f"image {context.image_id} ({context.file_name}): empty symbolic context "
+            f"(captions={options.captions}, boxes={options.boxes})"
+        )
+    message = f"<image_description>\n{text}\n</image_description>"
+    if instruction:
+        message += f'\n\nThe person asks: "{instruction}"'
+    return message
+
+
+def few_shot_block(prompts: PromptSet, options: ContextOptions) -> str:
+    """The few-shot examples as one text block: part of the cached shared prefix."""
+    parts = ["Examples of requests and the exact tool input expected for each:"]
+    for i, ex in enumerate(prompts.examples, 1):
+        context = ex.context.render(captions=options.captions, boxes=options.boxes)
+        reply = json.dumps(ex.response, ensure_ascii=False, indent=1)
+        parts.append(
+            f'<example index="{i}">\n<image_description>\n{context}\n</image_description>\n'
+            f"<tool_input>\n{reply}\n</tool_input>\n</example>"
+        )
+    return "\n\n".join(parts)
+
+
+def build_request_body(
+    request: GenerationRequest,
+    prompts: PromptSet,
+    model: str,
+    max_tokens: int,
+    options: ContextOptions,
+    prompt_caching: bool = True,
+) -> dict[str, Any]:
+    """A complete ``messages.create`` body (also a Message Batches ``params``).
+
+    The system prompt and the few-shot block are identical for every request of a type, so a
+    ``cache_control`` breakpoint on the last system block caches tools + system + examples.
+    """
+    if request.response_type != prompts.response_type:
+        raise ValueError(f"request is {request.response_type!r} but prompts are {prompts.response_type!r}")
+    tool = tool_for(request.response_type)
+    examples: dict[str, Any] = {"type": "text", "text": few_shot_block(prompts, options)}
+    if prompt_caching:
+        examples["cache_control"] = {"type": "ephemeral"}
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "system": [{"type": "text", "text": prompts.system}, examples],
+        "messages": [
+            {"role": "user", "content": render_user_message(request.context, options, request.instruction)}
+        ],
+        "tools": [tool],
+        "tool_choice": {"type": "tool", "name": tool["name"]},
+    }
+
+
+def parse_reply(message: dict[str, Any], request: GenerationRequest) -> list[tuple[str, str]]:
+    """Turn a Messages API reply (as a JSON dict) into (question, answer) turns, or raise."""
+    stop = message.get("stop_reason")
+    if stop in _FAILED_STOPS:
+        raise TeacherError(_FAILED_STOPS[stop], f"stop_reason={stop}")
+    tool_name = tool_for(request.response_type)["name"]
+    texts: list[str] = []
+    for block in message.get("content") or []:
+        kind = block.get("type")
+        if kind == "tool_use" and block.get("name") == tool_name:
+            return _turns_from_structured(block.get("input"), request)
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+    text = "\n".join(texts).strip()
+    if not text:
+        raise TeacherError("empty_reply", "no text or tool_use block")
+    structured = _json_in_text(text)
+    if structured is not None:
+        return _turns_from_structured(structured, request)
+    if request.response_type == "detail":
+        return [(_detail_question(request), text)]
+    turns = parse_qa_layout(text)
+    if not turns:
+        raise TeacherError("unparseable", "neither a tool call, JSON, nor the Question/Answer layout")
+    return turns
+
+
+_QA_MARKER = re.compile(r"^[=\s]*(question|answer)\s*:\s*", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_qa_layout(text: str) -> list[tuple[str, str]]:
+    """Parse ``Question: ... === Answer: ... ===`` (the paper's layout) into turns.
+
+    Raises ``TeacherError("unparseable")`` when questions and answers do not pair up.
+    """
+    markers = list(_QA_MARKER.finditer(text))
+    turns: list[tuple[str, str]] = []
+    question: str | None = None
+    for i, m in enumerate(markers):
+        end = markers[i + 1].start() if i + 1 < len(markers) else len(text)
+        body = re.sub(r"\n\s*={3,}\s*$", "", text[m.end() : end].strip()).strip()
+        if m.group(1).lower() == "question":
+            if question is not None:
+                raise TeacherError("unparseable", "two questions in a row")
+            question = body
+        else:
+            if question is None:
+                raise TeacherError("unparseable", "an answer without a question")
+            turns.append((question, body))
+            question = None
+    if question is not None:
+        raise TeacherError("unparseable", "a question without an answer")
+    return turns
+
+
+def _detail_question(request: GenerationRequest) -> str:
+    if not request.instruction:
+        raise ValueError(f"detail request for image {request.context.image_id} has no instruction")
+    return request.instruction
+
+
+def _turns_from_structured(data: Any, request: GenerationRequest) -> list[tuple[str, str]]:
+    if not isinstance(data, dict):
+        raise TeacherError("malformed_reply", f"tool input is {type(data).__name__}, not an object")
+    if request.response_type == "detail":
+        description = data.get("description")
+        if not isinstance(description, str):
+            raise TeacherError("malformed_reply", "no 'description' string")
+        return [(_detail_question(request), description)]
+    turns = data.get("turns")
+    if not isinstance(turns, list):
+        raise TeacherError("malformed_reply", "no 'turns' list")
+    out = []
+    for t in turns:
+        if not (
+            isinstance(t, dict) and isinstance(t.get("question"), str) and isinstance(t.get("answer"), str)
+        ):
+            raise TeacherError("malformed_reply", "a turn without 'question' and 'answer' strings")
+        out.append((t["question"], t["answer"]))
+    return out
+
+
+def _json_in_text(text: str) -> Any | None:
+    """JSON given as text (bare or in a ```json fence), else None."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    candidate = fenced.group(1) if fenced else text
+    candidate = candidate.strip()
+    if not candidate.startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(candidate)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(data, list):  # a bare list of turns
+        data = {"turns": data}
+    return data

@@ -1,0 +1,209 @@
+"""Claude as the teacher (``AsyncAnthropic``), and choosing a teacher by name.
+
+The teacher owns everything about paying for a reply: the request body, the cache lookup
+(a stored reply is replayed, never bought twice), the budget reservation, the bounded
+number of requests in flight, and the SDK's own retries (429 / 529 / 5xx / timeouts, at
+most ``max_retries`` times). The API key is never passed around by this code: the SDK
+reads it from the environment or its own configuration unless a caller (a test) passes
+one explicitly, and it is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+
+from llava_lite.generation.base import (
+    RESPONSE_TYPES,
+    GenerationRequest,
+    Teacher,
+    TeacherError,
+    TeacherReply,
+    Usage,
+)
+from llava_lite.generation.cache import RequestCache, request_key
+from llava_lite.generation.cost import Budget, Prices
+from llava_lite.generation.estimate import TokenEstimator
+from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
+from llava_lite.generation.prompts import PROMPT_VERSION, PromptSet, load_prompt_set
+
+log = logging.getLogger(__name__)
+
+TEACHERS = ("anthropic", "offline")
+
+# Errors that will fail every request the same way: stop the run instead of counting them.
+_FATAL = (
+    anthropic.AuthenticationError,
+    anthropic.PermissionDeniedError,
+    anthropic.NotFoundError,
+)
+
+
+def usage_from_message(message: Mapping[str, Any]) -> Usage:
+    u = message.get("usage") or {}
+    return Usage(
+        input_tokens=int(u.get("input_tokens") or 0),
+        output_tokens=int(u.get("output_tokens") or 0),
+        cache_creation_input_tokens=int(u.get("cache_creation_input_tokens") or 0),
+        cache_read_input_tokens=int(u.get("cache_read_input_tokens") or 0),
+    )
+
+
+class ClaudeTeacher:
+    """Turns a :class:`GenerationRequest` into turns through the Messages API."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_tokens: int = 1024,
+        context: Mapping[str, ContextOptions] | None = None,
+        prompt_version: str = PROMPT_VERSION,
+        prompt_caching: bool = True,
+        concurrency: int = 8,
+        max_retries: int = 4,
+        timeout_s: float = 120.0,
+        cache: RequestCache | None = None,
+        budget: Budget | None = None,
+        prices: Prices | None = None,
+        estimator: TokenEstimator | None = None,
+        replay_only: bool = False,
+        client: anthropic.AsyncAnthropic | None = None,
+        client_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.context = {**PAPER_CONTEXT, **(context or {})}
+        self.prompt_version = prompt_version
+        self.prompt_caching = prompt_caching
+        self.prompts: dict[str, PromptSet] = {t: load_prompt_set(t, prompt_version) for t in RESPONSE_TYPES}
+        self.cache = cache
+        self.budget = budget or Budget(None)
+        self.prices = prices or Prices()
+        self._estimator = estimator
+        self.replay_only = replay_only  # batch mode: never fall back to a full-price live call
+        self._client = client
+        # client_kwargs: base_url / api_key for tests and proxies; held only to build the client.
+        self._client_kwargs = {"max_retries": max_retries, "timeout": timeout_s, **(client_kwargs or {})}
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self.paid_requests = 0
+        self.usage = Usage()  # billed tokens of this run (replays from the cache cost nothing)
+        self.cache_hits = 0
+
+    # ---- request identity ------------------------------------------------------------
+    def body(self, request: GenerationRequest) -> dict[str, Any]:
+        return build_request_body(
+            request,
+            self.prompts[request.response_type],
+            self.model,
+            self.max_tokens,
+            self.context[request.response_type],
+            self.prompt_caching,
+        )
+
+    def key(self, request: GenerationRequest, body: dict[str, Any] | None = None) -> str:
+        return request_key(
+            body if body is not None else self.body(request),
+            prompt_version=self.prompt_version,
+            image_id=request.context.image_id,
+            response_type=request.response_type,
+            sample_index=request.sample_index,
+            attempt=request.attempt,
+        )
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """Built on first use, so a dry run needs no credentials."""
+        if self._client is None:
+            self._client = anthropic.AsyncAnthropic(**self._client_kwargs)
+        return self._client
+
+    @property
+    def estimator(self) -> TokenEstimator:
+        if self._estimator is None:
+            self._estimator = TokenEstimator()
+        return self._estimator
+
+    def worst_case_usd(self, body: dict[str, Any], batch: bool = False) -> float:
+        return self.prices.cost(self.estimator.worst_case(body), batch=batch)
+
+    # ---- the Teacher protocol --------------------------------------------------------
+    async def generate(self, request: GenerationRequest) -> TeacherReply:
+        body = self.body(request)
+        key = self.key(request, body)
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None:
+            self.cache_hits += 1
+            message, batch = hit
+            return self._reply(message, request, cached=True, batch=batch)
+        if self.replay_only:
+            raise TeacherError("no_batch_result", f"no stored reply for {key[:12]}")
+        message = await self._call(body, key)
+        return self._reply(message, request, cached=False, batch=False)
+
+    async def _call(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+        reserved = self.worst_case_usd(body)
+        self.budget.reserve(reserved)  # raises BudgetExceeded before anything is sent
+        spent = 0.0
+        try:
+            async with self._semaphore:
+                response = await self.client.messages.create(**body)
+            message = response.model_dump(mode="json", exclude_none=True)
+            if self.cache is not None:
+                self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
+            self.paid_requests += 1
+            usage = usage_from_message(message)
+            self.usage = self.usage + usage
+            spent = self.prices.cost(usage)
+            return message
+        except _FATAL:
+            raise
+        except anthropic.APIStatusError as e:
+            raise TeacherError(f"api_status_{e.status_code}", type(e).__name__) from e
+        except anthropic.APIConnectionError as e:
+            raise TeacherError("api_connection", type(e).__name__) from e
+        except anthropic.APIError as e:  # e.g. a 200 whose body is not a Message
+            raise TeacherError("api_bad_response", type(e).__name__) from e
+        finally:
+            self.budget.settle(reserved, spent)
+
+    def _reply(
+        self, message: dict[str, Any], request: GenerationRequest, cached: bool, batch: bool
+    ) -> TeacherReply:
+        usage = usage_from_message(message)
+        try:
+            turns = parse_reply(message, request)
+        except TeacherError as e:
+            e.usage, e.cached, e.batch = usage, cached, batch
+            raise
+        return TeacherReply(
+            turns=turns,
+            model=str(message.get("model") or self.model),
+            usage=usage,
+            cached=cached,
+            batch=batch,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def build_teacher(name: str, **kwargs: Any) -> Teacher:
+    """``anthropic`` → :class:`ClaudeTeacher` (kwargs as its constructor); ``offline`` →
+    ``OfflineTeacher(seed=...)`` from the synthetic world (imported only when chosen)."""
+    if name == "anthropic":
+        return ClaudeTeacher(**kwargs)
+    if name == "offline":
+        from llava_lite.generation.offline import OfflineTeacher
+
+        return OfflineTeacher(seed=int(kwargs.get("seed", 0)))
+    raise KeyError(f"unknown teacher {name!r}; valid: {list(TEACHERS)}")
