@@ -1,0 +1,41 @@
+"""LLaVA instruction data: templates with exact labels, images, datasets, batching, DataModule."""
+
+from llava_lite.data.bad_samples import BAD_SAMPLE_REASONS, BadSampleCounter, BadSampleError, SkipReport
+from llava_lite.data.collate import LlavaCollator
+from llava_lite.data.conversation import (
+    IGNORE_INDEX,
+    TEMPLATES,
+    encode_conversation,
+    get_template,
+    normalize_conversation,
+    prompt_for_generation,
+)
+from llava_lite.data.datamodule import LlavaDataModule
+from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset, build_sample
+from llava_lite.data.processor import LlavaProcessor
+from llava_lite.data.records import RawRecord, expand_files, read_records
+from llava_lite.data.sampler import ModalityLengthGroupedSampler, padding_fraction
+
+__all__ = [
+    "BAD_SAMPLE_REASONS",
+    "IGNORE_INDEX",
+    "TEMPLATES",
+    "BadSampleCounter",
+    "BadSampleError",
+    "LlavaCollator",
+    "LlavaDataModule",
+    "LlavaDataset",
+    "LlavaProcessor",
+    "LlavaStreamingDataset",
+    "ModalityLengthGroupedSampler",
+    "RawRecord",
+    "SkipReport",
+    "build_sample",
+    "encode_conversation",
+    "expand_files",
+    "get_template",
+    "normalize_conversation",
+    "padding_fraction",
+    "prompt_for_generation",
+    "read_records",
+]

@@ -1,0 +1,241 @@
+"""``LlavaDataModule``: datasets, splits, loaders, bad-sample counts and resume state from config.
+
+The model is built before the data can be tokenised, so the processor arrives late:
+``train()`` builds the model, then ``datamodule.attach_processor(LlavaProcessor.from_model(model))``.
+
+Every batch the Trainer consumes passes :meth:`on_before_batch_transfer` (in the main
+process, after DataLoader workers), which takes out the skip reports and stream positions
+and counts / records them; the batch that reaches the LightningModule holds only
+``input_ids``, ``attention_mask``, ``labels``, ``pixel_values`` and ``ids``. Outside a Trainer,
+call :meth:`observe_batch` on each batch yourself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from llava_lite.data.bad_samples import BadSampleCounter, SkipReport, check_policy
+from llava_lite.data.collate import LlavaCollator
+from llava_lite.data.dataset import EpochStreamLoader, LlavaDataset, LlavaStreamingDataset
+from llava_lite.data.processor import LlavaProcessor
+from llava_lite.data.records import read_records
+from llava_lite.data.sampler import ModalityLengthGroupedSampler
+
+log = logging.getLogger(__name__)
+
+
+class LlavaDataModule(L.LightningDataModule):
+    """Train/val data for one training stage.
+
+    ``train_files``/``val_files``: JSON, JSONL or WebDataset ``.tar`` files, globs or fsspec
+    URLs. Without ``val_files``, ``val_fraction`` of the training records is held out
+    (a seeded permutation for map-style data, a per-record hash when streaming).
+    """
+
+    def __init__(
+        self,
+        train_files: str | Sequence[str],
+        val_files: str | Sequence[str] | None = None,
+        image_root: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        streaming: bool = False,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        group_by_modality_length: bool = False,
+        on_bad_sample: str = "skip",
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        processor: LlavaProcessor | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if group_by_modality_length and streaming:
+            raise ValueError("group_by_modality_length needs map-style data (streaming=False)")
+        self.train_files = _as_list(train_files)
+        self.val_files = _as_list(val_files) if val_files else None
+        self.image_root = image_root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.streaming = streaming
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.group_by_modality_length = group_by_modality_length
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.processor = processor
+        self.train_dataset: LlavaDataset | LlavaStreamingDataset | None = None
+        self.val_dataset: LlavaDataset | LlavaStreamingDataset | None = None
+        self.counters = {"train": BadSampleCounter(), "val": BadSampleCounter()}
+        self._pending_state: dict[str, Any] | None = None
+
+    def attach_processor(self, processor: LlavaProcessor) -> None:
+        self.processor = processor
+        for ds in (self.train_dataset, self.val_dataset):
+            if ds is not None:
+                ds.processor = processor
+
+    # ---- datasets ---------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        if self.streaming:
+            self._setup_streaming()
+        else:
+            self._setup_map()
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
+
+    def _setup_map(self) -> None:
+        train = list(read_records(self.train_files))
+        if self.val_files:
+            val = list(read_records(self.val_files))
+        elif self.val_fraction > 0:
+            order = list(range(len(train)))
+            random.Random(self.seed).shuffle(order)
+            held = set(order[: round(len(train) * self.val_fraction)])
+            val = [r for i, r in enumerate(train) if i in held]
+            train = [r for i, r in enumerate(train) if i not in held]
+        else:
+            val = []
+        kw = {"processor": self.processor, "image_root": self.image_root, "on_bad_sample": self.on_bad_sample}
+        self.train_dataset = LlavaDataset(train, **kw)
+        self.val_dataset = LlavaDataset(val, **kw) if val else None
+        for split, ds in (("train", self.train_dataset), ("val", self.val_dataset)):
+            for report in ds.counter.reports() if ds is not None else []:
+                self.counters[split].add(report, quiet=True)  # the dataset has logged it
+
+    def _setup_streaming(self) -> None:
+        rank, world = self._rank_world()
+        kw = {
+            "processor": self.processor,
+            "image_root": self.image_root,
+            "on_bad_sample": self.on_bad_sample,
+            "shuffle_buffer": self.shuffle_buffer,
+            "seed": self.seed,
+            "rank": rank,
+            "world_size": world,
+        }
+        held_out = ("train", self.val_fraction) if self.val_fraction and not self.val_files else None
+        self.train_dataset = LlavaStreamingDataset(
+            self.train_files, shuffle=self.shuffle, split=held_out, **kw
+        )
+        if self.val_files:
+            self.val_dataset = LlavaStreamingDataset(self.val_files, shuffle=False, **kw)
+        elif held_out:
+            self.val_dataset = LlavaStreamingDataset(
+                self.train_files, shuffle=False, split=("val", self.val_fraction), **kw
+            )
+
+    def _rank_world(self) -> tuple[int | None, int | None]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return None, None
+
+    # ---- loaders ----------------------------------------------------------------------
+    def collator(self, padding_side: str = "right") -> LlavaCollator:
+        processor = self._processor()
+        return LlavaCollator(
+            pad_token_id=processor.pad_token_id,
+            model_max_length=processor.model_max_length,
+            padding_side=padding_side,
+            image_token_id=processor.image_token_id,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._processor()
+        if self.train_dataset is None:
+            self.setup("fit")
+        ds = self.train_dataset
+        common = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": self.collator(),
+        }
+        if self.num_workers:
+            common["persistent_workers"] = False
+        if isinstance(ds, LlavaStreamingDataset):
+            return EpochStreamLoader(ds, **common)
+        assert ds is not None
+        if self.group_by_modality_length:
+            lengths, has_image = ds.modality_lengths()
+            _, world = self._rank_world()
+            sampler = ModalityLengthGroupedSampler(
+                lengths, has_image, self.batch_size, world_size=world or 1, seed=self.seed
+            )
+            return DataLoader(ds, sampler=sampler, **common)
+        return DataLoader(ds, shuffle=self.shuffle, **common)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self._processor()
+        if self.train_dataset is None:
+            self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collator(),
+        )
+
+    def _processor(self) -> LlavaProcessor:
+        if self.processor is None:
+            raise RuntimeError(
+                "LlavaDataModule has no processor: call attach_processor(LlavaProcessor.from_model(model)) first"
+            )
+        return self.processor
+
+    # ---- batches, counts, state -------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        split = "train" if trainer is None or trainer.training else "val"
+        return self.observe_batch(batch, split)
+
+    def observe_batch(self, batch: dict[str, Any], split: str = "train") -> dict[str, Any]:
+        """Count the batch's skip reports and record its stream positions; returns the model inputs."""
+        for report in batch.pop("skipped", []):
+            self.counters[split].add(report)
+        positions = batch.pop("stream_positions", [])
+        ds = self.train_dataset if split == "train" else None
+        if positions and isinstance(ds, LlavaStreamingDataset):
+            ds.observe(positions)
+        return batch
+
+    def bad_sample_counts(self, split: str = "train") -> dict[str, int]:
+        """Distinct bad records by reason seen so far (file-level problems included)."""
+        return self.counters[split].counts()
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "bad_samples": {k: [r.as_dict() for r in c.reports()] for k, c in self.counters.items()}
+        }
+        if isinstance(self.train_dataset, LlavaStreamingDataset):
+            state["stream"] = self.train_dataset.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.train_dataset is None:
+            self._pending_state = state_dict  # applied in setup()
+            return
+        self._pending_state = None
+        for split, reports in state_dict.get("bad_samples", {}).items():
+            for report in reports:
+                self.counters[split].add(SkipReport(**report), quiet=True)
+        if "stream" in state_dict and isinstance(self.train_dataset, LlavaStreamingDataset):
+            self.train_dataset.load_state_dict(state_dict["stream"])
+
+
+def _as_list(files: str | Sequence[str]) -> list[str]:
+    return [str(files)] if isinstance(files, str) else [str(f) for f in files]

@@ -1,0 +1,308 @@
+"""Map-style and streaming datasets of LLaVA samples.
+
+Both turn a :class:`RawRecord` into a processed sample with :func:`build_sample`, and apply
+the bad-sample policy the same way: ``"raise"`` propagates a ``BadSampleError`` naming
+record and file; ``"skip"`` produces a ``SkipReport`` that rides along with the batches.
+
+Streaming: the records of all files form one global sequence (file order shuffled per
+epoch with the seed). Reader slot ``s`` of ``S = world_size x num_workers`` takes global
+indices ``g % S == s``, so every record is seen exactly once per epoch across ranks and
+workers, however many files there are. Each slot shuffles its records through a seeded
+buffer; its output order is a pure function of (seed, epoch, slot), which is what makes
+resuming exact: the state is "slot s has delivered m records", and a resumed slot replays
+its order without loading anything and continues at m + 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, SkipReport, check_policy
+from llava_lite.data.conversation import approx_length
+from llava_lite.data.processor import LlavaProcessor
+from llava_lite.data.records import RawRecord, check_record, expand_files, iter_file, read_records
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LlavaDataset", "LlavaStreamingDataset", "build_sample", "read_records"]
+
+
+def build_sample(raw: RawRecord, processor: LlavaProcessor, image_root: str | None = None) -> dict[str, Any]:
+    """Check, load the image, tokenise; raises a ``BadSampleError`` that names record and file."""
+    try:
+        check_record(raw, processor.image_token)
+        assert raw.record is not None
+        image = None
+        if raw.has_image:
+            source = raw.image_bytes if raw.image_bytes is not None else str(raw.record["image"])
+            image = processor.load_image(source, image_root)
+        sample = processor.process_record(raw.record, image)
+    except BadSampleError as err:
+        raise err.located(raw.record_id, raw.source) from None
+    sample["id"] = raw.record_id
+    sample["source"] = raw.source
+    return sample
+
+
+def _require(processor: LlavaProcessor | None) -> LlavaProcessor:
+    if processor is None:
+        raise RuntimeError(
+            "no processor attached: call attach_processor(LlavaProcessor.from_model(model)) first"
+        )
+    return processor
+
+
+class LlavaDataset(Dataset):
+    """All records in memory (random access, small data, validation, length grouping).
+
+    Structural problems (malformed JSON, bad conversations) are found when reading and
+    counted in ``counter``; image and tokenisation problems are found in ``__getitem__``,
+    which then returns a skip-only item ``{"skipped": [report]}`` for the collator.
+    """
+
+    def __init__(
+        self,
+        records: str | Sequence[str] | Sequence[RawRecord],
+        processor: LlavaProcessor | None = None,
+        image_root: str | None = None,
+        on_bad_sample: str = "skip",
+        image_token: str = "<image>",
+    ) -> None:
+        self.processor = processor
+        self.image_root = image_root
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.counter = BadSampleCounter()
+        raws: Sequence[RawRecord]
+        if isinstance(records, str) or (records and not isinstance(records[0], RawRecord)):
+            raws = list(read_records(records))  # type: ignore[arg-type]
+        else:
+            raws = records  # type: ignore[assignment]
+        token = processor.image_token if processor else image_token
+        self.records: list[RawRecord] = []
+        for raw in raws:
+            try:
+                check_record(raw, token)
+            except BadSampleError as err:
+                if self.on_bad_sample == "raise":
+                    raise
+                self.counter.add(err.report())
+                continue
+            self.records.append(raw)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return build_sample(self.records[index], _require(self.processor), self.image_root)
+        except BadSampleError as err:
+            if self.on_bad_sample == "raise":
+                raise
+            return {"skipped": [err.report()]}
+
+    def modality_lengths(self) -> tuple[list[int], list[bool]]:
+        """Approximate lengths (words, + image tokens) and whether each record has an image."""
+        n_img = self.processor.num_image_tokens if self.processor else 0
+        lengths, has_image = [], []
+        for raw in self.records:
+            assert raw.record is not None
+            words = approx_length([("", t.get("value", "")) for t in raw.record.get("conversations", [])])
+            lengths.append(words + (n_img if raw.has_image else 0))
+            has_image.append(raw.has_image)
+        return lengths, has_image
+
+
+def _unit_hash(seed: int, key: str) -> float:
+    """A deterministic number in [0, 1) per record, for splitting streams without reading them twice."""
+    return zlib.crc32(f"{seed}:{key}".encode()) / 2**32
+
+
+class LlavaStreamingDataset(IterableDataset):
+    """Streams JSON / JSONL / WebDataset shards (local or fsspec) with exact, resumable sharding.
+
+    ``rank``/``world_size`` default to ``torch.distributed`` when initialised, else the
+    ``RANK``/``WORLD_SIZE`` environment variables. ``split=("train" | "val", fraction)``
+    holds out a deterministic fraction of records. Samples carry ``stream_position``;
+    the main process reports delivered positions with :meth:`observe` (``LlavaDataModule``
+    does this for every batch the Trainer consumes) and :meth:`state_dict` captures them.
+    """
+
+    def __init__(
+        self,
+        files: str | Sequence[str],
+        processor: LlavaProcessor | None = None,
+        image_root: str | None = None,
+        on_bad_sample: str = "skip",
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        split: tuple[str, float] | None = None,
+    ) -> None:
+        self.files = expand_files(files)
+        if not self.files:
+            raise FileNotFoundError(f"no data files in {files!r}")
+        self.processor = processor
+        self.image_root = image_root
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.shuffle = shuffle
+        self.shuffle_buffer = max(1, shuffle_buffer)
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        if split is not None and (split[0] not in ("train", "val") or not 0.0 <= split[1] < 1.0):
+            raise ValueError(f"split must be ('train' | 'val', fraction in [0, 1)), got {split!r}")
+        self.split = split
+        self.epoch = 0
+        self._delivered: dict[int, int] = {}  # slot -> records delivered this epoch (main process)
+        self._resume: dict[int, int] = {}  # slot -> records to skip on the next pass
+        self._resume_slots: int | None = None
+        self._slots_seen: int | None = None
+
+    # ---- epochs and resuming --------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (new file order and buffer shuffle); forgets positions of the old one."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._delivered, self._resume, self._resume_slots, self._slots_seen = {}, {}, None, None
+
+    def observe(self, positions: Sequence[tuple[int, int, int, int]]) -> None:
+        """Record ``(epoch, slot, num_slots, position)`` of samples the consumer has taken."""
+        for epoch, slot, num_slots, pos in positions:
+            if epoch == self.epoch:
+                self._delivered[slot] = max(self._delivered.get(slot, 0), pos)
+                self._slots_seen = num_slots
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "num_slots": self._slots_seen,
+            "delivered": dict(self._delivered),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            log.warning("resuming a stream saved with seed %s under seed %s", state.get("seed"), self.seed)
+        self.epoch = int(state["epoch"])
+        self._delivered = {int(k): int(v) for k, v in state.get("delivered", {}).items()}
+        self._resume = dict(self._delivered)
+        self._resume_slots = self._slots_seen = state.get("num_slots")
+
+    # ---- sharding -------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        if self.rank is not None and self.world_size is not None:
+            return self.rank, self.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    def _slot(self) -> tuple[int, int]:
+        rank, world = self._rank_world()
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return rank * workers + worker, world * workers
+
+    def _files_for_epoch(self) -> list[str]:
+        files = list(self.files)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(files)
+        return files
+
+    def _slot_records(self, slot: int, num_slots: int) -> Iterator[RawRecord]:
+        """This slot's records, in its (seeded) shuffled order."""
+        own = self._slot_stream(slot, num_slots)
+        if not self.shuffle:
+            yield from own
+            return
+        rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
+        buffer: list[RawRecord] = []
+        for raw in own:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(raw)
+                continue
+            j = rng.randrange(len(buffer))
+            buffer[j], raw = raw, buffer[j]
+            yield raw
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _slot_stream(self, slot: int, num_slots: int) -> Iterator[RawRecord]:
+        g = 0
+        for path in self._files_for_epoch():
+            for raw in iter_file(path):
+                if g % num_slots == slot and self._in_split(raw):
+                    yield raw
+                g += 1
+
+    def _in_split(self, raw: RawRecord) -> bool:
+        """Held out or not by a hash of (file, position): the same records every epoch."""
+        if self.split is None:
+            return True
+        held_out = _unit_hash(self.seed, f"{raw.source}:{raw.index}") < self.split[1]
+        return held_out == (self.split[0] == "val")
+
+    # ---- iteration ------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        processor = _require(self.processor)
+        slot, num_slots = self._slot()
+        skip = 0
+        if self._resume:
+            if self._resume_slots == num_slots:
+                skip = self._resume.get(slot, 0)
+            elif slot == 0:
+                log.warning(
+                    "stream state was saved with %s reader slots, now %s: restarting epoch %s from its start",
+                    self._resume_slots,
+                    num_slots,
+                    self.epoch,
+                )
+        held: dict[str, Any] | None = None  # one sample held back so later skip reports can ride on it
+        pending: list[SkipReport] = []
+        pos = 0
+        for pos, raw in enumerate(self._slot_records(slot, num_slots), start=1):
+            if pos <= skip:
+                continue
+            where = (self.epoch, slot, num_slots, pos)
+            try:
+                sample = build_sample(raw, processor, self.image_root)
+            except BadSampleError as err:
+                if self.on_bad_sample == "raise":
+                    raise
+                if held is not None:
+                    held["skipped"].append(err.report())
+                    held["stream_position"] = where
+                else:
+                    pending.append(err.report())
+                continue
+            if held is not None:
+                yield held
+            sample["skipped"], sample["stream_position"] = pending, where
+            held, pending = sample, []
+        if held is not None:
+            yield held
+        elif pending:
+            yield {"skipped": pending, "stream_position": (self.epoch, slot, num_slots, pos)}
+
+
+class EpochStreamLoader(torch.utils.data.DataLoader):
+    """A DataLoader over a :class:`LlavaStreamingDataset` that moves it to the next epoch when a pass ends.
+
+    Lightning only calls ``set_epoch`` on samplers, which iterable datasets do not have.
+    """
+
+    dataset: LlavaStreamingDataset
+
+    def __iter__(self):  # type: ignore[override]
+        yield from super().__iter__()
+        self.dataset.set_epoch(self.dataset.epoch + 1)

@@ -1,0 +1,183 @@
+"""LLaVA records and images → model inputs, with exact labels.
+
+One object holds what a sample needs from the model side (tokenizer, image processor,
+number of image tokens, template), so training, generation, chat and evaluation all build
+inputs the same way: ``LlavaProcessor.from_model(model)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from llava_lite.data.bad_samples import BadSampleError
+from llava_lite.data.conversation import (
+    IGNORE_INDEX,
+    Message,
+    encode_conversation,
+    get_template,
+    normalize_conversation,
+    prompt_for_generation,
+)
+from llava_lite.data.images import IMAGE_ASPECTS, make_square, open_image
+
+
+class LlavaProcessor:
+    """Tokenises conversations with a template and expands ``<image>`` into image slots.
+
+    Over-long samples: with ``truncation=True`` (LLaVA's behaviour) the end is cut at
+    ``model_max_length`` if the cut leaves the image block whole and at least one trained
+    token; otherwise the sample is rejected as ``too_long`` (or ``no_trained_tokens``).
+    With ``truncation=False`` every over-long sample is rejected as ``too_long``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_processor: Any,
+        num_image_tokens: int,
+        image_token: str = "<image>",
+        template: str = "vicuna_v1",
+        image_aspect: str = "pad",
+        model_max_length: int = 2048,
+        truncation: bool = True,
+    ) -> None:
+        if image_aspect not in IMAGE_ASPECTS:
+            raise ValueError(f"image_aspect={image_aspect!r}; valid: {list(IMAGE_ASPECTS)}")
+        if num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+        self.template = get_template(template)
+        ids = tokenizer(image_token, add_special_tokens=False).input_ids
+        token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if ids != [token_id]:
+            raise ValueError(
+                f"{image_token!r} must be one special token of the tokenizer (tokenises to {ids}); "
+                "add it with tokenizer.add_tokens([image_token], special_tokens=True)"
+            )
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.num_image_tokens = num_image_tokens
+        self.image_token = image_token
+        self.image_token_id: int = token_id
+        self.image_aspect = image_aspect
+        self.model_max_length = model_max_length
+        self.truncation = truncation
+
+    @classmethod
+    def from_model(cls, model: Any, template: str | None = None, **kwargs: Any) -> LlavaProcessor:
+        """The processor matching a ``LlavaModel``: its tokenizer, image processor and config."""
+        cfg = model.config
+        return cls(
+            tokenizer=model.tokenizer,
+            image_processor=model.image_processor,
+            num_image_tokens=model.num_image_tokens,
+            image_token=cfg.image_token,
+            template=template or cfg.conv_template,
+            image_aspect=cfg.image_aspect,
+            model_max_length=cfg.model_max_length,
+            **kwargs,
+        )
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end an assistant turn under this template (pass to ``generate``)."""
+        return [self.tokenizer.convert_tokens_to_ids(s) for s in self.template.stop_strings(self.tokenizer)]
+
+    # ---- images ---------------------------------------------------------------------
+    def load_image(self, source: str | bytes | Image.Image, image_root: str | None = None) -> torch.Tensor:
+        """Open (path, fsspec URL, bytes or PIL), convert to RGB, square by ``image_aspect``, preprocess."""
+        return self.preprocess_image(open_image(source, image_root))
+
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        square = make_square(image.convert("RGB"), self.image_aspect, self.image_processor)
+        out = self.image_processor(images=square, return_tensors="pt")
+        return out["pixel_values"][0].float()  # [3, H, W]
+
+    # ---- training samples -----------------------------------------------------------
+    def process_record(
+        self, record: dict[str, Any], image: Image.Image | torch.Tensor | None
+    ) -> dict[str, Any]:
+        """One LLaVA record (+ its image, if any) → ``input_ids [T]``, ``labels [T]``, ``pixel_values``.
+
+        ``image`` may be a PIL image or an already preprocessed ``[3, H, W]`` tensor.
+        Raises ``BadSampleError`` (without file name; the dataset adds it) for bad records.
+        """
+        has_image = image is not None
+        messages = normalize_conversation(record.get("conversations"), self.image_token, has_image)
+        enc = encode_conversation(messages, self.tokenizer, self.template, self.image_token)
+        input_ids, labels = self._expand_image(enc.input_ids, enc.labels, 1 if has_image else 0)
+        input_ids, labels = self._fit_length(input_ids, labels)
+        pixel_values = None
+        if has_image:
+            pixel_values = image if isinstance(image, torch.Tensor) else self.preprocess_image(image)
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),  # [T]
+            "labels": torch.tensor(labels, dtype=torch.long),  # [T]
+            "pixel_values": pixel_values,  # [3, H, W] or None
+            "id": str(record.get("id", "")),
+        }
+
+    def _expand_image(self, ids: list[int], labels: list[int], n_images: int) -> tuple[list[int], list[int]]:
+        """Each image-token id becomes ``num_image_tokens`` ignored image slots."""
+        found = ids.count(self.image_token_id)
+        if found != n_images:
+            raise BadSampleError(
+                "image_token_mismatch", f"{found} image tokens after tokenisation, {n_images} images"
+            )
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        for tok, lab in zip(ids, labels, strict=True):
+            if tok == self.image_token_id:
+                out_ids += [tok] * self.num_image_tokens
+                out_labels += [IGNORE_INDEX] * self.num_image_tokens
+            else:
+                out_ids.append(tok)
+                out_labels.append(lab)
+        return out_ids, out_labels
+
+    def _fit_length(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        limit = self.model_max_length
+        if len(ids) <= limit:
+            return ids, labels
+        image_end = max((i + 1 for i, t in enumerate(ids) if t == self.image_token_id), default=0)
+        if not self.truncation or image_end > limit:
+            raise BadSampleError("too_long", f"{len(ids)} tokens > model_max_length={limit}")
+        ids, labels = ids[:limit], labels[:limit]
+        if all(lab == IGNORE_INDEX for lab in labels):
+            raise BadSampleError("no_trained_tokens", f"nothing to train in the first {limit} tokens")
+        return ids, labels
+
+    # ---- generation prompts ---------------------------------------------------------
+    def prompt(
+        self,
+        question: str,
+        image: str | bytes | Image.Image | torch.Tensor | None = None,
+        history: Sequence[tuple[str, str]] = (),
+        system: str | None = None,
+    ) -> dict[str, Any]:
+        """``input_ids [T]`` ending with the assistant prefix, and ``pixel_values [3, H, W]`` or None.
+
+        ``history`` holds earlier (question, answer) pairs; the image belongs to the first question.
+        """
+        messages: list[Message] = [("system", system)] if system else []
+        for q, a in history:
+            messages += [("user", q), ("assistant", a)]
+        messages.append(("user", question))
+        pixel_values = None
+        if image is not None:
+            first = 1 if system else 0
+            text = messages[first][1].replace(self.image_token, "").strip()
+            messages[first] = ("user", f"{self.image_token}\n{text}")
+            pixel_values = image if isinstance(image, torch.Tensor) else self.load_image(image)
+        ids = prompt_for_generation(messages, self.tokenizer, self.template, self.image_token)
+        ids, _ = self._expand_image(ids, [IGNORE_INDEX] * len(ids), 1 if image is not None else 0)
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "pixel_values": pixel_values}

@@ -1,0 +1,126 @@
+"""Reading LLaVA records from JSON lists, JSONL shards and WebDataset tars (paths, globs, fsspec URLs).
+
+Reading never drops anything on its own: a line that is not a JSON object comes back as a
+:class:`RawRecord` carrying a ``malformed_json`` error, so the caller's bad-sample policy
+decides and every record keeps a stable position for sharding and resuming.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from llava_lite.data.bad_samples import BadSampleError
+from llava_lite.data.conversation import normalize_conversation
+
+RECORD_FORMATS = ("json", "jsonl", "wds")
+
+
+@dataclass
+class RawRecord:
+    """One record as read, before any tokenisation or image loading."""
+
+    record: dict[str, Any] | None
+    source: str  # the file or shard it came from
+    index: int  # position within that file (list index or line number - 1)
+    image_bytes: bytes | None = None  # set when the image travels with the record (WebDataset)
+    error: BadSampleError | None = None
+
+    @property
+    def record_id(self) -> str:
+        if self.record is not None and self.record.get("id") is not None:
+            return str(self.record["id"])
+        return f"#{self.index}"
+
+    @property
+    def has_image(self) -> bool:
+        return self.record is not None and bool(self.record.get("image"))
+
+
+def expand_files(paths: str | Sequence[str]) -> list[str]:
+    """Expand globs (local or any fsspec protocol) into a sorted, de-duplicated file list."""
+    if isinstance(paths, str):
+        paths = [paths]
+    out: list[str] = []
+    for path in paths:
+        path = str(path)
+        if not glob.has_magic(path):
+            out.append(path)
+            continue
+        fs, root = fsspec.core.url_to_fs(path)
+        matches = sorted(fs.glob(root))
+        if not matches:
+            raise FileNotFoundError(f"no files match {path!r}")
+        out += [fs.unstrip_protocol(m) if "://" in path else m for m in matches]
+    return list(dict.fromkeys(out))
+
+
+def file_format(path: str) -> str:
+    name = path.split("?")[0].lower()
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith(".tar"):
+        return "wds"
+    raise ValueError(f"{path}: unknown record format; expected .json, .jsonl or .tar (WebDataset)")
+
+
+def iter_file(path: str) -> Iterator[RawRecord]:
+    """Every record of one file, in order, malformed ones included (with ``error`` set)."""
+    fmt = file_format(path)
+    if fmt == "wds":
+        from llava_lite.data.wds_shards import iter_wds_shard
+
+        yield from iter_wds_shard(path)
+        return
+    with fsspec.open(path, "rt", encoding="utf-8") as f:
+        if fmt == "json":
+            try:
+                items = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON: {err}") from err
+            if not isinstance(items, list):
+                raise ValueError(
+                    f"{path}: a LLaVA .json file holds a list of records, got {type(items).__name__}"
+                )
+            for i, item in enumerate(items):
+                yield _raw(item, path, i, "list item is not a JSON object")
+            return
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield RawRecord(None, path, i, error=BadSampleError("malformed_json", f"line {i + 1}: {err}"))
+                continue
+            yield _raw(item, path, i, f"line {i + 1} is not a JSON object")
+
+
+def _raw(item: Any, path: str, index: int, why: str) -> RawRecord:
+    if isinstance(item, dict):
+        return RawRecord(item, path, index)
+    return RawRecord(None, path, index, error=BadSampleError("malformed_json", why))
+
+
+def read_records(paths: str | Sequence[str]) -> Iterator[RawRecord]:
+    """All records of all files (globs expanded, sorted), in a fixed order."""
+    for path in expand_files(paths):
+        yield from iter_file(path)
+
+
+def check_record(raw: RawRecord, image_token: str = "<image>") -> None:
+    """Structural checks that need no tokenizer; raises a located ``BadSampleError``."""
+    try:
+        if raw.error is not None:
+            raise raw.error
+        assert raw.record is not None
+        normalize_conversation(raw.record.get("conversations"), image_token, raw.has_image)
+    except BadSampleError as err:
+        raise err.located(raw.record_id, raw.source) from None
