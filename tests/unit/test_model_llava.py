@@ -149,3 +149,51 @@ def test_from_pretrained_rejects_foreign_folders(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="no 'llava_lite' key"):
         LlavaModel.from_pretrained(tmp_path)
+
+
+def test_checkpoints_from_local_folders_and_offline_reload(tmp_path) -> None:
+    """Vision and LLM load through name_or_path (the real-checkpoint path); the saved model then
+    reloads from its own folder even after those source folders are gone."""
+    torch.manual_seed(0)
+    source = LlavaModel(LlavaConfig.from_name("tiny"))
+    vision_dir, llm_dir = tmp_path / "vision", tmp_path / "llm"
+    source.vision_tower.model.save_pretrained(vision_dir)
+    source.image_processor.save_pretrained(vision_dir)
+    source.llm.save_pretrained(llm_dir)
+    source.tokenizer.save_pretrained(llm_dir)
+    cfg = LlavaConfig.from_name("tiny")
+    cfg.vision.name_or_path = str(vision_dir)
+    cfg.llm.name_or_path = str(llm_dir)
+    model = LlavaModel(cfg).eval()
+    model.projector.load_state_dict(source.projector.state_dict())
+    source.eval()
+    ids = _row(model, "a red circle")[None]
+    pixels = _pixels(1)
+    torch.testing.assert_close(model(ids, pixels).logits, source(ids, pixels).logits)
+
+    model.save_pretrained(tmp_path / "saved")
+    for folder in (vision_dir, llm_dir):
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    reloaded = LlavaModel.from_pretrained(tmp_path / "saved").eval()
+    assert reloaded.config.llm.name_or_path == str(llm_dir)  # the config still names the originals
+    assert torch.equal(reloaded(ids, pixels).logits, model(ids, pixels).logits)
+
+
+def test_timm_tower_model_round_trip(tmp_path) -> None:
+    cfg = LlavaConfig.from_name("tiny")
+    cfg.vision = type(cfg.vision)(
+        backend="timm",
+        name_or_path="vit_tiny_patch16_224",
+        arch={"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3},
+    )
+    model = LlavaModel(cfg).eval()
+    assert model.num_image_tokens == 16
+    ids = _row(model, "a shape")[None]
+    pixels = _pixels(1)
+    out = model(ids, pixels, labels=ids)
+    assert torch.isfinite(out.loss)
+    model.save_pretrained(tmp_path)
+    reloaded = LlavaModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded(ids, pixels).logits, out.logits)
