@@ -147,3 +147,15 @@ def test_timm_local_checkpoint(tmp_path) -> None:
         )
     )
     torch.testing.assert_close(loaded(_pixels()), source(_pixels()))
+
+
+def test_freezing_follows_requires_grad_set_elsewhere() -> None:
+    """Training code may unfreeze or freeze the tower by stage; the tower follows requires_grad."""
+    tower = VisionTower(VisionConfig(arch=ARCH))
+    tower.requires_grad_(True)
+    tower.train()
+    assert not tower.frozen and tower.model.training
+    assert tower(_pixels()).requires_grad
+    tower.requires_grad_(False)
+    tower.train()
+    assert tower.frozen and not tower.model.training

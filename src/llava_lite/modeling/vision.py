@@ -61,7 +61,6 @@ class VisionTower(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.frozen = config.freeze
         torch_dtype = resolve_dtype(dtype)
         if config.backend == "hf":
             self.model = self._build_hf(config, hf_config, torch_dtype)
@@ -86,7 +85,7 @@ class VisionTower(nn.Module):
         self.num_image_tokens = self.num_patches + (
             self.num_prefix_tokens if config.select_feature == "cls_patch" else 0
         )
-        if self.frozen:
+        if config.freeze:
             self.model.requires_grad_(False)
             self.model.eval()
 
@@ -138,6 +137,11 @@ class VisionTower(nn.Module):
         return int(has_cls) + registers
 
     # ---- forward --------------------------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        """Frozen means no parameter requires grad, so stage-wise freezing done elsewhere counts too."""
+        return not any(p.requires_grad for p in self.model.parameters())
+
     def train(self, mode: bool = True) -> VisionTower:
         """A frozen tower stays in eval mode (dropout off, norms fixed) whatever the parent does."""
         super().train(mode)
