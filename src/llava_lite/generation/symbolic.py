@@ -35,7 +35,7 @@ class SymbolicContext:
         lines: list[str] = []
         if captions:
             lines.extend(c.strip() for c in self.captions)
-        if boxes:
+        if boxes and self.objects:
             if lines:
                 lines.append("")
             lines.extend(

@@ -156,7 +156,7 @@ class ClaudeTeacher:
         try:
             async with self._semaphore:
                 response = await self.client.messages.create(**body)
-            message = response.model_dump(mode="json", exclude_none=True)
+            message = _as_message(response)
             if self.cache is not None:
                 self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
             self.paid_requests += 1
@@ -170,7 +170,7 @@ class ClaudeTeacher:
             raise TeacherError(f"api_status_{e.status_code}", type(e).__name__) from e
         except anthropic.APIConnectionError as e:
             raise TeacherError("api_connection", type(e).__name__) from e
-        except anthropic.APIError as e:  # e.g. a 200 whose body is not a Message
+        except (anthropic.APIError, ValueError) as e:  # e.g. a 200 whose body is not JSON
             raise TeacherError("api_bad_response", type(e).__name__) from e
         finally:
             self.budget.settle(reserved, spent)
@@ -195,6 +195,18 @@ class ClaudeTeacher:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _as_message(response: object) -> dict[str, Any]:
+    """The reply as a JSON dict, or ``TeacherError`` when a 200 body is not a Message."""
+    message = response.model_dump(mode="json", exclude_none=True) if hasattr(response, "model_dump") else None
+    if (
+        not isinstance(message, dict)
+        or message.get("type") != "message"
+        or not isinstance(message.get("content"), list)
+    ):
+        raise TeacherError("api_bad_response", f"reply is not a Message ({type(response).__name__})")
+    return message
 
 
 def build_teacher(name: str, **kwargs: Any) -> Teacher:

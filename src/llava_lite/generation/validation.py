@@ -40,7 +40,7 @@ class ValidationConfig:
     max_turns: int = 10
     min_question_chars: int = 5
     max_question_chars: int = 600
-    min_answer_chars: int = 2
+    min_answer_chars: int = 1
     max_answer_chars: int = 6000
     leak_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_LEAK_PATTERNS))
 
