@@ -138,7 +138,8 @@ class LlavaLitModule(L.LightningModule):
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         for group in self.trainer.optimizers[0].param_groups:
-            self.log(f"train/lr_{group['name']}", group["lr"], batch_size=1)
+            if not group["name"].endswith("/no_decay"):  # same lr as its decay twin
+                self.log(f"train/lr_{group['name']}", group["lr"], batch_size=1)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

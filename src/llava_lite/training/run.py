@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import llava_lite
+from llava_lite.training.callbacks import ProjectorCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,10 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in node.values() if c is not None and "_target_" in c]
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Build module, data and trainer from ``cfg``, fit, and return metrics and artefact paths.
+
+    ``callbacks`` are added to those ``cfg.callbacks`` names (for notebooks and tests).
 
     Returns ``{"metrics": {name: float}, "output_dir", "last_checkpoint", "best_checkpoint",
     "projector_path", "model_dir", "global_step", "accumulate_grad_batches"}`` (paths are
@@ -84,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = instantiate(cfg.module)
     datamodule = instantiate(cfg.data)
     datamodule.attach_processor(LlavaProcessor.from_model(module.model))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), *callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if cfg.get("global_batch_size"):
@@ -108,13 +112,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("export_model") and trainer.is_global_zero:
         model_dir = str(module.export_model(output_dir / "model"))
     ckpt_cb = trainer.checkpoint_callback
-    projector_path = output_dir / "projector.safetensors"
+    projector_path = next((c.path for c in trainer.callbacks if isinstance(c, ProjectorCheckpoint)), None)
     return {
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "output_dir": str(output_dir),
         "last_checkpoint": (ckpt_cb.last_model_path or None) if ckpt_cb else None,
         "best_checkpoint": (ckpt_cb.best_model_path or None) if ckpt_cb else None,
-        "projector_path": str(projector_path) if projector_path.is_file() else None,
+        "projector_path": str(projector_path) if projector_path and projector_path.is_file() else None,
         "model_dir": model_dir,
         "global_step": trainer.global_step,
         "accumulate_grad_batches": trainer.accumulate_grad_batches,

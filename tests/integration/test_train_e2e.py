@@ -1,0 +1,221 @@
+"""End to end on a CPU with the tiny preset: both stages, overfitting, resume, DDP.
+
+Each test writes its own LLaVA-format records and PNGs into tmp_path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image, ImageDraw
+
+from llava_lite.training import compose_config, train
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+
+
+def write_dataset(root: Path, n: int) -> Path:
+    """``n`` one-turn records about a coloured rectangle, plus their 32 px images."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    names = list(COLORS)
+    with (root / "train.jsonl").open("w") as f:
+        for i in range(n):
+            color = names[i % len(names)]
+            image = Image.new("RGB", (32, 32), (255, 255, 255))
+            ImageDraw.Draw(image).rectangle([2 + i % 7, 3, 22 + i % 5, 28], fill=COLORS[color])
+            image.save(root / "images" / f"{i:03d}.png")
+            record = {
+                "id": f"rec{i}",
+                "image": f"{i:03d}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+                    {"from": "gpt", "value": f"The shape is {color}."},
+                ],
+            }
+            f.write(json.dumps(record) + "\n")
+    return root
+
+
+def tiny_cfg(tmp_path: Path, data: Path, experiment: str, *overrides: str):
+    return compose_config(
+        [
+            f"experiment={experiment}",
+            f"data.train_files={data / 'train.jsonl'}",
+            f"data.image_root={data / 'images'}",
+            f"paths.root_dir={tmp_path}",
+            "callbacks.progress_bar=null",
+            "trainer.max_epochs=-1",  # tests bound runs by trainer.max_steps
+            *overrides,
+        ]
+    )
+
+
+def read_losses(output_dir: str | Path, logger_name: str = "csv") -> dict[int, float]:
+    """``{step: train/loss}`` from the CSV logger."""
+    with (Path(output_dir) / logger_name / "metrics.csv").open() as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def checkpoint_weights(path: str) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def initial_weights(cfg) -> dict[str, torch.Tensor]:
+    """The weights ``train(cfg)`` starts from: same seed, same construction."""
+    L.seed_everything(cfg.seed, workers=True)
+    module = instantiate(cfg.module)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], prefix: str) -> tuple[int, int]:
+    """(changed, total) tensors under ``prefix``."""
+    keys = [k for k in before if k.startswith(prefix)]
+    assert keys, f"no weights under {prefix}"
+    return sum(not torch.equal(before[k], after[k]) for k in keys), len(keys)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), 8)
+
+
+def test_stage1_trains_projector_only_then_stage2_loads_it(tmp_path: Path, data: Path) -> None:
+    cfg1 = tiny_cfg(tmp_path, data, "tiny_pretrain", "run_name=stage1", "trainer.max_steps=3")
+    before = initial_weights(cfg1)
+    out1 = train(cfg1)
+    assert out1["global_step"] == 3
+    after = checkpoint_weights(out1["last_checkpoint"])
+    assert changed(before, after, "model.projector.")[0] > 0
+    assert changed(before, after, "model.llm.")[0] == 0
+    assert changed(before, after, "model.vision_tower.")[0] == 0
+    projector_file = Path(out1["projector_path"])
+    assert projector_file == tmp_path / "runs/train/stage1/projector.safetensors"
+    assert projector_file.stat().st_size < 100_000
+
+    # Stage 2 starts from that file (projector lr 0 keeps it exactly as loaded).
+    cfg2 = tiny_cfg(
+        tmp_path,
+        data,
+        "tiny_finetune",
+        "run_name=stage2",
+        "trainer.max_steps=3",
+        f"model.init_projector_from={projector_file}",
+        "+module.optimizer.component_lr.projector=0.0",
+    )
+    before2 = initial_weights(cfg2)
+    out2 = train(cfg2)
+    after2 = checkpoint_weights(out2["last_checkpoint"])
+    stage1 = {k: v for k, v in after.items() if k.startswith("model.projector.")}
+    assert all(torch.equal(after2[k], v) for k, v in stage1.items())
+    assert not all(torch.equal(before2[k], v) for k, v in stage1.items())
+    llm_changed, llm_total = changed(before2, after2, "model.llm.")
+    assert llm_changed >= llm_total // 2
+    assert changed(before2, after2, "model.vision_tower.")[0] == 0
+    # The exported model reloads on its own for generation / eval.
+    from llava_lite.modeling import LlavaModel
+
+    reloaded = LlavaModel.from_pretrained(out2["model_dir"])
+    assert torch.equal(reloaded.projector[0].weight, after2["model.projector.0.weight"])
+
+
+def test_loss_goes_down_when_overfitting(tmp_path: Path) -> None:
+    small = write_dataset(tmp_path / "data", 4)
+    cfg = tiny_cfg(
+        tmp_path,
+        small,
+        "tiny_finetune",
+        "run_name=overfit",
+        "trainer.max_steps=30",
+        "data.batch_size=4",
+        "module.optimizer.lr=3e-3",
+        "callbacks.model_checkpoint=null",
+        "export_model=false",
+    )
+    out = train(cfg)
+    losses = read_losses(out["output_dir"])
+    steps = sorted(losses)
+    assert len(steps) == 30
+    first, last = losses[steps[0]], sum(losses[s] for s in steps[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+
+
+class _Crash(L.Callback):
+    """Simulates a crash at the start of step ``at`` (after the step-``at`` checkpoint)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_matches_uninterrupted_run_with_streaming_data(tmp_path: Path) -> None:
+    stream = write_dataset(tmp_path / "data", 24)
+    common = (
+        "trainer.max_steps=8",
+        "data.batch_size=2",
+        "data.streaming=true",
+        "data.shuffle_buffer=8",
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "trainer.deterministic=true",
+    )
+    full = train(tiny_cfg(tmp_path, stream, "tiny_pretrain", "run_name=full", *common))
+    reference = read_losses(full["output_dir"])
+    assert len(reference) == 8
+
+    crashed = tiny_cfg(tmp_path, stream, "tiny_pretrain", "run_name=crashed", *common)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, callbacks=[_Crash(at=4)])
+    first_part = read_losses(crashed.paths.output_dir)
+    assert sorted(first_part) == sorted(reference)[:4]
+
+    resumed = train(
+        tiny_cfg(
+            tmp_path, stream, "tiny_pretrain", "run_name=crashed", "ckpt_path=last", "logger.csv.name=resumed", *common
+        )
+    )
+    assert resumed["global_step"] == 8
+    continued = read_losses(resumed["output_dir"], "resumed")
+    assert sorted(continued) == sorted(reference)[4:]
+    for step, loss in continued.items():
+        assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_via_cli(tmp_path: Path, data: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "llava_lite.cli.train",
+        "experiment=tiny_pretrain",
+        f"data.train_files={data / 'train.jsonl'}",
+        f"data.image_root={data / 'images'}",
+        f"paths.root_dir={tmp_path}",
+        "run_name=ddp",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_steps=2",
+        "data.batch_size=2",
+        "callbacks.progress_bar=null",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "LLAVA_LITE_RUN_NAME"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs/train/ddp"
+    assert "2 device(s)" in (run / "train.log").read_text()
+    assert (run / "checkpoints/last.ckpt").is_file()
+    assert (run / "projector.safetensors").is_file()
+    assert len(read_losses(run)) == 2
