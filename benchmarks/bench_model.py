@@ -1,0 +1,183 @@
+"""Throughput of LlavaModel vs transformers' LlavaForConditionalGeneration, identical weights.
+
+Builds a random model from a config (no downloads), exports it with ``export_to_hf_llava``,
+loads the export with transformers, checks logits agree, then times a training-style forward
+(with labels) and greedy generation for both in the same process. Reports tokens/s and the
+ratio ours / transformers (1.0 = same speed).
+
+    python benchmarks/bench_model.py                    # CPU, small model
+    python benchmarks/bench_model.py --device cuda --dtype bfloat16 --size medium
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from llava_lite.config import LlavaConfig
+from llava_lite.modeling import LlavaModel
+from llava_lite.modeling.hf_convert import export_to_hf_llava
+
+SIZES = {
+    # CLIP-like tower at 224 px / 16 px patches (196 image tokens) + a small Llama.
+    "small": {
+        "vision": {
+            "hidden_size": 192,
+            "intermediate_size": 768,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 3,
+        },
+        "llm": {
+            "hidden_size": 256,
+            "intermediate_size": 688,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+        },
+        "image_size": 224,
+        "patch_size": 16,
+    },
+    # ViT-B/16-ish tower at 336 px / 14 px (576 image tokens) + a ~0.5B-parameter Llama.
+    "medium": {
+        "vision": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+        },
+        "llm": {
+            "hidden_size": 1024,
+            "intermediate_size": 2816,
+            "num_hidden_layers": 16,
+            "num_attention_heads": 16,
+        },
+        "image_size": 336,
+        "patch_size": 14,
+    },
+}
+
+
+def build(size: str, dtype: str) -> LlavaModel:
+    spec = SIZES[size]
+    cfg = LlavaConfig.from_dict(
+        {
+            "vision": {
+                "arch": {**spec["vision"], "image_size": spec["image_size"], "patch_size": spec["patch_size"]}
+            },
+            "projector": {"type": "mlp2x_gelu"},
+            "llm": {
+                "model_type": "llama",
+                "arch": {**spec["llm"], "max_position_embeddings": 4096},
+                "dtype": dtype,
+                "tiny_tokenizer": {"vocab_size": 2000},
+            },
+        }
+    )
+    torch.manual_seed(0)
+    return LlavaModel(cfg).eval()
+
+
+def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """Median seconds per call after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--text-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    ours = build(args.size, args.dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        export_to_hf_llava(ours, folder)
+        theirs = LlavaForConditionalGeneration.from_pretrained(
+            folder, dtype=getattr(torch, args.dtype)
+        ).eval()
+    ours.to(args.device)
+    theirs.to(args.device)
+
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(
+        10, ours.image_token_id, (args.batch, args.text_tokens), generator=gen
+    )  # [B, T_text]
+    image = torch.full((args.batch, ours.num_image_tokens), ours.image_token_id)
+    input_ids = torch.cat([text[:, :1], image, text[:, 1:]], dim=1).to(args.device)  # [B, T]
+    size = ours.vision_tower.image_size
+    pixels = torch.randn(args.batch, 3, size, size, generator=gen).to(args.device, getattr(torch, args.dtype))
+    mask = torch.ones_like(input_ids)
+
+    with torch.inference_mode():
+        diff = (
+            (ours(input_ids, pixels).logits - theirs(input_ids=input_ids, pixel_values=pixels).logits)
+            .abs()
+            .max()
+        )
+        results: dict[str, float | str | int] = {
+            "device": args.device,
+            "dtype": args.dtype,
+            "size": args.size,
+            "batch": args.batch,
+            "seq_len": int(input_ids.shape[1]),
+            "max_abs_logit_diff": float(diff),
+        }
+        fwd_ours = timed(lambda: ours(input_ids, pixels, labels=input_ids), args.device, args.repeats)
+        fwd_theirs = timed(
+            lambda: theirs(input_ids=input_ids, pixel_values=pixels, labels=input_ids),
+            args.device,
+            args.repeats,
+        )
+        gen_kwargs = {"max_new_tokens": args.new_tokens, "do_sample": False}
+        gen_ours = timed(
+            lambda: ours.generate(input_ids, pixels, attention_mask=mask, eos_token_id=-1, **gen_kwargs),
+            args.device,
+            args.repeats,
+        )
+        gen_theirs = timed(
+            lambda: theirs.generate(
+                input_ids=input_ids,
+                pixel_values=pixels,
+                attention_mask=mask,
+                eos_token_id=-1,
+                pad_token_id=ours.tokenizer.pad_token_id,
+                **gen_kwargs,
+            ),
+            args.device,
+            args.repeats,
+        )
+    tokens = args.batch * input_ids.shape[1]
+    new = args.batch * args.new_tokens
+    results.update(
+        forward_tok_s_ours=tokens / fwd_ours,
+        forward_tok_s_hf=tokens / fwd_theirs,
+        forward_ratio=fwd_theirs / fwd_ours,
+        generate_tok_s_ours=new / gen_ours,
+        generate_tok_s_hf=new / gen_theirs,
+        generate_ratio=gen_theirs / gen_ours,
+    )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
