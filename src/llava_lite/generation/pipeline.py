@@ -215,6 +215,7 @@ class GenerationPipeline:
                 self.summary.batch[k] = self.summary.batch.get(k, 0) + v
         if stats.budget_stopped:
             self.summary.stopped = "budget"
+            self._stop = True  # what was submitted is still read below; nothing new is bought
 
     async def _run_round(
         self, requests: list[GenerationRequest], writer: JsonlAppender
