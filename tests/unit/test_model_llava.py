@@ -197,3 +197,15 @@ def test_timm_tower_model_round_trip(tmp_path) -> None:
     model.save_pretrained(tmp_path)
     reloaded = LlavaModel.from_pretrained(tmp_path).eval()
     assert torch.equal(reloaded(ids, pixels).logits, out.logits)
+
+
+def test_sampling_is_seeded_and_stays_in_vocab(model: LlavaModel) -> None:
+    ids = _row(model, "tell me a story")[None]
+    pixels = _pixels(1)
+    kwargs = {"max_new_tokens": 6, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "eos_token_id": -1}
+    torch.manual_seed(11)
+    first = model.generate(ids, pixels, **kwargs)
+    torch.manual_seed(11)
+    second = model.generate(ids, pixels, **kwargs)
+    assert torch.equal(first, second)
+    assert first.shape == (1, 6) and int(first.max()) < len(model.tokenizer)

@@ -28,8 +28,8 @@ from transformers import (
 from transformers import LlavaConfig as HFLlavaConfig
 
 from llava_lite.config import LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
+from llava_lite.modeling.hf_config import config_to_arch
 from llava_lite.modeling.llava import LlavaModel
-from llava_lite.modeling.vision import hf_config_to_arch
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ def import_hf_llava(
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     image_processor = AutoImageProcessor.from_pretrained(path)
     image_token = tokenizer.convert_ids_to_tokens(hc.image_token_index)
-    vision_type, vision_arch = hf_config_to_arch(hc.vision_config)
-    text_type, text_arch = hf_config_to_arch(hc.text_config)
+    vision_type, vision_arch = config_to_arch(hc.vision_config)
+    text_type, text_arch = config_to_arch(hc.text_config)
     proj_state = {
         k.removeprefix("model.multi_modal_projector."): v
         for k, v in hf_model.state_dict().items()

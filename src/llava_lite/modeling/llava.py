@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PretrainedConfig
+from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_lite.config import LlavaConfig
+from llava_lite.modeling.hf_config import config_from_dict
 from llava_lite.modeling.llm import build_llm, load_tokenizer, prepare_tokenizer
 from llava_lite.modeling.projector import build_projector
 from llava_lite.modeling.vision import VisionTower
@@ -200,20 +201,10 @@ class LlavaModel(nn.Module):
             build_config,
             tokenizer=tokenizer,
             image_processor=image_processor,
-            vision_hf_config=_hf_config(meta.get("vision_config")),
-            llm_hf_config=_hf_config(meta["llm_config"]),
+            vision_hf_config=config_from_dict(meta["vision_config"]) if "vision_config" in meta else None,
+            llm_hf_config=config_from_dict(meta["llm_config"]),
         )
         load_model(model, str(folder / WEIGHTS_NAME), strict=True)
         model.config = config
         model.vision_tower.config = config.vision
         return model
-
-
-def _hf_config(data: dict[str, Any] | None) -> PretrainedConfig | None:
-    if data is None:
-        return None
-    data = dict(data)
-    model_type = data.pop("model_type")
-    for key in ("transformers_version", "architectures", "_name_or_path"):
-        data.pop(key, None)
-    return AutoConfig.for_model(model_type, **data)

@@ -30,15 +30,6 @@ from llava_lite.modeling.dtypes import resolve_dtype
 
 log = logging.getLogger(__name__)
 
-# Keys of a serialised transformers config that describe the file, not the architecture.
-_NON_ARCH_KEYS = ("model_type", "transformers_version", "architectures", "_name_or_path", "auto_map")
-
-
-def hf_config_to_arch(config: PretrainedConfig) -> tuple[str, dict[str, Any]]:
-    """Split a transformers config into ``(model_type, arch)`` that ``AutoConfig.for_model`` rebuilds."""
-    data = config.to_dict()
-    return config.model_type, {k: v for k, v in data.items() if k not in _NON_ARCH_KEYS}
-
 
 def _vision_part(config: PretrainedConfig) -> PretrainedConfig:
     """A full CLIP/SigLIP config carries text and vision parts; the tower needs only the latter."""
