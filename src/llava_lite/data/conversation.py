@@ -123,7 +123,8 @@ class PlainTemplate(ChatTemplate):
     """Stage-1 alignment: the image, then the caption and EOS; only the caption is trained.
 
     The instruction text is dropped, as in LLaVA's ``plain`` format: the projector learns to
-    map image features to a description, not to follow prompts.
+    map image features to a description, not to follow prompts. A text-only record keeps its
+    question, followed by a newline, in place of the image.
     """
 
     name = "plain"
@@ -136,7 +137,7 @@ class PlainTemplate(ChatTemplate):
                 "not_alternating", f"the plain template takes one caption turn, got {len(turns)}"
             )
         question = turns[0][1]
-        prompt = image_token if image_token in question else question
+        prompt = image_token if image_token in question else f"{question}\n"  # text-only: keep the question
         out = [Segment(prompt, False)]
         if not add_generation_prompt:
             out.append(Segment(turns[1][1] + tokenizer.eos_token, True))
@@ -214,7 +215,8 @@ class TokenizerTemplate(ChatTemplate):
     Turn boundaries come from rendering growing prefixes of the conversation: the text up
     to an answer is the rendering with ``add_generation_prompt=True`` of the messages before
     it, the text up to the end of the answer's turn is the rendering of the messages through
-    it; both must be prefixes of the full rendering.
+    it; both must be prefixes of the full rendering. Trailing spaces of a generation prompt
+    are left to the answer (and stripped from prompts), as a model emits them with its first word.
     """
 
     name = "tokenizer"
@@ -241,7 +243,10 @@ class TokenizerTemplate(ChatTemplate):
                     raise BadSampleError(
                         "label_mismatch", f"chat template prefix through turn {k} is not a prefix"
                     )
-            cuts += [(len(start), False), (len(end.rstrip("\n")), True)]
+            # A prompt ending in a space ("[/INST] ") would split "▁word" pieces: the space goes with the answer.
+            cuts += [(len(start.rstrip(" ")), False), (len(end.rstrip("\n")), True)]
+        if add_generation_prompt:
+            full = full.rstrip(" ")
         out, pos = [], 0
         for cut, trained in cuts:
             out.append(Segment(full[pos:cut], trained))
@@ -251,7 +256,16 @@ class TokenizerTemplate(ChatTemplate):
         return [s for s in out if s.text]
 
     def stop_strings(self, tokenizer):
-        return [tokenizer.eos_token] if tokenizer.eos_token else []
+        """The first token after an answer in the rendered template (e.g. ``<|eot_id|>``), then EOS."""
+        stops = [tokenizer.eos_token] if tokenizer.eos_token else []
+        probe = "llava-lite-probe-answer"
+        chats = [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}]
+        tail = tokenizer.apply_chat_template(chats, tokenize=False).split(probe)[-1].strip()
+        ids = tokenizer(tail, add_special_tokens=False).input_ids if tail else []
+        if ids:
+            first = tokenizer.convert_ids_to_tokens(ids[0])
+            stops = [first] + [s for s in stops if s != first]
+        return stops
 
 
 _VICUNA_SYSTEM = (

@@ -1,0 +1,135 @@
+"""WebDataset tar shards: LLaVA JSON + image folder in, streamable shards out, and back.
+
+Each sample is ``{key}.json`` (the LLaVA record, unchanged) plus ``{key}.{ext}`` (the image
+file's bytes, not re-encoded) when the record has an image. Keys are the record's global
+position (``%09d``), so shard order is record order. Shards are written and read through
+fsspec, so ``out_dir`` and shard URLs may be local paths or any fsspec URL.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import fsspec
+from PIL import Image, UnidentifiedImageError
+from webdataset import TarWriter
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, check_policy
+from llava_lite.data.images import resolve_image_path
+from llava_lite.data.records import RawRecord, check_record, read_records
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "gif", "tiff")
+
+
+@dataclass
+class ConversionResult:
+    shards: list[str]
+    written: int
+    counter: BadSampleCounter = field(default_factory=BadSampleCounter)
+
+
+def _image_ext(path: str) -> str:
+    ext = posixpath.splitext(path)[1].lower().lstrip(".")
+    ext = {"jpeg": "jpg", "tif": "tiff"}.get(ext, ext)
+    return ext if ext in IMAGE_EXTS else "jpg"
+
+
+def _read_image_bytes(raw: RawRecord, image_root: str | None) -> bytes:
+    assert raw.record is not None
+    where = resolve_image_path(str(raw.record["image"]), image_root)
+    try:
+        with fsspec.open(where, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as err:
+        raise BadSampleError("missing_image", f"{where} not found") from err
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise BadSampleError("unreadable_image", f"{where}: {type(err).__name__}") from err
+    return data
+
+
+def convert_to_wds(
+    records: str | Sequence[str],
+    out_dir: str,
+    image_root: str | None = None,
+    shard_size: int = 1000,
+    prefix: str = "shard",
+    on_bad_sample: str = "skip",
+) -> ConversionResult:
+    """Write ``{out_dir}/{prefix}-000000.tar`` ... with at most ``shard_size`` samples each.
+
+    Bad records (structure, missing or unreadable image) follow ``on_bad_sample``: skipped
+    ones are counted in the result's ``counter`` and logged; ``"raise"`` names record and file.
+    """
+    check_policy(on_bad_sample)
+    result = ConversionResult(shards=[], written=0)
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    fs.makedirs(root, exist_ok=True)
+    writer: TarWriter | None = None
+    stream = None
+    try:
+        for position, raw in enumerate(read_records(records)):
+            try:
+                check_record(raw)
+                assert raw.record is not None
+                sample = {"__key__": f"{position:09d}", "json": json.dumps(raw.record).encode()}
+                if raw.has_image:
+                    sample[_image_ext(str(raw.record["image"]))] = _read_image_bytes(raw, image_root)
+            except BadSampleError as err:
+                err = err.located(raw.record_id, raw.source)
+                if on_bad_sample == "raise":
+                    raise err from None
+                result.counter.add(err.report())
+                continue
+            if writer is None or result.written % shard_size == 0:
+                if writer is not None:
+                    writer.close()
+                    stream.close()
+                path = posixpath.join(root, f"{prefix}-{len(result.shards):06d}.tar")
+                stream = fs.open(path, "wb")
+                writer = TarWriter(stream)
+                result.shards.append(fs.unstrip_protocol(path) if "://" in out_dir else path)
+            writer.write(sample)
+            result.written += 1
+    finally:
+        if writer is not None:
+            writer.close()
+            stream.close()
+    log.info("wrote %d samples to %d shards in %s", result.written, len(result.shards), out_dir)
+    return result
+
+
+def iter_wds_shard(url: str) -> Iterator[RawRecord]:
+    """The records of one shard, with their image bytes attached."""
+    with fsspec.open(url, "rb") as f:
+        files = (dict(member, __url__=url) for member in tar_file_iterator(f))
+        for index, sample in enumerate(group_by_keys(files)):
+            key = sample.get("__key__", str(index))
+            try:
+                record = json.loads(sample["json"])
+            except (KeyError, json.JSONDecodeError) as err:
+                yield RawRecord(
+                    None, url, index, error=BadSampleError("malformed_json", f"sample {key}: {err}")
+                )
+                continue
+            if not isinstance(record, dict):
+                yield RawRecord(
+                    None, url, index, error=BadSampleError("malformed_json", f"sample {key}: not an object")
+                )
+                continue
+            image = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
+            if record.get("image") and image is None:
+                err = BadSampleError("missing_image", f"sample {key} has no image file in the shard")
+                yield RawRecord(record, url, index, error=err)
+                continue
+            yield RawRecord(record, url, index, image_bytes=image)

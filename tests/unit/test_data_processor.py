@@ -1,0 +1,146 @@
+"""Processor (image slots, aspect modes, truncation policy, prompts) and collator (padding, images, truncation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessor
+
+from llava_lite.data import IGNORE_INDEX, BadSampleError, LlavaCollator, LlavaProcessor
+from llava_lite.data.images import make_square
+from llava_lite.modeling.tokenizer import build_tiny_tokenizer
+
+N_IMG = 9
+
+
+def make_processor(kind: str = "sentencepiece", **kw) -> LlavaProcessor:
+    tok = build_tiny_tokenizer(kind)
+    tok.add_tokens(["<image>"], special_tokens=True)
+    ip = CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    return LlavaProcessor(tok, ip, num_image_tokens=N_IMG, **kw)
+
+
+def record(question: str = "What is it? <image>", answer: str = "A red square.", turns: int = 1) -> dict:
+    conv = []
+    for t in range(turns):
+        conv += [
+            {"from": "human", "value": question if t == 0 else "And then?"},
+            {"from": "gpt", "value": answer},
+        ]
+    return {"id": "r", "image": "x.png", "conversations": conv}
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
+def test_image_marker_becomes_one_block_of_ignored_slots(kind: str) -> None:
+    proc = make_processor(kind)
+    out = proc.process_record(record(), Image.new("RGB", (30, 20), "red"))
+    ids, labels = out["input_ids"], out["labels"]
+    slots = (ids == proc.image_token_id).nonzero().flatten()
+    assert slots.numel() == N_IMG
+    assert torch.equal(slots, torch.arange(int(slots[0]), int(slots[0]) + N_IMG))  # contiguous
+    assert bool((labels[slots] == IGNORE_INDEX).all())
+    assert out["pixel_values"].shape == (3, 24, 24)
+    chat = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]
+    text = proc.process_record({"conversations": chat}, None)
+    assert text["pixel_values"] is None and not bool((text["input_ids"] == proc.image_token_id).any())
+
+
+def test_processor_requires_the_image_token_in_the_vocab() -> None:
+    tok = build_tiny_tokenizer("bpe")
+    with pytest.raises(ValueError, match="special token"):
+        LlavaProcessor(tok, CLIPImageProcessor(), num_image_tokens=4)
+
+
+def test_aspect_modes() -> None:
+    ip = CLIPImageProcessor(image_mean=[0.2, 0.4, 0.6], crop_size={"height": 16, "width": 16})
+    img = Image.new("RGB", (40, 20), (255, 255, 255))
+    padded = make_square(img, "pad", ip)
+    assert padded.size == (40, 40)
+    assert padded.getpixel((0, 0)) == (51, 102, 153)  # the encoder's mean colour
+    assert padded.getpixel((20, 20)) == (255, 255, 255)  # the image, centred
+    assert make_square(img, "resize", ip).size == (16, 16)
+    assert make_square(img, "crop", ip).size == (20, 20)
+
+
+def test_over_long_sample_is_truncated_only_when_safe() -> None:
+    long_answer = " ".join(["the red circle"] * 40)
+    proc = make_processor(model_max_length=120)
+    out = proc.process_record(record(answer=long_answer), Image.new("RGB", (8, 8)))
+    assert out["input_ids"].numel() == 120
+    assert (out["input_ids"] == proc.image_token_id).sum() == N_IMG
+    assert bool((out["labels"] != IGNORE_INDEX).any())
+    with pytest.raises(BadSampleError) as err:
+        strict = make_processor(model_max_length=120, truncation=False)
+        strict.process_record(record(answer=long_answer), Image.new("RGB", (8, 8)))
+    assert err.value.reason == "too_long"
+    # The image block itself would be cut (a long system prompt pushes it past the limit).
+    long_question = " ".join(["where is the blue square"] * 40)
+    late_image = record()
+    late_image["conversations"].insert(0, {"from": "system", "value": long_question})
+    with pytest.raises(BadSampleError) as err:
+        proc.process_record(late_image, Image.new("RGB", (8, 8)))
+    assert err.value.reason == "too_long"
+    # Nothing trained survives the cut.
+    text_only = {
+        "conversations": [
+            {"from": "human", "value": long_question},
+            {"from": "gpt", "value": "Yes."},
+        ]
+    }
+    with pytest.raises(BadSampleError) as err:
+        proc.process_record(text_only, None)
+    assert err.value.reason == "no_trained_tokens"
+
+
+def test_prompt_ends_with_assistant_prefix_and_matches_training_prefix() -> None:
+    proc = make_processor()
+    img = Image.new("RGB", (12, 12), "blue")
+    full = proc.process_record(record(turns=2), img)
+    first_answer = int((full["labels"] != IGNORE_INDEX).nonzero()[0])
+    prompt = proc.prompt("What is it? <image>", img)
+    assert torch.equal(prompt["input_ids"], full["input_ids"][:first_answer])
+    assert torch.allclose(prompt["pixel_values"], full["pixel_values"])
+    follow = proc.prompt("And then?", img, history=[("What is it?", "A red square.")])
+    second = full["labels"] != IGNORE_INDEX
+    second_start = int(second.nonzero().flatten()[(second.nonzero().flatten().diff() > 1).nonzero()[0] + 1])
+    assert torch.equal(follow["input_ids"], full["input_ids"][:second_start])
+    assert proc.stop_token_ids == [proc.tokenizer.eos_token_id]
+
+
+def _sample(n: int, image: bool, image_at: int = 1, image_id: int = 99) -> dict:
+    ids = torch.arange(1, n + 1)
+    if image:
+        ids[image_at : image_at + 3] = image_id
+    labels = ids.clone()
+    labels[: n // 2] = IGNORE_INDEX
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "pixel_values": torch.full((3, 4, 4), float(n)) if image else None,
+        "id": f"s{n}",
+        "source": "f.jsonl",
+    }
+
+
+def test_collator_pads_right_and_left_and_keeps_image_order() -> None:
+    samples = [_sample(6, True), _sample(4, False), _sample(8, True)]
+    right = LlavaCollator(pad_token_id=0, image_token_id=99)(samples)
+    assert right["input_ids"].shape == (3, 8)
+    assert right["attention_mask"].tolist()[1] == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert right["labels"][1, 4:].tolist() == [IGNORE_INDEX] * 4
+    assert right["pixel_values"][:, 0, 0, 0].tolist() == [6.0, 8.0]  # row order
+    left = LlavaCollator(pad_token_id=0, padding_side="left")(samples)
+    assert left["attention_mask"].tolist()[1] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert left["input_ids"][1, 4:].tolist() == [1, 2, 3, 4]
+    assert LlavaCollator(pad_token_id=0)([_sample(4, False)])["pixel_values"] is None
+
+
+def test_collator_truncation_never_cuts_an_image_block() -> None:
+    collate = LlavaCollator(pad_token_id=0, model_max_length=6, image_token_id=99)
+    ok = _sample(10, True, image_at=1)  # image slots 1..3, answer tokens 5..9
+    cut = _sample(10, True, image_at=4)  # slots 4..6: a cut at 6 would split them
+    batch = collate([ok, cut, {"skipped": []}])
+    assert batch["input_ids"].shape == (1, 6) and batch["ids"] == ["s10"]
+    assert [r.reason for r in batch["skipped"]] == ["too_long"]
+    assert batch["pixel_values"].shape[0] == 1
