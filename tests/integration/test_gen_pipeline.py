@@ -15,6 +15,8 @@ from hydra import compose, initialize_config_dir
 
 from llava_lite.cli.generate import config_dir
 from llava_lite.cli.generate import run as cli_run
+from llava_lite.data.conversation import normalize_conversation
+from llava_lite.data.records import iter_file
 from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.jsonl import read_jsonl
 from llava_lite.generation.pipeline import GenerationPipeline
@@ -117,6 +119,11 @@ def test_run_writes_llava_records_with_provenance_and_a_summary(api, tmp_path):
     )
     assert first["conversations"][0]["value"].startswith("<image>\n")
     assert json.loads((tmp_path / "out" / "instruct.json").read_text()) == records
+    for path in ("instruct.jsonl", "instruct.json"):  # what the data module reads
+        raw = list(iter_file(str(tmp_path / "out" / path)))
+        assert len(raw) == N_JOBS and all(r.error is None for r in raw)
+        for r in raw:
+            normalize_conversation(r.record["conversations"], has_image=r.has_image)
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["samples_total"] == N_JOBS and saved["usage"]["output_tokens"] > 0
 
