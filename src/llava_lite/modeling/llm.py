@@ -30,7 +30,8 @@ def load_tokenizer(cfg: LLMConfig) -> Any:
 
 def prepare_tokenizer(tokenizer: Any, image_token: str) -> int:
     """Add ``image_token`` as a special token and ensure a pad token; idempotent. Returns its id."""
-    if image_token not in tokenizer.get_vocab():
+    if image_token not in tokenizer.all_special_tokens:
+        # Special, so "<image>" in text is one id and is never split or normalised away.
         tokenizer.add_special_tokens(
             {"extra_special_tokens": [image_token]}, replace_extra_special_tokens=False
         )
