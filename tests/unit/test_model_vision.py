@@ -112,7 +112,9 @@ def test_pickle_checkpoints_need_allow_pickle(tmp_path) -> None:
     with pytest.raises(OSError, match="safetensors"):
         VisionTower(VisionConfig(name_or_path=str(tmp_path)))
     loaded = VisionTower(VisionConfig(name_or_path=str(tmp_path), allow_pickle=True))
-    torch.testing.assert_close(loaded.model.embeddings.patch_embedding.weight, source.embeddings.patch_embedding.weight)
+    torch.testing.assert_close(
+        loaded.model.embeddings.patch_embedding.weight, source.embeddings.patch_embedding.weight
+    )
 
 
 @pytest.mark.parametrize(("select_feature", "tokens"), [("patch", 16), ("cls_patch", 17)])
