@@ -182,7 +182,13 @@ def test_resume_matches_uninterrupted_run_with_streaming_data(tmp_path: Path) ->
 
     resumed = train(
         tiny_cfg(
-            tmp_path, stream, "tiny_pretrain", "run_name=crashed", "ckpt_path=last", "logger.csv.name=resumed", *common
+            tmp_path,
+            stream,
+            "tiny_pretrain",
+            "run_name=crashed",
+            "ckpt_path=last",
+            "logger.csv.name=resumed",
+            *common,
         )
     )
     assert resumed["global_step"] == 8

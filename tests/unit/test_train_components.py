@@ -188,7 +188,9 @@ def test_bad_options_fail_loudly() -> None:
 def test_lora_trains_adapters_only() -> None:
     pytest.importorskip("peft")
     module = LlavaLitModule(
-        model=_tiny(), stage="finetune", lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+        model=_tiny(),
+        stage="finetune",
+        lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
     )
     llm_trainable = [n for n, p in module.model.llm.named_parameters() if p.requires_grad]
     assert llm_trainable and all("lora_" in n for n in llm_trainable)

@@ -29,7 +29,9 @@ class ProjectorCheckpoint(L.Callback):
         if trainer.is_global_zero:
             save_projector(pl_module.model.projector, self.path, pl_module.model.config.projector.type)
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._write(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -81,8 +81,12 @@ class LlavaLitModule(L.LightningModule):
 
         self.model = LlavaModel(LlavaConfig.from_dict(model_cfg))
         if gradient_checkpointing:
-            self.model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.trained = apply_stage(self.model.components(), stage, train_vision=not self.model.config.vision.freeze)
+            self.model.llm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        self.trained = apply_stage(
+            self.model.components(), stage, train_vision=not self.model.config.vision.freeze
+        )
         if lora:
             self.model.llm = apply_lora(self.model.llm, lora)
         self.empty_batches = 0
@@ -96,7 +100,9 @@ class LlavaLitModule(L.LightningModule):
             load_projector(self.model.projector, self.init_projector_from, self.model.config.projector.type)
             log.info("projector initialised from %s", self.init_projector_from)
         elif stage == "fit" and self.hparams.stage == "finetune" and not self.init_projector_from:
-            log.warning("finetune without model.init_projector_from: the projector starts from random weights")
+            log.warning(
+                "finetune without model.init_projector_from: the projector starts from random weights"
+            )
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
@@ -116,7 +122,9 @@ class LlavaLitModule(L.LightningModule):
                 "set module.on_empty_batch=skip"
             )
         self.empty_batches += 1
-        log.warning("skipping %s batch %d with no trained token (%d so far)", split, batch_idx, self.empty_batches)
+        log.warning(
+            "skipping %s batch %d with no trained token (%d so far)", split, batch_idx, self.empty_batches
+        )
         return False
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:

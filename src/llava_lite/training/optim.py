@@ -44,7 +44,9 @@ def param_groups(
         if decay:
             groups.append({"name": name, "params": decay, "lr": group_lr, "weight_decay": weight_decay})
         if no_decay:
-            groups.append({"name": f"{name}/no_decay", "params": no_decay, "lr": group_lr, "weight_decay": 0.0})
+            groups.append(
+                {"name": f"{name}/no_decay", "params": no_decay, "lr": group_lr, "weight_decay": 0.0}
+            )
     if not groups:
         raise ValueError("no trainable parameters: every component is frozen")
     return groups

@@ -20,7 +20,9 @@ def save_projector(projector: nn.Module, path: str | Path, projector_type: str) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "llava_lite.projector", "projector_type": projector_type})
+    save_file(
+        tensors, str(path), metadata={"format": "llava_lite.projector", "projector_type": projector_type}
+    )
     return path
 
 
@@ -32,12 +34,17 @@ def load_projector(projector: nn.Module, path: str | Path, projector_type: str) 
     with safe_open(str(path), framework="pt") as f:
         saved_type = (f.metadata() or {}).get("projector_type")
     if saved_type is not None and saved_type != projector_type:
-        raise ValueError(f"{path} holds a {saved_type!r} projector; this model's projector is {projector_type!r}")
+        raise ValueError(
+            f"{path} holds a {saved_type!r} projector; this model's projector is {projector_type!r}"
+        )
     state = load_file(str(path))
     own = projector.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad_shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in set(own) & set(state) if state[k].shape != own[k].shape]
+    bad_shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    ]
     if missing or unexpected or bad_shapes:
         raise ValueError(
             f"{path} does not fit this projector: missing={missing} unexpected={unexpected} "

@@ -1,0 +1,221 @@
+"""Every shipped Hydra config composes, and instantiates with tiny overrides (no network).
+
+Files are enumerated from ``conf/`` so a new config cannot escape: a file in a group this
+test does not know fails ``test_every_config_file_is_covered``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch import Trainer
+from omegaconf import OmegaConf, open_dict
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from llava_lite.config import PRESETS, LlavaConfig
+from llava_lite.modeling import build_projector
+from llava_lite.training import LlavaLitModule, accumulation_steps, compose_config, config_dir
+
+CONF = config_dir()
+TRAIN_GROUPS = (
+    "model",
+    "model/vision",
+    "model/llm",
+    "model/projector",
+    "data",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "experiment",
+)
+# Groups that belong to another primary config (and its owners' tests).
+OTHER_GROUPS = {"teacher": "generate"}
+_HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _primaries() -> list[str]:
+    return sorted(p.stem for p in CONF.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text(
+        '{"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n'
+    )
+    return path
+
+
+def _cfg(train_file: Path, *overrides: str):
+    return compose_config(
+        [f"data.train_files={train_file}", f"paths.root_dir={train_file.parent}", *overrides]
+    )
+
+
+def _llava_config(model_node) -> LlavaConfig:
+    data = OmegaConf.to_container(model_node, resolve=True)
+    data.pop("init_projector_from")
+    return LlavaConfig.from_dict(data)
+
+
+def _is_offline(model_node) -> bool:
+    return model_node.vision.name_or_path is None and model_node.llm.name_or_path is None
+
+
+def _instantiate_trainer(trainer_node) -> None:
+    """A CPU-sized Trainer from the config; GPU-only strategies get their strategy object built."""
+    node = copy.deepcopy(trainer_node)
+    strategy = node.get("strategy")
+    target = strategy.get("_target_", "") if strategy is not None else ""
+    if target.endswith("DeepSpeedStrategy"):
+        if not _HAS_DEEPSPEED:
+            pytest.skip("deepspeed is not installed (optional extra llava_lite[deepspeed])")
+        instantiate(strategy)
+        return
+    if target.endswith("FSDPStrategy"):  # Lightning allows FSDP on GPUs only
+        built = instantiate(strategy)
+        policy = built.kwargs["auto_wrap_policy"]
+        assert isinstance(policy, ModuleWrapPolicy) and "LlamaDecoderLayer" in repr(policy._module_classes)
+        return
+    with open_dict(node):
+        node.accelerator, node.devices, node.precision = "cpu", 1, "32-true"
+    trainer = instantiate(node, logger=False, enable_checkpointing=False)
+    assert isinstance(trainer, Trainer)
+
+
+def test_every_config_file_is_covered() -> None:
+    known = set(TRAIN_GROUPS) | set(OTHER_GROUPS)
+    groups = {str(p.parent.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF}
+    assert groups <= known, (
+        f"config groups {sorted(groups - known)} are not tested: add them to test_configs.py"
+    )
+    assert "train" in _primaries()
+
+
+@pytest.mark.parametrize("primary", _primaries())
+def test_primary_configs_compose(primary: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=primary)
+    assert len(cfg) > 0
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, p in OTHER_GROUPS.items() for o in _options(g)])
+def test_other_primaries_groups_compose(group: str, option: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=OTHER_GROUPS[group], overrides=[f"{group}={option}"])
+    assert group in cfg
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_model_presets(option: str, train_file: Path) -> None:
+    cfg = _cfg(train_file, f"model={option}")
+    config = _llava_config(cfg.model)
+    if option in PRESETS:  # the Hydra preset and the Python preset must not drift apart
+        assert config.to_dict() == LlavaConfig.from_name(option).to_dict()
+    if _is_offline(cfg.model):
+        module = instantiate(cfg.module)
+        assert isinstance(module, LlavaLitModule) and module.model.config == config
+    else:
+        assert config.vision.name_or_path and config.llm.name_or_path
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g in ("model/vision", "model/llm", "model/projector") for o in _options(g)],
+)
+def test_model_parts(group: str, option: str, train_file: Path) -> None:
+    cfg = _cfg(train_file, "model=tiny", f"{group}={option}")
+    config = _llava_config(cfg.model)
+    assert build_projector(config.projector.type, 4, 8) is not None  # a registered type
+    if _is_offline(cfg.model):
+        module = instantiate(cfg.module)
+        assert module.model.projector is not None
+    else:
+        assert (config.vision.name_or_path or config.llm.name_or_path).count("/") == 1  # a hub id
+
+
+@pytest.mark.parametrize("option", _options("data"))
+def test_data_configs(option: str, train_file: Path) -> None:
+    cfg = _cfg(train_file, f"data={option}", f"data.train_files={train_file}")
+    dm = instantiate(cfg.data)
+    assert dm.train_files == [str(train_file)] and dm.batch_size == cfg.data.batch_size
+    if option != "llava":  # named datasets live under paths.data_dir
+        assert compose_config([f"data={option}"]).data.train_files.startswith("./data/")
+
+
+@pytest.mark.parametrize("option", _options("trainer"))
+def test_trainer_configs(option: str, train_file: Path) -> None:
+    cfg = _cfg(train_file, f"trainer={option}")
+    if option == "cpu":
+        assert cfg.trainer.precision == "32-true"
+    if option in ("gpu", "ddp", "fsdp") or option.startswith("deepspeed"):
+        assert cfg.trainer.precision == "bf16-mixed"
+    _instantiate_trainer(cfg.trainer)
+
+
+def test_deepspeed_stages(train_file: Path) -> None:
+    assert _cfg(train_file, "trainer=deepspeed").trainer.strategy.stage == 2
+    assert _cfg(train_file, "trainer=deepspeed_zero3").trainer.strategy.stage == 3
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in ("callbacks", "logger") for o in _options(g)])
+def test_callbacks_and_loggers(group: str, option: str, train_file: Path) -> None:
+    cfg = _cfg(train_file, f"{group}={option}")
+    objects = [instantiate(node) for node in cfg[group].values() if node is not None]
+    assert len(objects) == len(cfg[group])
+
+
+@pytest.mark.parametrize("option", _options("paths"))
+def test_paths(option: str, train_file: Path) -> None:
+    cfg = _cfg(train_file, f"paths={option}", "run_name=x")
+    paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    assert paths["output_dir"].endswith("/train/x")
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_experiments(option: str, train_file: Path) -> None:
+    cfg = _cfg(train_file, f"experiment={option}", f"data.train_files={train_file}")
+    OmegaConf.to_container(cfg, resolve=True)  # no dangling interpolation
+    assert cfg.module.stage in ("pretrain", "finetune")
+    assert option.startswith(cfg.module.stage) or cfg.module.stage in option
+    config = _llava_config(cfg.model)
+    if _is_offline(cfg.model):
+        instantiate(cfg.module)
+    else:
+        assert config.llm.name_or_path
+    instantiate(cfg.data)
+    for group in ("callbacks", "logger"):
+        [instantiate(node) for node in cfg[group].values() if node is not None]
+    _instantiate_trainer(cfg.trainer)
+
+
+@pytest.mark.parametrize(
+    ("option", "model", "lr", "global_batch", "epochs"),
+    [
+        ("llava_v1_pretrain", "linear", 2e-3, 128, 1),
+        ("llava_v1_finetune", "linear", 2e-5, 32, 3),
+        ("llava_v1_5_pretrain", "mlp2x_gelu", 1e-3, 256, 1),
+        ("llava_v1_5_finetune", "mlp2x_gelu", 2e-5, 128, 1),
+    ],
+)
+def test_paper_stage_settings(option: str, model: str, lr: float, global_batch: int, epochs: int) -> None:
+    cfg = compose_config([f"experiment={option}"])
+    assert cfg.module.optimizer.lr == lr and cfg.global_batch_size == global_batch
+    assert cfg.trainer.max_epochs == epochs and cfg.module.warmup_ratio == 0.03
+    assert cfg.model.projector.type == model and cfg.model.model_max_length == 2048
+    if "v1_5" in option:
+        assert cfg.model.image_aspect == "pad" and cfg.model.vision.name_or_path.endswith("-336")
+    # The global batch is reachable on a node of 8 GPUs.
+    assert accumulation_steps(global_batch, cfg.data.batch_size, 8) >= 1
+    if cfg.module.stage == "pretrain":
+        assert cfg.callbacks.projector.path.endswith("projector.safetensors")
