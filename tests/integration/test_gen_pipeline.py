@@ -137,6 +137,19 @@ def test_failures_are_counted_and_the_run_continues(api, tmp_path):
     assert sum(summary.samples.values()) == N_JOBS - 3 == len(_output(tmp_path))
 
 
+def test_images_and_types_without_usable_context_are_skipped_and_counted(api, tmp_path):
+    settings = _settings(tmp_path)
+    cap = Path(settings.captions_file)
+    captions = json.loads(cap.read_text())
+    captions["annotations"] = [a for a in captions["annotations"] if a["image_id"] != 1]  # image 1: boxes only
+    captions["images"].append({"id": 99, "file_name": "bare.jpg", "width": 10, "height": 10})  # nothing at all
+    cap.write_text(json.dumps(captions))
+    summary = _run(api, settings)
+    assert dict(summary.skipped_images) == {"no_annotations": 1}
+    assert dict(summary.skipped_jobs) == {"empty_context": 1}  # image 1's conversation: captions only
+    assert sum(summary.samples.values()) == N_JOBS - 1 == len(api.calls(status=200))
+
+
 def test_rejected_reply_is_retried_as_a_new_request(api, tmp_path):
     leak = {"turns": [{"question": "What does the caption say?", "answer": "A dog."}]}
     api.script.append({"content": [{"type": "tool_use", "id": "t", "name": "record_turns", "input": leak}]})

@@ -53,6 +53,7 @@ class RunSummary:
     failed_jobs: int = 0  # jobs that used all their attempts
     unfinished_jobs: int = 0  # jobs not attempted (budget stop)
     skipped_images: Counter[str] = field(default_factory=Counter)
+    skipped_jobs: Counter[str] = field(default_factory=Counter)  # e.g. nothing to show for this type
     duplicate_turns_dropped: int = 0
     paid_requests: int = 0
     cache_hits: int = 0
@@ -109,7 +110,6 @@ class GenerationPipeline:
             cache=self.cache,
             budget=self.budget,
             prices=s.prices,
-            estimator=None,
             client_kwargs=client_kwargs,
         )
 
@@ -128,7 +128,7 @@ class GenerationPipeline:
             else:
                 kept.append(c)
         for reason, n in self.summary.skipped_images.items():
-            log.warning("skipped %d images: %s", n, reason)
+            log.warning("skipping %d images: %s", n, reason)
         return kept
 
     def jobs(self, contexts: list[SymbolicContext], done: set[str]) -> Iterator[GenerationRequest]:
@@ -140,12 +140,22 @@ class GenerationPipeline:
                     if sample_id(c, rtype, k) in done:
                         self.summary.already_done += 1
                         continue
+                    if not self._has_context(c, rtype):
+                        self.summary.skipped_jobs["empty_context"] += 1
+                        continue
                     instruction = None
                     if rtype == "detail":
                         instruction = random.Random(f"{s.seed}:{c.image_id}:{k}").choice(instructions)
                     yield GenerationRequest(
                         context=c, response_type=rtype, sample_index=k, instruction=instruction
                     )
+
+    def _has_context(self, context: SymbolicContext, response_type: str) -> bool:
+        """False when the parts this type is shown are empty (e.g. captions only, none given)."""
+        if not isinstance(self.teacher, ClaudeTeacher):
+            return True  # other teachers read the whole context themselves
+        options = self.teacher.context[response_type]
+        return bool(context.render(captions=options.captions, boxes=options.boxes).strip())
 
     def done_ids(self) -> set[str]:
         path = self.out_dir / OUTPUT_FILE
