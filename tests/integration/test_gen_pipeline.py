@@ -255,6 +255,8 @@ def test_dry_run_estimates_without_any_request(api, tmp_path):
     est = summary.estimate
     assert est["requests"] == N_JOBS and 0 < est["expected_usd"] < est["worst_case_usd"]
     assert est["expected_usage"]["cache_read_input_tokens"] > 0
+    assert set(est["prefix_tokens"]) == {"conversation", "detail", "complex_reasoning"}
+    assert min(est["prefix_tokens"].values()) > 1024  # the shipped prompts are long enough to be cached
     assert api.log == [] and _output(tmp_path) == []
 
 

@@ -308,10 +308,12 @@ class GenerationPipeline:
         est = TokenEstimator(self.settings.estimate.encoding, self.settings.estimate.token_ratio)
         prices, batch = self.settings.prices, self.settings.batch.enabled
         expected, worst = Usage(), Usage()
+        prefix_tokens: dict[str, int] = {}
         prefix_written: set[str] = set()
         for r in requests:
             body = self.teacher.body(r)
             prefix, message = est.prefix_tokens(body), est.message_tokens(body)
+            prefix_tokens[r.response_type] = prefix
             out = self.settings.estimate.expected_output_tokens.get(
                 r.response_type, self.settings.teacher.max_tokens
             )
@@ -327,9 +329,14 @@ class GenerationPipeline:
                     input_tokens=message, output_tokens=out, cache_creation_input_tokens=prefix
                 )
             worst = worst + Usage(input_tokens=prefix + message, output_tokens=int(body["max_tokens"]))
+        minimum = self.settings.estimate.min_cacheable_tokens
+        for rtype, n in prefix_tokens.items():
+            if self.settings.teacher.prompt_caching and n < minimum:
+                log.warning("%s: shared prefix ~%d tokens < %d, the model may not cache it", rtype, n, minimum)
         return {
             "requests": len(requests),
             "encoding": self.settings.estimate.encoding,
+            "prefix_tokens": prefix_tokens,
             "expected_usage": asdict(expected),
             "expected_usd": round(prices.cost(expected, batch=batch), 6),
             "worst_case_usd": round(prices.cost(worst, batch=batch), 6),

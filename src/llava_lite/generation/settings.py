@@ -45,6 +45,9 @@ class BatchSettings:
 class EstimateSettings:
     encoding: str = "cl100k_base"
     token_ratio: float = 1.0  # Claude tokens per cl100k token, if you have measured it
+    # Shortest prefix the model will cache (1024 for Sonnet-class models, more for some others);
+    # the dry run warns when the shared prefix is estimated below it.
+    min_cacheable_tokens: int = 1024
     expected_output_tokens: dict[str, int] = field(
         default_factory=lambda: {"conversation": 450, "detail": 300, "complex_reasoning": 300}
     )
