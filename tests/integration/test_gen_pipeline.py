@@ -19,7 +19,7 @@ from llava_lite.data.conversation import normalize_conversation
 from llava_lite.data.records import iter_file
 from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.jsonl import read_jsonl
-from llava_lite.generation.pipeline import GenerationPipeline
+from llava_lite.generation.pipeline import GenerationPipeline, _lock_output_dir
 from llava_lite.generation.settings import settings_from
 
 KEY = "sk-ant-test-NEVER-WRITE-ME-41c2"
@@ -141,8 +141,12 @@ def test_images_and_types_without_usable_context_are_skipped_and_counted(api, tm
     settings = _settings(tmp_path)
     cap = Path(settings.captions_file)
     captions = json.loads(cap.read_text())
-    captions["annotations"] = [a for a in captions["annotations"] if a["image_id"] != 1]  # image 1: boxes only
-    captions["images"].append({"id": 99, "file_name": "bare.jpg", "width": 10, "height": 10})  # nothing at all
+    captions["annotations"] = [
+        a for a in captions["annotations"] if a["image_id"] != 1
+    ]  # image 1: boxes only
+    captions["images"].append(
+        {"id": 99, "file_name": "bare.jpg", "width": 10, "height": 10}
+    )  # nothing at all
     cap.write_text(json.dumps(captions))
     summary = _run(api, settings)
     assert dict(summary.skipped_images) == {"no_annotations": 1}
@@ -174,7 +178,7 @@ def test_budget_cap_stops_cleanly_and_a_rerun_finishes(api, tmp_path):
 _CHILD = textwrap.dedent(
     """
     import sys
-    from llava_lite.generation.pipeline import GenerationPipeline
+    from llava_lite.generation.pipeline import GenerationPipeline, _lock_output_dir
     from llava_lite.generation.settings import settings_from
     cap, inst, out, url, key = sys.argv[1:]
     settings = settings_from({"captions_file": cap, "instances_file": inst, "output_dir": out, "budget_usd": None,
@@ -248,6 +252,18 @@ def test_batch_mode_resumes_an_open_batch_instead_of_resubmitting(api, tmp_path)
     _run(api, _settings(tmp_path, batch={"enabled": True}))
     _assert_complete_once(tmp_path)
     assert len(api.calls("/v1/messages/batches")) == 1  # collected, not resubmitted
+
+
+def test_two_runs_cannot_share_an_output_folder(api, tmp_path):
+    settings = _settings(tmp_path)
+    Path(settings.output_dir).mkdir(parents=True)
+    held = _lock_output_dir(Path(settings.output_dir))
+    try:
+        with pytest.raises(RuntimeError, match="in use by another generation run"):
+            _run(api, settings)
+    finally:
+        held.close()
+    assert api.log == []
 
 
 def test_dry_run_estimates_without_any_request(api, tmp_path):

@@ -11,6 +11,7 @@ export are written through temp + rename.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from llava_lite.generation.base import GenerationRequest, Teacher, TeacherError, Usage
 from llava_lite.generation.batches import BatchRunner
@@ -168,6 +169,7 @@ class GenerationPipeline:
 
     async def arun(self) -> RunSummary:
         start = time.monotonic()
+        lock = _lock_output_dir(self.out_dir)
         try:
             pending = list(self.jobs(self.contexts(), self.done_ids()))
             if self.settings.dry_run:
@@ -185,6 +187,7 @@ class GenerationPipeline:
                 await self.teacher.aclose()
             if self.cache is not None:
                 self.cache.close()
+            lock.close()
 
     async def _rounds(self, pending: list[GenerationRequest], writer: JsonlAppender) -> None:
         s = self.settings
@@ -332,7 +335,9 @@ class GenerationPipeline:
         minimum = self.settings.estimate.min_cacheable_tokens
         for rtype, n in prefix_tokens.items():
             if self.settings.teacher.prompt_caching and n < minimum:
-                log.warning("%s: shared prefix ~%d tokens < %d, the model may not cache it", rtype, n, minimum)
+                log.warning(
+                    "%s: shared prefix ~%d tokens < %d, the model may not cache it", rtype, n, minimum
+                )
         return {
             "requests": len(requests),
             "encoding": self.settings.estimate.encoding,
@@ -350,3 +355,15 @@ class GenerationPipeline:
             self.summary.usage = self.teacher.usage
         self.summary.cost_usd = self.budget.spent_usd
         write_json_atomic(self.out_dir / SUMMARY_FILE, self.summary.to_dict())
+
+
+def _lock_output_dir(out_dir: Path) -> IO[str]:
+    """An exclusive lock on the output folder: two runs appending to one file would duplicate
+    samples. The OS drops the lock when the process dies, so a killed run never blocks a rerun."""
+    handle = open(out_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"{out_dir} is in use by another generation run") from None
+    return handle
