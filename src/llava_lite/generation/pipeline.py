@@ -111,6 +111,7 @@ class GenerationPipeline:
             cache=self.cache,
             budget=self.budget,
             prices=s.prices,
+            estimator=TokenEstimator(s.estimate.encoding, s.estimate.token_ratio),
             client_kwargs=client_kwargs,
         )
 
@@ -308,7 +309,7 @@ class GenerationPipeline:
         """
         if not isinstance(self.teacher, ClaudeTeacher):
             return {"requests": len(requests), "expected_usd": 0.0, "worst_case_usd": 0.0}
-        est = TokenEstimator(self.settings.estimate.encoding, self.settings.estimate.token_ratio)
+        est = self.teacher.estimator
         prices, batch = self.settings.prices, self.settings.batch.enabled
         expected, worst = Usage(), Usage()
         prefix_tokens: dict[str, int] = {}
