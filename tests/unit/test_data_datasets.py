@@ -110,9 +110,12 @@ def test_images_read_through_fsspec_url_root(tmp_path: Path) -> None:
 
 
 # ---- sharding and resuming ----------------------------------------------------------------
-@pytest.mark.parametrize(("world_size", "num_workers", "files"), [(2, 2, 3), (3, 1, 1), (1, 2, 5)])
+@pytest.mark.parametrize(
+    ("world_size", "num_workers", "files", "shard_by"),
+    [(2, 2, 3, "record"), (3, 1, 1, "record"), (1, 2, 5, "record"), (2, 2, 9, "file"), (3, 1, 2, "file")],
+)
 def test_ranks_times_workers_see_every_sample_exactly_once(
-    tmp_path: Path, world_size: int, num_workers: int, files: int
+    tmp_path: Path, world_size: int, num_workers: int, files: int, shard_by: str
 ) -> None:
     records = [text_record(i) for i in range(37)]
     for k in range(files):

@@ -36,6 +36,7 @@ class LlavaDataModule(L.LightningDataModule):
     ``train_files``/``val_files``: JSON, JSONL or WebDataset ``.tar`` files, globs or fsspec
     URLs. Without ``val_files``, ``val_fraction`` of the training records is held out
     (a seeded permutation for map-style data, a per-record hash when streaming).
+    ``shard_by`` ("record" | "file") is how streaming data is divided among ranks and workers.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class LlavaDataModule(L.LightningDataModule):
         val_fraction: float = 0.0,
         seed: int = 0,
         processor: LlavaProcessor | None = None,
+        shard_by: str = "record",
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -74,6 +76,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.processor = processor
+        self.shard_by = shard_by
         self.train_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.val_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.counters = {"train": BadSampleCounter(), "val": BadSampleCounter()}
@@ -125,6 +128,7 @@ class LlavaDataModule(L.LightningDataModule):
             "seed": self.seed,
             "rank": rank,
             "world_size": world,
+            "shard_by": self.shard_by,
         }
         held_out = ("train", self.val_fraction) if self.val_fraction and not self.val_files else None
         self.train_dataset = LlavaStreamingDataset(

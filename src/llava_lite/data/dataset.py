@@ -7,14 +7,19 @@ record and file; ``"skip"`` produces a ``SkipReport`` that rides along with the 
 Streaming: the records of all files form one global sequence (file order shuffled per
 epoch with the seed). Reader slot ``s`` of ``S = world_size x num_workers`` takes global
 indices ``g % S == s``, so every record is seen exactly once per epoch across ranks and
-workers, however many files there are. Each slot shuffles its records through a seeded
-buffer; its output order is a pure function of (seed, epoch, slot), which is what makes
+workers, however many files there are; records of other slots are passed over unparsed,
+but every slot still reads every file. With many more files than slots, ``shard_by="file"``
+gives slot ``s`` files ``s, s + S, ...`` instead (each file read once; per-rank sample
+counts then differ by up to a file, so bound DDP runs by ``max_steps``).
+
+Each slot shuffles its records through a seeded buffer; its output order is a pure function of (seed, epoch, slot), which is what makes
 resuming exact: the state is "slot s has delivered m records", and a resumed slot replays
 its order without loading anything and continues at m + 1.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -32,6 +37,8 @@ from llava_lite.data.processor import LlavaProcessor
 from llava_lite.data.records import RawRecord, check_record, expand_files, iter_file, read_records
 
 log = logging.getLogger(__name__)
+
+SHARD_BY = ("record", "file")
 
 __all__ = ["LlavaDataset", "LlavaStreamingDataset", "build_sample", "read_records"]
 
@@ -148,7 +155,11 @@ class LlavaStreamingDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         split: tuple[str, float] | None = None,
+        shard_by: str = "record",
     ) -> None:
+        if shard_by not in SHARD_BY:
+            raise ValueError(f"shard_by={shard_by!r}; valid: {list(SHARD_BY)}")
+        self.shard_by = shard_by
         self.files = expand_files(files)
         if not self.files:
             raise FileNotFoundError(f"no data files in {files!r}")
@@ -238,12 +249,18 @@ class LlavaStreamingDataset(IterableDataset):
         yield from buffer
 
     def _slot_stream(self, slot: int, num_slots: int) -> Iterator[RawRecord]:
-        g = 0
-        for path in self._files_for_epoch():
-            for raw in iter_file(path):
-                if g % num_slots == slot and self._in_split(raw):
-                    yield raw
-                g += 1
+        files = self._files_for_epoch()
+        if self.shard_by == "file":
+            for path in files[slot::num_slots]:
+                yield from (raw for raw in iter_file(path) if self._in_split(raw))
+            return
+        counter = itertools.count()
+
+        def mine() -> bool:
+            return next(counter) % num_slots == slot
+
+        for path in files:
+            yield from (raw for raw in iter_file(path, take=mine) if self._in_split(raw))
 
     def _in_split(self, raw: RawRecord) -> bool:
         """Held out or not by a hash of (file, position): the same records every epoch."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.conversation import normalize_conversation
 
 RECORD_FORMATS = ("json", "jsonl", "wds")
+_DATA_SUFFIXES = (".json", ".jsonl", ".tar")
 
 
 @dataclass
@@ -43,17 +44,23 @@ class RawRecord:
 
 
 def expand_files(paths: str | Sequence[str]) -> list[str]:
-    """Expand globs (local or any fsspec protocol) into a sorted, de-duplicated file list."""
+    """Expand globs and folders (local or any fsspec protocol) into a sorted, de-duplicated file list.
+
+    A folder stands for the ``.json``, ``.jsonl`` and ``.tar`` files directly inside it.
+    """
     if isinstance(paths, str):
         paths = [paths]
     out: list[str] = []
     for path in paths:
         path = str(path)
-        if not glob.has_magic(path):
+        fs, root = fsspec.core.url_to_fs(path)
+        if not glob.has_magic(path) and not fs.isdir(root):
             out.append(path)
             continue
-        fs, root = fsspec.core.url_to_fs(path)
-        matches = sorted(fs.glob(root))
+        if glob.has_magic(path):
+            matches = sorted(fs.glob(root))
+        else:
+            matches = sorted(m for m in fs.ls(root, detail=False) if m.lower().endswith(_DATA_SUFFIXES))
         if not matches:
             raise FileNotFoundError(f"no files match {path!r}")
         out += [fs.unstrip_protocol(m) if "://" in path else m for m in matches]
@@ -71,13 +78,18 @@ def file_format(path: str) -> str:
     raise ValueError(f"{path}: unknown record format; expected .json, .jsonl or .tar (WebDataset)")
 
 
-def iter_file(path: str) -> Iterator[RawRecord]:
-    """Every record of one file, in order, malformed ones included (with ``error`` set)."""
+def iter_file(path: str, take: Callable[[], bool] | None = None) -> Iterator[RawRecord]:
+    """Every record of one file, in order, malformed ones included (with ``error`` set).
+
+    ``take`` is called once per record, in order; records it declines are passed over
+    without being parsed (a reader slot skips the other slots' records cheaply).
+    """
+    take = take or _always
     fmt = file_format(path)
     if fmt == "wds":
         from llava_lite.data.wds_shards import iter_wds_shard
 
-        yield from iter_wds_shard(path)
+        yield from iter_wds_shard(path, take)
         return
     with fsspec.open(path, "rt", encoding="utf-8") as f:
         if fmt == "json":
@@ -90,10 +102,11 @@ def iter_file(path: str) -> Iterator[RawRecord]:
                     f"{path}: a LLaVA .json file holds a list of records, got {type(items).__name__}"
                 )
             for i, item in enumerate(items):
-                yield _raw(item, path, i, "list item is not a JSON object")
+                if take():
+                    yield _raw(item, path, i, "list item is not a JSON object")
             return
         for i, line in enumerate(f):
-            if not line.strip():
+            if not line.strip() or not take():
                 continue
             try:
                 item = json.loads(line)
@@ -101,6 +114,10 @@ def iter_file(path: str) -> Iterator[RawRecord]:
                 yield RawRecord(None, path, i, error=BadSampleError("malformed_json", f"line {i + 1}: {err}"))
                 continue
             yield _raw(item, path, i, f"line {i + 1} is not a JSON object")
+
+
+def _always() -> bool:
+    return True
 
 
 def _raw(item: Any, path: str, index: int, why: str) -> RawRecord:

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import fsspec
@@ -109,11 +109,13 @@ def convert_to_wds(
     return result
 
 
-def iter_wds_shard(url: str) -> Iterator[RawRecord]:
-    """The records of one shard, with their image bytes attached."""
+def iter_wds_shard(url: str, take: Callable[[], bool] | None = None) -> Iterator[RawRecord]:
+    """The records of one shard, with their image bytes attached; ``take`` as in ``iter_file``."""
     with fsspec.open(url, "rb") as f:
         files = (dict(member, __url__=url) for member in tar_file_iterator(f))
         for index, sample in enumerate(group_by_keys(files)):
+            if take is not None and not take():
+                continue
             key = sample.get("__key__", str(index))
             try:
                 record = json.loads(sample["json"])
