@@ -204,3 +204,18 @@ def test_hparams_are_plain_configs(pretrain_module: LlavaLitModule) -> None:
     hp = pretrain_module.hparams
     assert isinstance(hp["model"], dict) and hp["stage"] == "pretrain"
     assert not any(isinstance(v, torch.nn.Module) for v in hp.values())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    plain = LlavaLitModule(model=_tiny(), stage="finetune")
+    torch.manual_seed(0)
+    checkpointed = LlavaLitModule(model=_tiny(), stage="finetune", gradient_checkpointing=True)
+    assert checkpointed.model.llm.is_gradient_checkpointing and not plain.model.llm.is_gradient_checkpointing
+    ids = torch.randint(5, 100, (2, 7))
+    grads = []
+    for module in (plain, checkpointed):
+        module.train()
+        module.model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(module.model.llm.get_input_embeddings().weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])

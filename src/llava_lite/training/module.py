@@ -25,10 +25,12 @@ from llava_lite.training.freeze import (
 )
 from llava_lite.training.optim import build_adamw, build_cosine_schedule, param_groups
 from llava_lite.training.projector import load_projector
+from llava_lite.training.rng import rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+RNG_KEY = "llava_lite_rng_states"
 EMPTY_BATCH_POLICIES = ("error", "skip")
 DEFAULT_OPTIMIZER: dict[str, Any] = {
     "lr": 2e-5,
@@ -103,6 +105,18 @@ class LlavaLitModule(L.LightningModule):
             log.warning(
                 "finetune without model.init_projector_from: the projector starts from random weights"
             )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not checkpoint the global RNGs; without them a resumed run reshuffles
+        # map-style data and redraws dropout masks differently from an uninterrupted one.
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only when a Trainer resumes a fit: load_from_checkpoint for inference must not reset
+        # the caller's RNGs. Restored at once, since the train DataLoader's iterator (which
+        # draws its base seed) may be created before any later hook runs.
+        if RNG_KEY in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
+            set_rng_states(checkpoint[RNG_KEY])
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:

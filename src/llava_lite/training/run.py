@@ -92,9 +92,13 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if cfg.get("global_batch_size"):
-        trainer.accumulate_grad_batches = accumulation_steps(
-            cfg.global_batch_size, cfg.data.batch_size, trainer.world_size
-        )
+        steps = accumulation_steps(cfg.global_batch_size, cfg.data.batch_size, trainer.world_size)
+        if trainer.accumulate_grad_batches not in (1, steps):
+            raise ValueError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} contradicts "
+                f"global_batch_size={cfg.global_batch_size} (which needs {steps}); set one of them"
+            )
+        trainer.accumulate_grad_batches = steps
     if trainer.is_global_zero:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         log.info(
