@@ -1,0 +1,230 @@
+"""Batch answers to LLaVA-format questions, written as LLaVA's ``model_vqa`` writes them.
+
+Questions: JSON Lines (or a JSON array) of ``{"question_id", "text", "image"?, ...}``; the
+image, if named, is read from ``image_root``. Answers: one JSON line per question with
+``question_id``, ``prompt``, ``text``, ``answer_id``, ``model_id``, ``metadata``. Lines are
+appended and fsynced batch by batch, so a killed run resumes where it stopped: question ids
+already in the answers file are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llava_lite.data.collate import LlavaCollator
+from llava_lite.generation.jsonl import JsonlAppender, read_jsonl, repair_torn_tail
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to answer; ``question_id`` keeps its original type (int or str) for output."""
+
+    question_id: int | str
+    text: str
+    image: str | None = None
+    category: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.question_id)
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings; greedy by default, as LLaVA's evaluation runs (temperature 0)."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    use_cache: bool = True
+
+
+@dataclass
+class AnswerStats:
+    answered: int = 0  # newly written in this call
+    skipped_done: int = 0  # already in the answers file (resume)
+    total: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"answered": self.answered, "skipped_done": self.skipped_done, "total": self.total}
+
+
+def load_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """A JSON array file or JSON Lines, as dicts (error names the file and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
+        return data
+    return list(read_jsonl(path))
+
+
+def parse_question(record: Any, where: str) -> Question:
+    """Validate one question record; ``where`` (file:line) goes into the error."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a question must be an object, got {type(record).__name__}")
+    qid = record.get("question_id")
+    if not isinstance(qid, int | str) or isinstance(qid, bool) or qid == "":
+        raise ValueError(f"{where}: missing or invalid 'question_id' ({qid!r})")
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where}: question {qid!r} has no 'text'")
+    image = record.get("image")
+    if image is not None and not isinstance(image, str):
+        raise ValueError(f"{where}: question {qid!r} has a non-string 'image' ({image!r})")
+    category = record.get("category")
+    return Question(qid, text, image or None, None if category is None else str(category))
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """Questions from a LLaVA questions file; duplicate ids are an error (resume keys on them)."""
+    questions: list[Question] = []
+    seen: set[str] = set()
+    for i, record in enumerate(load_json_or_jsonl(path)):
+        q = parse_question(record, f"{path} record {i}")
+        if q.key in seen:
+            raise ValueError(f"{path} record {i}: duplicate question_id {q.question_id!r}")
+        seen.add(q.key)
+        questions.append(q)
+    return questions
+
+
+def read_answers(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Answers file → ``{str(question_id): record}`` (read only; a torn last line is an error)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found")
+    answers: dict[str, dict[str, Any]] = {}
+    for i, record in enumerate(read_jsonl(path), 1):
+        if "question_id" not in record or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{i}: an answer needs 'question_id' and a 'text' string")
+        answers[str(record["question_id"])] = record
+    return answers
+
+
+def _answer_id(model_id: str, question_id: int | str, text: str) -> str:
+    return hashlib.sha1(f"{model_id}\0{question_id}\0{text}".encode()).hexdigest()[:22]
+
+
+def _batches(items: Sequence[Question], size: int) -> Iterable[Sequence[Question]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    processor: Any,
+    questions: Sequence[Question],
+    answers_file: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    batch_size: int = 8,
+    settings: GenerationSettings | None = None,
+    model_id: str = "llava_lite",
+    system: str | None = None,
+) -> AnswerStats:
+    """Answer every question not yet in ``answers_file``, appending one line per answer.
+
+    ``model`` is a ``LlavaModel`` (or anything with its ``generate``/``tokenizer``);
+    ``processor`` a ``LlavaProcessor`` built for it. Prompts are left-padded into batches and
+    decoded greedily unless ``settings.do_sample``; generation stops at the template's
+    end-of-turn tokens.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    settings = settings or GenerationSettings()
+    repair_torn_tail(answers_file)  # a run killed mid-line left at most one partial line
+    done = read_answers(answers_file) if Path(answers_file).is_file() else {}
+    todo = [q for q in questions if q.key not in done]
+    stats = AnswerStats(skipped_done=len(questions) - len(todo), total=len(questions))
+    if stats.skipped_done:
+        log.info(
+            "%s: %d of %d questions already answered; resuming",
+            answers_file,
+            stats.skipped_done,
+            len(questions),
+        )
+    collator = LlavaCollator(
+        processor.pad_token_id, padding_side="left", image_token_id=processor.image_token_id
+    )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with JsonlAppender(answers_file) as out:
+            for batch_questions in _batches(todo, batch_size):
+                texts = _answer_batch(
+                    model, processor, collator, batch_questions, image_root, settings, system, device
+                )
+                for q, text in zip(batch_questions, texts, strict=True):
+                    prompt = f"{processor.image_token}\n{q.text}" if q.image else q.text
+                    out.append(
+                        {
+                            "question_id": q.question_id,
+                            "prompt": prompt,
+                            "text": text,
+                            "answer_id": _answer_id(model_id, q.question_id, text),
+                            "model_id": model_id,
+                            "metadata": {},
+                        }
+                    )
+                    stats.answered += 1
+    finally:
+        model.train(was_training)
+    return stats
+
+
+def _answer_batch(
+    model: Any,
+    processor: Any,
+    collator: LlavaCollator,
+    questions: Sequence[Question],
+    image_root: str | Path | None,
+    settings: GenerationSettings,
+    system: str | None,
+    device: torch.device,
+) -> list[str]:
+    samples = []
+    for q in questions:
+        image = None
+        if q.image:
+            path = Path(image_root) / q.image if image_root is not None else Path(q.image)
+            if not path.is_file():
+                raise FileNotFoundError(f"question {q.question_id!r}: image {path} not found")
+            image = str(path)
+        try:
+            samples.append(processor.prompt(q.text, image, system=system))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"question {q.question_id!r} (image {image}): {e}") from e
+    batch = collator(samples)
+    pixel_values = batch["pixel_values"]
+    new_tokens = model.generate(
+        batch["input_ids"].to(device),  # [B, T], left-padded
+        pixel_values=None if pixel_values is None else pixel_values.to(device),  # [N, 3, H, W]
+        attention_mask=batch["attention_mask"].to(device),  # [B, T]
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        eos_token_id=processor.stop_token_ids or None,
+        use_cache=settings.use_cache,
+    )  # [B, T_new]
+    texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [t.strip() for t in texts]

@@ -1,0 +1,319 @@
+"""A text-only judge (Claude through the ``anthropic`` SDK) that scores two answers 1-10.
+
+As in LLaVA-Bench, the judge reads a textual stand-in for the image (captions, and boxes
+when available), the question, a reference answer (Assistant 1) and the model's answer
+(Assistant 2), and gives each an overall score from 1 to 10. Scores come from a forced tool
+call; a reply with text instead is read the paper's way, from a first line holding the two
+numbers. Anything else is a :class:`JudgeError` with a reason that the caller counts — a
+failed judgement is never scored as 0.
+
+Paying for replies reuses the generation package: replies are stored in its
+:class:`~llava_lite.generation.cache.RequestCache` before parsing (a rerun replays them for
+free), the :class:`~llava_lite.generation.cost.Budget` reserves each request's worst case
+before sending, and :class:`~llava_lite.generation.cost.Prices` turn usage into dollars.
+The API key is passed to the SDK only (explicitly, or read by the SDK from
+``ANTHROPIC_API_KEY``); it is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+
+from llava_lite.generation.base import Usage
+from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.cost import Budget, Prices
+from llava_lite.generation.estimate import TokenEstimator
+from llava_lite.generation.teacher import usage_from_message
+
+log = logging.getLogger(__name__)
+
+JUDGE_PROMPT_VERSION = "judge-v1"
+SCORE_RANGE = (1.0, 10.0)
+
+JUDGE_SYSTEM = (
+    "You are a careful, impartial reviewer who checks how well answers fit the question and the image."
+)
+
+JUDGE_INSTRUCTION = (
+    "Two AI assistants answered the question above about an image. You cannot see the image; "
+    "the context above describes what it shows. Judge each answer for helpfulness, relevance, "
+    "accuracy with respect to the context, and level of detail, and give each assistant one "
+    "overall score from 1 to 10 (higher is better). Do not let the order of the answers or "
+    "their length sway you.\n"
+    "Call the record_scores tool. If you cannot call it, write the two scores (Assistant 1, then "
+    "Assistant 2) separated by a space on the first line, and your explanation below."
+)
+
+SCORES_TOOL: dict[str, Any] = {
+    "name": "record_scores",
+    "description": "Record the overall 1-10 score of each assistant and a short justification.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "explanation": {"type": "string", "description": "Why the two answers got their scores."},
+            "assistant_1_score": {"type": "number", "minimum": 1, "maximum": 10},
+            "assistant_2_score": {"type": "number", "minimum": 1, "maximum": 10},
+        },
+        "required": ["explanation", "assistant_1_score", "assistant_2_score"],
+    },
+}
+
+_FAILED_STOPS = {"max_tokens", "refusal", "model_context_window_exceeded", "pause_turn"}
+_FATAL = (anthropic.AuthenticationError, anthropic.PermissionDeniedError, anthropic.NotFoundError)
+
+
+class JudgeError(Exception):
+    """A judge reply (or call) that yields no scores; ``reason`` is counted by the caller."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One pair to judge: Assistant 1 is the reference, Assistant 2 the evaluated model."""
+
+    question_id: int | str
+    category: str
+    context: str
+    question: str
+    reference_answer: str
+    model_answer: str
+
+
+@dataclass
+class Judgement:
+    request: JudgeRequest
+    scores: tuple[float, float] | None  # (reference, model); None when the reply had none
+    error: str | None = None  # reason when scores is None
+    review: str = ""  # the judge's explanation or text
+    cached: bool = False
+    usage: Usage = field(default_factory=Usage)
+
+    def to_record(self) -> dict[str, Any]:
+        """A review line in the shape of LLaVA's reviews (``tuple`` = [reference, model])."""
+        return {
+            "question_id": self.request.question_id,
+            "category": self.request.category,
+            "tuple": list(self.scores) if self.scores else None,
+            "error": self.error,
+            "content": self.review,
+            "cached": self.cached,
+        }
+
+
+def render_prompt(request: JudgeRequest) -> str:
+    """The user message: context, question, both answers, then the instruction."""
+    return (
+        f"[Context]\n{request.context.strip()}\n\n"
+        f"[Question]\n{request.question.strip()}\n\n"
+        f"[Assistant 1]\n{request.reference_answer.strip()}\n\n[End of Assistant 1]\n\n"
+        f"[Assistant 2]\n{request.model_answer.strip()}\n\n[End of Assistant 2]\n\n"
+        f"[Instruction]\n{JUDGE_INSTRUCTION}"
+    )
+
+
+def build_body(request: JudgeRequest, model: str, max_tokens: int) -> dict[str, Any]:
+    """A complete ``messages.create`` body with the scores tool forced."""
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "system": [{"type": "text", "text": JUDGE_SYSTEM}],
+        "messages": [{"role": "user", "content": render_prompt(request)}],
+        "tools": [SCORES_TOOL],
+        "tool_choice": {"type": "tool", "name": SCORES_TOOL["name"]},
+    }
+
+
+def cache_key(body: Mapping[str, Any]) -> str:
+    """sha256 of the judge prompt version and the full body: same request, same stored reply."""
+    payload = {"kind": "judge", "prompt_version": JUDGE_PROMPT_VERSION, "body": body}
+    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# ---- parsing --------------------------------------------------------------------------
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_FIRST_LINE = re.compile(rf"^\s*{_NUMBER}\s*(?:,\s*|\s+){_NUMBER}\s*$")
+
+
+def parse_score_line(text: str) -> tuple[float, float]:
+    """The paper's fallback: the first line holds exactly two numbers (space or comma apart)."""
+    first = text.strip().split("\n", 1)[0]
+    match = _FIRST_LINE.match(first)
+    if match is None:
+        raise JudgeError("unparseable", f"first line is not two scores: {first[:80]!r}")
+    return _checked(float(match.group(1)), float(match.group(2)))
+
+
+def _checked(a: Any, b: Any) -> tuple[float, float]:
+    try:
+        scores = (float(a), float(b))
+    except (TypeError, ValueError) as e:
+        raise JudgeError("malformed_scores", f"scores {a!r}, {b!r} are not numbers") from e
+    lo, hi = SCORE_RANGE
+    if not all(lo <= s <= hi for s in scores):
+        raise JudgeError("out_of_range", f"scores {scores} outside {lo:g}..{hi:g}")
+    return scores
+
+
+def parse_reply(message: Mapping[str, Any]) -> tuple[tuple[float, float], str]:
+    """``((reference_score, model_score), explanation)`` from a Messages reply, or ``JudgeError``."""
+    stop = message.get("stop_reason")
+    if stop in _FAILED_STOPS:
+        raise JudgeError(str(stop), f"stop_reason={stop}")
+    texts: list[str] = []
+    for block in message.get("content") or []:
+        kind = block.get("type")
+        if kind == "tool_use" and block.get("name") == SCORES_TOOL["name"]:
+            data = block.get("input")
+            if not isinstance(data, dict):
+                raise JudgeError("malformed_scores", "tool input is not an object")
+            scores = _checked(data.get("assistant_1_score"), data.get("assistant_2_score"))
+            return scores, str(data.get("explanation", ""))
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+    text = "\n".join(texts).strip()
+    if not text:
+        raise JudgeError("empty_reply", "no text or tool_use block")
+    return parse_score_line(text), text
+
+
+# ---- the client -----------------------------------------------------------------------
+class ClaudeJudge:
+    """Judges requests through ``AsyncAnthropic`` with caching, a budget and bounded concurrency."""
+
+    def __init__(
+        self,
+        model: str = "claude-sonnet-4-5",
+        *,
+        max_tokens: int = 1024,
+        concurrency: int = 8,
+        max_retries: int = 4,
+        timeout_s: float = 120.0,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        cache: RequestCache | None = None,
+        budget: Budget | None = None,
+        prices: Prices | None = None,
+        estimator: TokenEstimator | None = None,
+        client: anthropic.AsyncAnthropic | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.cache = cache
+        self.budget = budget or Budget(None)
+        self.prices = prices or Prices()
+        self._estimator = estimator
+        self._client = client
+        # Held only to build the client; None lets the SDK read its environment / config.
+        self._client_kwargs: dict[str, Any] = {"max_retries": max_retries, "timeout": timeout_s}
+        if api_key is not None:
+            self._client_kwargs["api_key"] = api_key
+        if base_url is not None:
+            self._client_kwargs["base_url"] = base_url
+        self._concurrency = concurrency
+        self.paid_requests = 0
+        self.cache_hits = 0
+        self.usage = Usage()  # billed in this run; cache replays cost nothing
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"ClaudeJudge(model={self.model!r}, max_tokens={self.max_tokens})"
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            self._client = anthropic.AsyncAnthropic(**self._client_kwargs)
+        return self._client
+
+    @property
+    def estimator(self) -> TokenEstimator:
+        if self._estimator is None:
+            self._estimator = TokenEstimator()
+        return self._estimator
+
+    @property
+    def spent_usd(self) -> float:
+        return self.budget.spent_usd
+
+    async def judge(self, request: JudgeRequest, semaphore: asyncio.Semaphore | None = None) -> Judgement:
+        """One judgement; API and parse failures become a ``Judgement`` with ``error`` set."""
+        body = build_body(request, self.model, self.max_tokens)
+        key = cache_key(body)
+        hit = self.cache.get(key) if self.cache is not None else None
+        cached = hit is not None
+        try:
+            if hit is not None:
+                self.cache_hits += 1
+                message = hit[0]
+            else:
+                message = await self._call(body, key, semaphore)
+            scores, review = parse_reply(message)
+        except JudgeError as e:
+            log.warning("judge: question %r not scored (%s)", request.question_id, e)
+            return Judgement(request, None, error=e.reason, cached=cached)
+        return Judgement(request, scores, review=review, cached=cached, usage=usage_from_message(message))
+
+    async def _call(
+        self, body: dict[str, Any], key: str, semaphore: asyncio.Semaphore | None
+    ) -> dict[str, Any]:
+        if semaphore is None:
+            return await self._paid_call(body, key)
+        async with semaphore:  # reserve budget only once a slot is free, so waiting requests hold none
+            return await self._paid_call(body, key)
+
+    async def _paid_call(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+        reserved = self.prices.cost(self.estimator.worst_case(body))
+        self.budget.reserve(reserved)  # BudgetExceeded stops the run before anything is sent
+        spent = 0.0
+        try:
+            response = await self.client.messages.create(**body)
+            message = (
+                response.model_dump(mode="json", exclude_none=True)
+                if hasattr(response, "model_dump")
+                else None
+            )
+            if not isinstance(message, dict) or message.get("type") != "message":
+                raise JudgeError("api_bad_response", "reply is not a Message")
+            if self.cache is not None:
+                self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
+            usage = usage_from_message(message)
+            self.paid_requests += 1
+            self.usage = self.usage + usage
+            spent = self.prices.cost(usage)
+            return message
+        except _FATAL:
+            raise
+        except anthropic.APIStatusError as e:
+            raise JudgeError(f"api_status_{e.status_code}", type(e).__name__) from e
+        except anthropic.APIConnectionError as e:
+            raise JudgeError("api_connection", type(e).__name__) from e
+        except anthropic.APIError as e:
+            raise JudgeError("api_bad_response", type(e).__name__) from e
+        finally:
+            self.budget.settle(reserved, spent)
+
+    async def judge_all(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+        """Every request, at most ``concurrency`` in flight, results in request order."""
+        semaphore = asyncio.Semaphore(self._concurrency)
+        try:
+            return list(await asyncio.gather(*(self.judge(r, semaphore) for r in requests)))
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

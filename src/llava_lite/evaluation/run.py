@@ -1,0 +1,137 @@
+"""One evaluation run from :class:`EvalSettings`: what ``llava-lite-eval`` executes.
+
+Also callable from notebooks: ``run_eval(settings_from({...}))`` returns the result dict and
+writes it to ``{output_dir}/{task}_results.json``. Relative output file names (answers,
+reviews, judge cache) live under ``output_dir``. Every step resumes: answers already in the
+answers file are kept, judge replies already paid for are replayed from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llava_lite.evaluation import llava_bench, scienceqa
+from llava_lite.evaluation.answers import Question, generate_answers, read_answers, read_questions
+from llava_lite.evaluation.judge import ClaudeJudge
+from llava_lite.evaluation.settings import EvalSettings
+from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.cost import Budget
+from llava_lite.generation.jsonl import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _required(value: str | None, name: str) -> str:
+    if not value:
+        raise ValueError(f"{name} must be set for this task")
+    return value
+
+
+class _Runner:
+    def __init__(self, settings: EvalSettings) -> None:
+        self.s = settings
+        self.output_dir = Path(settings.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def out(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else self.output_dir / path
+
+    def answer(self, questions: list[Question], answers_file: Path, image_root: str | None) -> dict[str, int]:
+        """Generate the missing answers with the model in ``model_dir``."""
+        from llava_lite.data import LlavaProcessor
+        from llava_lite.modeling import LlavaModel
+
+        model_dir = _required(self.s.model_dir, "model_dir")
+        model = LlavaModel.from_pretrained(model_dir).to(_resolve_device(self.s.device)).eval()
+        processor = LlavaProcessor.from_model(model, template=self.s.template)
+        stats = generate_answers(
+            model,
+            processor,
+            questions,
+            answers_file,
+            image_root=image_root,
+            batch_size=self.s.batch_size,
+            settings=self.s.generation,
+            model_id=self.s.model_id or Path(model_dir).resolve().name,
+        )
+        return stats.to_dict()
+
+    # ---- tasks ----------------------------------------------------------------------
+    def answers(self) -> dict[str, Any]:
+        a = self.s.answers
+        questions = read_questions(_required(a.questions_file, "answers.questions_file"))
+        answers_file = self.out(a.answers_file)
+        return {"answers_file": str(answers_file), **self.answer(questions, answers_file, a.image_root)}
+
+    def scienceqa(self) -> dict[str, Any]:
+        q = self.s.scienceqa
+        base = Path(_required(q.base_dir, "scienceqa.base_dir"))
+        problems = scienceqa.load_split(base, q.split)
+        questions = scienceqa.to_questions(problems, q.split, q.use_caption)
+        if q.questions_file:
+            scienceqa.write_question_file(questions, self.out(q.questions_file))
+        answers_file = self.out(q.answers_file)
+        generation = None
+        if self.s.model_dir:
+            generation = self.answer(questions, answers_file, str(base / "images"))
+        answers = read_answers(answers_file)
+        result = scienceqa.score(problems, answers).to_dict()
+        return {"answers_file": str(answers_file), "generation": generation, **result}
+
+    def llava_bench(self) -> dict[str, Any]:
+        b = self.s.llava_bench
+        questions_file = _required(b.questions_file, "llava_bench.questions_file")
+        if b.context_file:
+            contexts = llava_bench.read_contexts(b.context_file)
+        elif b.captions_file:
+            contexts = llava_bench.contexts_from_coco(b.captions_file, b.instances_file)
+        else:
+            raise ValueError("llava_bench needs context_file or captions_file (+ instances_file)")
+        answers_file = self.out(b.answers_file)
+        generation = None
+        if self.s.model_dir:
+            generation = self.answer(read_questions(questions_file), answers_file, b.image_root)
+        j = self.s.judge
+        cache = RequestCache(self.out(j.cache_file))
+        judge = ClaudeJudge(
+            j.model,
+            max_tokens=j.max_tokens,
+            concurrency=j.concurrency,
+            max_retries=j.max_retries,
+            timeout_s=j.timeout_s,
+            base_url=j.base_url,
+            cache=cache,
+            budget=Budget(j.budget_usd),
+            prices=self.s.prices,
+        )
+        try:
+            result = llava_bench.evaluate(
+                judge,
+                questions_file,
+                _required(b.references_file, "llava_bench.references_file"),
+                answers_file,
+                contexts,
+                reviews_file=self.out(b.reviews_file),
+            )
+        finally:
+            cache.close()
+        return {"answers_file": str(answers_file), "generation": generation, **result.to_dict()}
+
+
+def run_eval(settings: EvalSettings) -> dict[str, Any]:
+    """Run ``settings.task``; the result is also written to ``{output_dir}/{task}_results.json``."""
+    runner = _Runner(settings)
+    result = {"task": settings.task, **getattr(runner, settings.task)()}
+    write_json_atomic(runner.out(f"{settings.task}_results.json"), result)
+    return result

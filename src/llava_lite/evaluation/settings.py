@@ -1,0 +1,101 @@
+"""Typed settings of an evaluation run; ``conf/eval.yaml`` is validated against them.
+
+No secrets live here: the judge's API key comes from ``ANTHROPIC_API_KEY`` (or the SDK's
+own configuration); ``judge.base_url`` may point at a proxy or a local stand-in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from llava_lite.evaluation.answers import GenerationSettings
+from llava_lite.generation.cost import Prices
+
+TASKS = ("answers", "scienceqa", "llava_bench")
+
+
+@dataclass
+class AnswersSettings:
+    """``task=answers``: answer a LLaVA questions file (resumable)."""
+
+    questions_file: str | None = None
+    image_root: str | None = None
+    answers_file: str = "answers.jsonl"
+
+
+@dataclass
+class ScienceQASettings:
+    """``task=scienceqa``: the original release in ``base_dir`` (problems.json, pid_splits.json, images/)."""
+
+    base_dir: str | None = None
+    split: str = "test"
+    use_caption: bool = False
+    answers_file: str = "scienceqa_answers.jsonl"
+    questions_file: str | None = None  # if set, also write the converted questions here
+
+
+@dataclass
+class BenchSettings:
+    """``task=llava_bench``: questions, reference answers and a context source.
+
+    Context: ``context_file`` (LLaVA-Bench JSONL) or COCO-format ``captions_file`` (+
+    ``instances_file``) rendered as the symbolic context. Model answers are read from
+    ``answers_file``; with ``model_dir`` set, missing ones are generated first.
+    """
+
+    questions_file: str | None = None
+    references_file: str | None = None
+    context_file: str | None = None
+    captions_file: str | None = None
+    instances_file: str | None = None
+    image_root: str | None = None
+    answers_file: str = "llava_bench_answers.jsonl"
+    reviews_file: str = "llava_bench_reviews.jsonl"
+
+
+@dataclass
+class JudgeSettings:
+    model: str = "claude-sonnet-4-5"
+    max_tokens: int = 1024
+    concurrency: int = 8
+    max_retries: int = 4
+    timeout_s: float = 120.0
+    base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL
+    budget_usd: float | None = 5.0  # hard cap on billed dollars; None = no cap
+    cache_file: str = "judge_requests.sqlite"
+
+
+@dataclass
+class EvalSettings:
+    task: str = "answers"
+    model_dir: str | None = None
+    model_id: str | None = None  # written into answers; default: the model folder's name
+    template: str | None = None  # default: the model's conv_template
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 8
+    output_dir: str = "outputs/eval"
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    answers: AnswersSettings = field(default_factory=AnswersSettings)
+    scienceqa: ScienceQASettings = field(default_factory=ScienceQASettings)
+    llava_bench: BenchSettings = field(default_factory=BenchSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    prices: Prices = field(default_factory=Prices)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}; valid: {list(TASKS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def settings_from(cfg: DictConfig | dict[str, Any] | EvalSettings) -> EvalSettings:
+    """Validate a Hydra / dict config against :class:`EvalSettings` (types, unknown keys)."""
+    if isinstance(cfg, EvalSettings):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(EvalSettings), cfg)
+    settings = OmegaConf.to_object(merged)
+    assert isinstance(settings, EvalSettings)
+    return settings

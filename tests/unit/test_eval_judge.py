@@ -1,0 +1,283 @@
+"""The judge against a local Messages API stand-in, through the real AsyncAnthropic client."""
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+
+import anthropic
+import pytest
+
+from llava_lite.evaluation import llava_bench
+from llava_lite.evaluation.answers import Question
+from llava_lite.evaluation.judge import (
+    SCORES_TOOL,
+    ClaudeJudge,
+    JudgeError,
+    JudgeRequest,
+    build_body,
+    parse_reply,
+    parse_score_line,
+)
+from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.cost import Budget, BudgetExceeded
+from llava_lite.generation.fake_api import FakeAnthropicAPI
+
+KEY = "sk-ant-judge-test-NEVER-LOG-91c2"
+
+
+class FakeJudgeAPI(FakeAnthropicAPI):
+    """Scores the reference 8 and the model answer by the number after 'worth' in its text."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._flight_lock = threading.Lock()
+
+    def reply(self, body):
+        with self._flight_lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        time.sleep(self.delay_s)
+        message = super().reply(body)
+        user = body["messages"][-1]["content"]
+        model_part = user.split("[Assistant 2]", 1)[1]
+        worth = re.search(r"worth (\d+)", model_part)
+        message["content"] = [
+            {
+                "type": "tool_use",
+                "id": message["id"].replace("msg", "toolu"),
+                "name": body["tools"][0]["name"],
+                "input": {
+                    "explanation": "Assistant 1 is complete.",
+                    "assistant_1_score": 8,
+                    "assistant_2_score": int(worth.group(1)) if worth else 1,
+                },
+            }
+        ]
+        with self._flight_lock:
+            self.in_flight -= 1
+        return message
+
+
+@pytest.fixture
+def api():
+    with FakeJudgeAPI() as server:
+        yield server
+
+
+def _judge(api, tmp_path, **kw):
+    kw.setdefault("cache", RequestCache(tmp_path / "judge.sqlite"))
+    return ClaudeJudge(
+        "claude-test", api_key=KEY, base_url=api.url, max_retries=kw.pop("max_retries", 2), **kw
+    )
+
+
+def _request(qid=1, category="detail", answer="an answer worth 6"):
+    return JudgeRequest(
+        qid, category, "A red bus.\n\nbus: [0.1, 0.2, 0.9, 0.8]", "What is it?", "A red bus.", answer
+    )
+
+
+# ---- parsing ------------------------------------------------------------------------------
+def _message(content, stop="tool_use"):
+    return {"type": "message", "content": content, "stop_reason": stop}
+
+
+def test_parse_tool_call_and_text_fallback():
+    tool = {
+        "type": "tool_use",
+        "name": SCORES_TOOL["name"],
+        "input": {"explanation": "x", "assistant_1_score": 9, "assistant_2_score": 6.5},
+    }
+    assert parse_reply(_message([{"type": "thinking", "thinking": "..."}, tool])) == ((9.0, 6.5), "x")
+    text = _message([{"type": "text", "text": "8 7\nAssistant 1 is more detailed."}], stop="end_turn")
+    assert parse_reply(text) == ((8.0, 7.0), "8 7\nAssistant 1 is more detailed.")
+    assert parse_score_line("7, 5\nreason") == (7.0, 5.0)
+    assert parse_score_line(" 9  4 ") == (9.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (
+            _message(
+                [{"type": "text", "text": "Assistant 1 scores 8 and Assistant 2 scores 6."}], "end_turn"
+            ),
+            "unparseable",
+        ),
+        (_message([{"type": "text", "text": "8 6 5\nthree numbers"}], "end_turn"), "unparseable"),
+        (_message([{"type": "text", "text": "11 6"}], "end_turn"), "out_of_range"),
+        (
+            _message([{"type": "tool_use", "name": "record_scores", "input": {"assistant_1_score": "high"}}]),
+            "malformed_scores",
+        ),
+        (_message([{"type": "text", "text": "8 6"}], "max_tokens"), "max_tokens"),
+        (_message([], "end_turn"), "empty_reply"),
+    ],
+)
+def test_parse_failures_have_reasons(message, reason):
+    with pytest.raises(JudgeError) as err:
+        parse_reply(message)
+    assert err.value.reason == reason
+
+
+# ---- the client -----------------------------------------------------------------------------
+def test_judge_scores_then_replays_from_cache(api, tmp_path):
+    judge = _judge(api, tmp_path)
+    [j] = asyncio.run(judge.judge_all([_request()]))
+    assert j.scores == (8.0, 6.0) and j.error is None and not j.cached
+    sent = api.calls(status=200)[0]["body"]
+    assert sent["tool_choice"] == {"type": "tool", "name": "record_scores"}
+    assert "[Assistant 2]\nan answer worth 6" in sent["messages"][0]["content"]
+    assert judge.paid_requests == 1 and judge.spent_usd > 0
+    again = _judge(api, tmp_path)
+    [j2] = asyncio.run(again.judge_all([_request()]))
+    assert j2.cached and j2.scores == j.scores
+    assert again.paid_requests == 0 and again.spent_usd == 0.0
+    assert len(api.calls()) == 1
+
+
+def test_unparseable_reply_is_counted_not_scored(api, tmp_path):
+    api.script.append({"content": [{"type": "text", "text": "Both are fine."}], "stop_reason": "end_turn"})
+    judgements = asyncio.run(_judge(api, tmp_path).judge_all([_request(1), _request(2, answer="worth 4")]))
+    result = llava_bench.summarize(judgements)
+    assert result.failures == {"unparseable": 1} and result.judged == 1
+    # the failed one is not a zero: only the scored pair enters the means
+    assert result.scores["all"]["count"] == 1
+    assert result.scores["all"]["model_mean"] in (4.0, 6.0)
+
+
+def test_api_errors_become_counted_failures(api, tmp_path):
+    api.script.extend([{"status": 500}] * 3)  # the first try and both retries
+    [j] = asyncio.run(_judge(api, tmp_path).judge_all([_request()]))
+    assert j.scores is None and j.error == "api_status_500"
+
+
+def test_concurrency_is_bounded(tmp_path):
+    with FakeJudgeAPI(delay_s=0.15) as slow:
+        requests = [_request(i, answer=f"worth {1 + i % 9}") for i in range(6)]
+        judgements = asyncio.run(_judge(slow, tmp_path, concurrency=2).judge_all(requests))
+    assert all(j.scores is not None for j in judgements)
+    assert [j.request.question_id for j in judgements] == list(range(6))
+    assert slow.max_in_flight <= 2
+
+
+def test_budget_stops_before_sending(api, tmp_path):
+    judge = _judge(api, tmp_path, budget=Budget(1e-6))
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(judge.judge_all([_request()]))
+    assert api.calls() == []
+
+
+def test_authentication_error_is_fatal(tmp_path):
+    with FakeJudgeAPI() as server:
+        server.script.append({"status": 401})
+        with pytest.raises(anthropic.AuthenticationError):
+            asyncio.run(_judge(server, tmp_path, max_retries=0).judge_all([_request()]))
+
+
+def test_key_never_logged_or_stored(api, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    api.script.append({"content": [{"type": "text", "text": "no scores"}], "stop_reason": "end_turn"})
+    judge = _judge(api, tmp_path)
+    asyncio.run(judge.judge_all([_request()]))
+    assert KEY not in caplog.text and KEY not in repr(judge)
+    assert KEY.encode() not in (tmp_path / "judge.sqlite").read_bytes()
+    assert all(KEY not in json.dumps(e) for e in api.log)
+
+
+def test_key_from_environment(api, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    judge = ClaudeJudge("claude-test", base_url=api.url, cache=None)
+    [j] = asyncio.run(judge.judge_all([_request()]))
+    assert j.scores == (8.0, 6.0)
+
+
+# ---- LLaVA-Bench files ------------------------------------------------------------------------
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bench_files_end_to_end(api, tmp_path):
+    questions = _write_jsonl(
+        tmp_path / "questions.jsonl",
+        [
+            {"question_id": 0, "image": "001.jpg", "text": "What is shown?", "category": "conv"},
+            {"question_id": 1, "image": "001.jpg", "text": "Describe it.", "category": "detail"},
+            {"question_id": 2, "image": "002.jpg", "text": "Why is it here?", "category": "complex"},
+            {"question_id": 3, "image": "002.jpg", "text": "What colour?", "category": "conv"},
+        ],
+    )
+    context = _write_jsonl(
+        tmp_path / "context.jsonl",
+        [
+            {"id": "001", "image": "001.jpg", "caption": "A cat on a mat."},
+            {
+                "image": "002.jpg",
+                "captions": ["A bus.", "A red bus."],
+                "instances": [{"category": "bus", "bbox": [0.1, 0.2, 0.9, 0.8]}],
+            },
+        ],
+    )
+    refs = _write_jsonl(
+        tmp_path / "answers_gpt4.jsonl",
+        [
+            {"question_id": i, "text": f"reference {i}", "answer_id": f"r{i}", "model_id": "gpt-4"}
+            for i in range(4)
+        ],
+    )
+    answers = _write_jsonl(
+        tmp_path / "answers.jsonl",
+        [
+            {"question_id": 2, "text": "because worth 4"},  # order differs from the questions
+            {"question_id": 0, "text": "a cat worth 8"},
+            {"question_id": 1, "text": "a cat on a mat worth 6"},
+        ],
+    )
+    contexts = llava_bench.read_contexts(context)
+    assert contexts["002.jpg"] == "A bus.\nA red bus.\n\nbus: [0.1, 0.2, 0.9, 0.8]"
+    reviews = tmp_path / "reviews.jsonl"
+    result = llava_bench.evaluate(_judge(api, tmp_path), questions, refs, answers, contexts, reviews)
+    assert result.missing == 1 and result.judged == 3 and result.unscored == 0
+    assert result.scores["conversation"]["relative"] == pytest.approx(100.0)
+    assert result.scores["detail"]["relative"] == pytest.approx(75.0)
+    assert result.scores["complex"]["relative"] == pytest.approx(50.0)
+    assert result.scores["all"] == pytest.approx(
+        {"relative": 75.0, "reference_mean": 8.0, "model_mean": 6.0, "count": 3}
+    )
+    lines = [json.loads(x) for x in reviews.read_text().splitlines()]
+    assert [r["question_id"] for r in lines] == [0, 1, 2] and lines[0]["tuple"] == [8.0, 8.0]
+    assert result.paid_requests == 3
+
+
+def test_bench_unknown_category_and_missing_context(tmp_path):
+    q = [Question(5, "Q?", "x.jpg", "summary")]
+    with pytest.raises(ValueError, match="question 5 has category 'summary'"):
+        llava_bench.build_requests(q, {"x.jpg": "c"}, {"5": {"text": "r"}}, {})
+    q = [Question(6, "Q?", "y.jpg", "conv")]
+    with pytest.raises(KeyError, match="no context for image 'y.jpg'"):
+        llava_bench.build_requests(q, {"x.jpg": "c"}, {"6": {"text": "r"}}, {})
+
+
+def test_symbolic_context_from_coco(tmp_path):
+    captions = {
+        "images": [{"id": 7, "file_name": "7.png", "width": 100, "height": 50}],
+        "annotations": [{"image_id": 7, "caption": "A square."}],
+    }
+    instances = {
+        "images": captions["images"],
+        "categories": [{"id": 1, "name": "square"}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 5, 20, 10]}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(captions))
+    (tmp_path / "i.json").write_text(json.dumps(instances))
+    contexts = llava_bench.contexts_from_coco(tmp_path / "c.json", tmp_path / "i.json")
+    assert contexts == {"7.png": "A square.\n\nsquare: [0.100, 0.100, 0.300, 0.300]"}
+    body = build_body(JudgeRequest(1, "detail", contexts["7.png"], "Q", "R", "M"), "m", 100)
+    assert "[Context]\nA square.\n\nsquare: [0.100" in body["messages"][0]["content"]
