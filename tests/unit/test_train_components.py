@@ -219,3 +219,12 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         module.model(input_ids=ids, labels=ids).loss.backward()
         grads.append(module.model.llm.get_input_embeddings().weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_trained_parameters_are_float32_in_a_bf16_model() -> None:
+    cfg = _tiny(**{"llm.dtype": "bfloat16"})
+    module = LlavaLitModule(model=cfg, stage="pretrain")
+    assert {p.dtype for p in module.model.projector.parameters()} == {torch.float32}
+    assert {p.dtype for p in module.model.llm.parameters()} == {torch.bfloat16}
+    kept = LlavaLitModule(model=cfg, stage="pretrain", fp32_trainable=False)
+    assert {p.dtype for p in kept.model.projector.parameters()} == {torch.bfloat16}

@@ -54,6 +54,8 @@ class LlavaLitModule(L.LightningModule):
         warmup_ratio: share of optimiser steps with linear warmup before the cosine decay.
         lora: ``peft.LoraConfig`` fields to train the LLM through LoRA (finetune only).
         gradient_checkpointing: recompute LLM activations in backward to save memory.
+        fp32_trainable: keep trained parameters in float32 (master weights for ``bf16-mixed``)
+            while frozen parts stay in ``model.llm.dtype``; turn off for ``bf16-true`` runs.
         on_empty_batch: a batch with no trained token would give a NaN or zero loss;
             ``error`` raises, ``skip`` skips its optimiser step, counts it and logs the count
             as ``train/empty_batches`` (single-process only: ranks would desynchronise).
@@ -67,6 +69,7 @@ class LlavaLitModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         lora: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
+        fp32_trainable: bool = True,
         on_empty_batch: str = "error",
     ) -> None:
         super().__init__()
@@ -91,6 +94,11 @@ class LlavaLitModule(L.LightningModule):
         )
         if lora:
             self.model.llm = apply_lora(self.model.llm, lora)
+        if fp32_trainable:
+            # Optimiser updates (lr x grad ~ 1e-8 relative) vanish in bf16 weights.
+            for p in self.model.parameters():
+                if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+                    p.data = p.data.float()
         self.empty_batches = 0
         self._batch_start = 0.0
 
