@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import CLIPImageProcessor
@@ -55,7 +56,8 @@ def trainer(tmp_path: Path, max_steps: int, callbacks=()) -> L.Trainer:
     )
 
 
-def test_trainer_resumes_the_stream_mid_epoch(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("streaming", "group"), [(True, False), (False, False), (False, True)])
+def test_trainer_resumes_mid_epoch(tmp_path: Path, streaming: bool, group: bool, recwarn) -> None:
     records = [
         {
             "id": f"r{i}",
@@ -91,3 +93,4 @@ def test_trainer_resumes_the_stream_mid_epoch(tmp_path: Path) -> None:
     good = sorted(r["id"] for r in records if r["id"] != "bad")
     assert sorted(first.seen + second.seen) == good  # one epoch, each record once across the restart
     assert dm2.bad_sample_counts() == {"no_assistant_turn": 1}
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]

@@ -24,7 +24,7 @@ from llava_lite.data import (
     padding_fraction,
     read_records,
 )
-from llava_lite.data.dataset import EpochStreamLoader
+from llava_lite.data.loader import ResumableLoader
 from llava_lite.data.wds_shards import convert_to_wds
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 
@@ -137,7 +137,7 @@ def test_ranks_times_workers_see_every_sample_exactly_once(
 
 def _run(ds: LlavaStreamingDataset, num_workers: int, stop_after: int | None = None) -> list[str]:
     collate = LlavaCollator(processor().pad_token_id, image_token_id=processor().image_token_id)
-    loader = EpochStreamLoader(ds, batch_size=3, num_workers=num_workers, collate_fn=collate)
+    loader = ResumableLoader(ds, batch_size=3, num_workers=num_workers, collate_fn=collate)
     out: list[str] = []
     for step, batch in enumerate(loader):
         ds.observe(batch.pop("stream_positions"))
@@ -376,3 +376,40 @@ def test_grouped_sampler_gives_each_rank_homogeneous_batches() -> None:
         mine = indices[rank::2]  # what a distributed sampler wrapper hands this rank
         for b in range(0, len(mine), 4):
             assert len({has_image[i] for i in mine[b : b + 4]}) == 1
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_map_style_sampler_resumes_mid_epoch(tmp_path: Path, image_root: Path, group: bool) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", mixed_records(30))
+
+    def dm() -> LlavaDataModule:
+        return LlavaDataModule(
+            path,
+            image_root=str(image_root),
+            batch_size=4,
+            group_by_modality_length=group,
+            seed=5,
+            processor=processor(),
+        )
+
+    def run(module: LlavaDataModule, stop_after: int | None = None) -> list[str]:
+        module.setup("fit")
+        out: list[str] = []
+        for step, batch in enumerate(module.train_dataloader()):
+            out += module.observe_batch(batch)["ids"]
+            if stop_after is not None and step + 1 == stop_after:
+                break
+        return out
+
+    full = run(dm())
+    first = dm()
+    head = run(first, stop_after=3)
+    resumed = dm()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail = run(resumed)
+    assert head + tail == full
+    assert len(resumed.train_dataloader()) == 8  # Lightning still counts the whole epoch
+    resumed.train_sampler.set_epoch(1)
+    assert run(resumed) != full and sorted(run(resumed)) == sorted(
+        full
+    )  # a new epoch starts over, reshuffled

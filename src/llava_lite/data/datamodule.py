@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader
 
 from llava_lite.data.bad_samples import BadSampleCounter, SkipReport, check_policy
 from llava_lite.data.collate import LlavaCollator
-from llava_lite.data.dataset import EpochStreamLoader, LlavaDataset, LlavaStreamingDataset
+from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset
+from llava_lite.data.loader import ResumableLoader
 from llava_lite.data.processor import LlavaProcessor
 from llava_lite.data.records import read_records
-from llava_lite.data.sampler import ModalityLengthGroupedSampler
+from llava_lite.data.sampler import ModalityLengthGroupedSampler, ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ class LlavaDataModule(L.LightningDataModule):
         self.train_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.val_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.counters = {"train": BadSampleCounter(), "val": BadSampleCounter()}
+        self.train_sampler: ResumableSampler | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._pending_sampler_state: dict[str, Any] | None = None
 
     def attach_processor(self, processor: LlavaProcessor) -> None:
         self.processor = processor
@@ -170,16 +173,32 @@ class LlavaDataModule(L.LightningDataModule):
         if self.num_workers:
             common["persistent_workers"] = False
         if isinstance(ds, LlavaStreamingDataset):
-            return EpochStreamLoader(ds, **common)
+            return ResumableLoader(ds, **common)
         assert ds is not None
-        if self.group_by_modality_length:
-            lengths, has_image = ds.modality_lengths()
-            _, world = self._rank_world()
-            sampler = ModalityLengthGroupedSampler(
-                lengths, has_image, self.batch_size, world_size=world or 1, seed=self.seed
+        return ResumableLoader(ds, sampler=self._sampler(ds), **common)
+
+    def _sampler(self, ds: LlavaDataset) -> ResumableSampler:
+        """One sampler for the whole run (its position must survive ``train_dataloader`` reloads)."""
+        if self.train_sampler is None:
+            rank, world = self._rank_world()
+            base = None
+            if self.group_by_modality_length:
+                lengths, has_image = ds.modality_lengths()
+                base = ModalityLengthGroupedSampler(
+                    lengths, has_image, self.batch_size, world_size=world or 1, seed=self.seed
+                )
+            self.train_sampler = ResumableSampler(
+                len(ds),
+                num_replicas=world or 1,
+                rank=rank or 0,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                base=base,
             )
-            return DataLoader(ds, sampler=sampler, **common)
-        return DataLoader(ds, shuffle=self.shuffle, **common)
+            if self._pending_sampler_state is not None:
+                self.train_sampler.load_state_dict(self._pending_sampler_state)
+                self._pending_sampler_state = None
+        return self.train_sampler
 
     def val_dataloader(self) -> DataLoader | list:
         self._processor()
@@ -209,12 +228,17 @@ class LlavaDataModule(L.LightningDataModule):
 
     def observe_batch(self, batch: dict[str, Any], split: str = "train") -> dict[str, Any]:
         """Count the batch's skip reports and record its stream positions; returns the model inputs."""
-        for report in batch.pop("skipped", []):
+        skipped = batch.pop("skipped", [])
+        for report in skipped:
             self.counters[split].add(report)
         positions = batch.pop("stream_positions", [])
-        ds = self.train_dataset if split == "train" else None
-        if positions and isinstance(ds, LlavaStreamingDataset):
-            ds.observe(positions)
+        if split != "train":
+            return batch
+        if positions and isinstance(self.train_dataset, LlavaStreamingDataset):
+            self.train_dataset.observe(positions)
+        elif self.train_sampler is not None:
+            # map-style: every index yields one sample or one skip report
+            self.train_sampler.advance(len(batch.get("ids", [])) + len(skipped))
         return batch
 
     def bad_sample_counts(self, split: str = "train") -> dict[str, int]:
@@ -227,6 +251,8 @@ class LlavaDataModule(L.LightningDataModule):
         }
         if isinstance(self.train_dataset, LlavaStreamingDataset):
             state["stream"] = self.train_dataset.state_dict()
+        if self.train_sampler is not None:
+            state["sampler"] = self.train_sampler.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -239,6 +265,11 @@ class LlavaDataModule(L.LightningDataModule):
                 self.counters[split].add(SkipReport(**report), quiet=True)
         if "stream" in state_dict and isinstance(self.train_dataset, LlavaStreamingDataset):
             self.train_dataset.load_state_dict(state_dict["stream"])
+        if "sampler" in state_dict:
+            if self.train_sampler is not None:
+                self.train_sampler.load_state_dict(state_dict["sampler"])
+            else:
+                self._pending_sampler_state = state_dict["sampler"]
 
 
 def _as_list(files: str | Sequence[str]) -> list[str]:

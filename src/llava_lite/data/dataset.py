@@ -27,7 +27,6 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
@@ -310,16 +309,3 @@ class LlavaStreamingDataset(IterableDataset):
             yield held
         elif pending:
             yield {"skipped": pending, "stream_position": (self.epoch, slot, num_slots, pos)}
-
-
-class EpochStreamLoader(torch.utils.data.DataLoader):
-    """A DataLoader over a :class:`LlavaStreamingDataset` that moves it to the next epoch when a pass ends.
-
-    Lightning only calls ``set_epoch`` on samplers, which iterable datasets do not have.
-    """
-
-    dataset: LlavaStreamingDataset
-
-    def __iter__(self):  # type: ignore[override]
-        yield from super().__iter__()
-        self.dataset.set_epoch(self.dataset.epoch + 1)
