@@ -413,3 +413,22 @@ def test_map_style_sampler_resumes_mid_epoch(tmp_path: Path, image_root: Path, g
     assert run(resumed) != full and sorted(run(resumed)) == sorted(
         full
     )  # a new epoch starts over, reshuffled
+
+
+def test_resumable_sampler_splits_ranks_and_resumes_each() -> None:
+    from llava_lite.data.sampler import ResumableSampler
+
+    lengths = [random.Random(i).randint(1, 300) for i in range(40)]
+    has_image = [i % 3 != 0 for i in range(40)]
+
+    def sampler(rank: int) -> ResumableSampler:
+        base = ModalityLengthGroupedSampler(lengths, has_image, batch_size=4, world_size=2, seed=2)
+        return ResumableSampler(40, num_replicas=2, rank=rank, seed=2, base=base)
+
+    per_rank = [list(sampler(r)) for r in range(2)]
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(40))
+    for r in range(2):
+        resumed = sampler(r)
+        resumed.load_state_dict({"epoch": 0, "consumed": 8, "num_replicas": 2})
+        assert list(resumed) == per_rank[r][8:]
+        assert len(resumed) == 20
