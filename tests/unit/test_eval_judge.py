@@ -261,7 +261,7 @@ def test_bench_unknown_category_and_missing_context(tmp_path):
     with pytest.raises(ValueError, match="question 5 has category 'summary'"):
         llava_bench.build_requests(q, {"x.jpg": "c"}, {"5": {"text": "r"}}, {})
     q = [Question(6, "Q?", "y.jpg", "conv")]
-    with pytest.raises(KeyError, match="no context for image 'y.jpg'"):
+    with pytest.raises(KeyError, match=r"no context for image 'y\.jpg'"):
         llava_bench.build_requests(q, {"x.jpg": "c"}, {"6": {"text": "r"}}, {})
 
 
