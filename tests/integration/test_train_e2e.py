@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,15 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, streaming: bool, n_rec
     assert sorted(continued) == sorted(reference)[4:]
     for step, loss in continued.items():
         assert loss == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
+def test_console_script_composes_overrides(tmp_path: Path) -> None:
+    script = shutil.which("llava-lite-train")
+    assert script, "llava-lite-train is not installed (pip install -e .)"
+    overrides = ["experiment=tiny_pretrain", "data.train_files=x.jsonl", "module.optimizer.lr=0.5"]
+    proc = subprocess.run([script, "--cfg", "job", *overrides], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lr: 0.5" in proc.stdout and "stage: pretrain" in proc.stdout
 
 
 @pytest.mark.slow

@@ -219,3 +219,11 @@ def test_paper_stage_settings(option: str, model: str, lr: float, global_batch: 
     assert accumulation_steps(global_batch, cfg.data.batch_size, 8) >= 1
     if cfg.module.stage == "pretrain":
         assert cfg.callbacks.projector.path.endswith("projector.safetensors")
+
+
+def test_config_dir_env_override(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLAVA_LITE_CONF", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"no train\.yaml"):
+        config_dir()
+    monkeypatch.setenv("LLAVA_LITE_CONF", str(CONF))
+    assert config_dir() == CONF.resolve()
