@@ -94,6 +94,14 @@ def test_json_list_jsonl_shards_and_fsspec_urls_read_the_same(tmp_path: Path, im
     samples = [ds[i] for i in range(len(ds))]
     assert ids_of(samples) == want
     assert sum(s["pixel_values"] is not None for s in samples) == 4  # folder-prefixed paths resolved
+    one_in_a_list = image_record(0, "coco/train2017/0.jpg") | {"image": ["coco/train2017/0.jpg"]}
+    two = image_record(0, "coco/train2017/0.jpg") | {
+        "image": ["coco/train2017/0.jpg", "coco/train2017/1.jpg"]
+    }
+    listed = LlavaDataset(
+        write_jsonl(tmp_path / "lists.jsonl", [one_in_a_list, two]), processor(), str(image_root)
+    )
+    assert len(listed) == 1 and listed.counter.counts() == {"image_token_mismatch": 1}
     stream = LlavaStreamingDataset(
         "memory://bucket/data/shard-*.jsonl", processor(), str(image_root), shuffle=False
     )

@@ -49,7 +49,7 @@ def build_sample(raw: RawRecord, processor: LlavaProcessor, image_root: str | No
         assert raw.record is not None
         image = None
         if raw.has_image:
-            source = raw.image_bytes if raw.image_bytes is not None else str(raw.record["image"])
+            source = raw.image_bytes if raw.image_bytes is not None else raw.image_path
             image = processor.load_image(source, image_root)
         sample = processor.process_record(raw.record, image)
     except BadSampleError as err:

@@ -42,6 +42,21 @@ class RawRecord:
     def has_image(self) -> bool:
         return self.record is not None and bool(self.record.get("image"))
 
+    @property
+    def image_path(self) -> str:
+        """The record's one image path; a list of exactly one path is accepted too."""
+        assert self.record is not None
+        image = self.record["image"]
+        if isinstance(image, list):
+            if len(image) != 1:
+                raise BadSampleError(
+                    "image_token_mismatch", f"{len(image)} images; one image per record is supported"
+                )
+            image = image[0]
+        if not isinstance(image, str):
+            raise BadSampleError("missing_image", f"'image' is {type(image).__name__}, not a path")
+        return image
+
 
 def expand_files(paths: str | Sequence[str]) -> list[str]:
     """Expand globs and folders (local or any fsspec protocol) into a sorted, de-duplicated file list.
@@ -138,6 +153,8 @@ def check_record(raw: RawRecord, image_token: str = "<image>") -> None:
         if raw.error is not None:
             raise raw.error
         assert raw.record is not None
+        if raw.has_image:
+            _ = raw.image_path  # validates the field
         normalize_conversation(raw.record.get("conversations"), image_token, raw.has_image)
     except BadSampleError as err:
         raise err.located(raw.record_id, raw.source) from None

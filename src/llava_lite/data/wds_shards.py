@@ -43,8 +43,7 @@ def _image_ext(path: str) -> str:
 
 
 def _read_image_bytes(raw: RawRecord, image_root: str | None) -> bytes:
-    assert raw.record is not None
-    where = resolve_image_path(str(raw.record["image"]), image_root)
+    where = resolve_image_path(raw.image_path, image_root)
     try:
         with fsspec.open(where, "rb") as f:
             data = f.read()
@@ -84,7 +83,7 @@ def convert_to_wds(
                 assert raw.record is not None
                 sample = {"__key__": f"{position:09d}", "json": json.dumps(raw.record).encode()}
                 if raw.has_image:
-                    sample[_image_ext(str(raw.record["image"]))] = _read_image_bytes(raw, image_root)
+                    sample[_image_ext(raw.image_path)] = _read_image_bytes(raw, image_root)
             except BadSampleError as err:
                 err = err.located(raw.record_id, raw.source)
                 if on_bad_sample == "raise":
