@@ -179,3 +179,19 @@ def test_unknown_key_and_task_are_errors(tmp_path):
         eval_cli.run(_compose("+nonsense=1", f"output_dir={tmp_path}"))
     with pytest.raises(ValueError, match="task='vqa'"):
         eval_cli.run(_compose("task=vqa", f"output_dir={tmp_path}"))
+
+
+def test_scienceqa_convert_task_writes_llava_json(release, tmp_path):
+    result = eval_cli.run(
+        _compose(
+            "task=scienceqa_convert",
+            f"scienceqa.base_dir={release}",
+            "scienceqa.split=train",
+            f"output_dir={tmp_path / 'out'}",
+            "scienceqa.answer_format=sentence",
+        )
+    )
+    assert result["records"] == 1
+    [record] = json.loads((tmp_path / "out" / "scienceqa_llava.json").read_text())
+    assert record["id"] == "12" and record["conversations"][1]["value"] == "The answer is A."
+    assert "image" not in record

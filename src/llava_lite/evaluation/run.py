@@ -89,6 +89,14 @@ class _Runner:
         result = scienceqa.score(problems, answers).to_dict()
         return {"answers_file": str(answers_file), "generation": generation, **result}
 
+    def scienceqa_convert(self) -> dict[str, Any]:
+        q = self.s.scienceqa
+        out = self.out(q.llava_file)
+        n = scienceqa.convert_release(
+            _required(q.base_dir, "scienceqa.base_dir"), q.split, out, q.answer_format, q.use_caption
+        )
+        return {"llava_file": str(out), "split": q.split, "records": n}
+
     def llava_bench(self) -> dict[str, Any]:
         b = self.s.llava_bench
         questions_file = _required(b.questions_file, "llava_bench.questions_file")

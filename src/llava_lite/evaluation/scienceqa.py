@@ -24,6 +24,7 @@ from typing import Any
 
 from llava_lite.evaluation.answers import Question
 from llava_lite.evaluation.metrics import GroupedAccuracy
+from llava_lite.generation.jsonl import write_json_atomic
 
 OPTIONS = ("A", "B", "C", "D", "E")
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -127,6 +128,19 @@ def to_llava_records(
             record["image"] = image
         records.append(record)
     return records
+
+
+def convert_release(
+    base_dir: str | Path,
+    split: str,
+    out_file: str | Path,
+    answer_format: str = "letter",
+    use_caption: bool = False,
+) -> int:
+    """Write one split as a LLaVA JSON array (images relative to ``base_dir/images``); returns its size."""
+    records = to_llava_records(load_split(base_dir, split), split, answer_format, use_caption)
+    write_json_atomic(out_file, records)
+    return len(records)
 
 
 def to_questions(

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from llava_lite.evaluation.answers import GenerationSettings
 from llava_lite.generation.cost import Prices
 
-TASKS = ("answers", "scienceqa", "llava_bench")
+TASKS = ("answers", "scienceqa", "scienceqa_convert", "llava_bench")
 
 
 @dataclass
@@ -28,13 +28,18 @@ class AnswersSettings:
 
 @dataclass
 class ScienceQASettings:
-    """``task=scienceqa``: the original release in ``base_dir`` (problems.json, pid_splits.json, images/)."""
+    """``task=scienceqa``: the original release in ``base_dir`` (problems.json, pid_splits.json, images/).
+
+    ``task=scienceqa_convert`` writes ``split`` as LLaVA training JSON to ``llava_file`` instead.
+    """
 
     base_dir: str | None = None
     split: str = "test"
     use_caption: bool = False
     answers_file: str = "scienceqa_answers.jsonl"
     questions_file: str | None = None  # if set, also write the converted questions here
+    llava_file: str = "scienceqa_llava.json"  # scienceqa_convert output
+    answer_format: str = "letter"  # scienceqa_convert: "letter" ("A") or "sentence" ("The answer is A.")
 
 
 @dataclass
