@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import posixpath
 import random
 import zlib
 from collections.abc import Iterator, Sequence
@@ -262,10 +263,10 @@ class LlavaStreamingDataset(IterableDataset):
             yield from (raw for raw in iter_file(path, take=mine) if self._in_split(raw))
 
     def _in_split(self, raw: RawRecord) -> bool:
-        """Held out or not by a hash of (file, position): the same records every epoch."""
+        """Held out or not by a hash of (file name, position): the same records every epoch, wherever the data lives."""
         if self.split is None:
             return True
-        held_out = _unit_hash(self.seed, f"{raw.source}:{raw.index}") < self.split[1]
+        held_out = _unit_hash(self.seed, f"{posixpath.basename(raw.source)}:{raw.index}") < self.split[1]
         return held_out == (self.split[0] == "val")
 
     # ---- iteration ------------------------------------------------------------------
