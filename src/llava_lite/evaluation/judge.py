@@ -306,12 +306,22 @@ class ClaudeJudge:
             self.budget.settle(reserved, spent)
 
     async def judge_all(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
-        """Every request, at most ``concurrency`` in flight, results in request order."""
+        """Every request, at most ``concurrency`` in flight, results in request order.
+
+        A fatal error (budget exhausted, bad credentials) is raised only after every request
+        already sent has returned, so each paid reply is in the cache for the rerun.
+        """
         semaphore = asyncio.Semaphore(self._concurrency)
         try:
-            return list(await asyncio.gather(*(self.judge(r, semaphore) for r in requests)))
+            results = await asyncio.gather(
+                *(self.judge(r, semaphore) for r in requests), return_exceptions=True
+            )
         finally:
             await self.aclose()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r for r in results if isinstance(r, Judgement)]
 
     async def aclose(self) -> None:
         if self._client is not None:
