@@ -17,24 +17,32 @@ class ProjectorCheckpoint(L.Callback):
     """Write the projector alone to ``path`` whenever Lightning checkpoints, and at train end.
 
     This is what stage 2 loads through ``model.init_projector_from``; the Lightning checkpoint
-    beside it remains the thing to resume from. Parameters must be whole on rank 0 (single
-    device, DDP, FSDP/ZeRO-2 with an unsharded projector); under ZeRO-3, extract the
-    projector from the consolidated Lightning checkpoint instead.
+    beside it remains the thing to resume from. Weights come from the checkpoint's full state
+    dict when it has one (so FSDP's gathered ``state_dict_type: full`` works), else from the
+    module, which must then be unsharded on rank 0 (single device, DDP, ZeRO-2).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._written_at_step: int | None = None
 
-    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Any] | None) -> None:
         if trainer.is_global_zero:
-            save_projector(pl_module.model.projector, self.path, pl_module.model.config.projector.type)
+            projector = state or pl_module.model.projector
+            save_projector(projector, self.path, pl_module.model.config.projector.type)
+        self._written_at_step = trainer.global_step
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self._write(trainer, pl_module)
+        prefix = "model.projector."
+        full = checkpoint.get("state_dict") or {}
+        self._write(
+            trainer, pl_module, {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, pl_module)
+        if self._written_at_step != trainer.global_step:
+            self._write(trainer, pl_module, None)
         if trainer.is_global_zero:
             log.info("projector weights written to %s", self.path)

@@ -6,20 +6,24 @@ from folder names. The file records the projector type so a mismatch fails loudl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 PROJECTOR_FILE = "projector.safetensors"
 
 
-def save_projector(projector: nn.Module, path: str | Path, projector_type: str) -> Path:
+def save_projector(
+    projector: nn.Module | Mapping[str, Tensor], path: str | Path, projector_type: str
+) -> Path:
     """Write the projector's state dict (on CPU, contiguous) with its type as metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
+    state = projector.state_dict() if isinstance(projector, nn.Module) else projector
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(
         tensors, str(path), metadata={"format": "llava_lite.projector", "projector_type": projector_type}
     )

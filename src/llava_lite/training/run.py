@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import llava_lite
 from llava_lite.training.callbacks import ProjectorCheckpoint
+from llava_lite.training.module import LlavaLitModule
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,11 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
+    ckpt_cb = trainer.checkpoint_callback
     model_dir = None
     if cfg.get("export_model") and trainer.is_global_zero:
-        model_dir = str(module.export_model(output_dir / "model"))
-    ckpt_cb = trainer.checkpoint_callback
+        last = ckpt_cb.last_model_path if ckpt_cb else None
+        model_dir = str(_export(trainer, module, output_dir, last))
     projector_path = next((c.path for c in trainer.callbacks if isinstance(c, ProjectorCheckpoint)), None)
     return {
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -128,3 +130,28 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "empty_batches": module.empty_batches,
     }
+
+
+def _export(
+    trainer: L.Trainer, module: LlavaLitModule, output_dir: Path, last_checkpoint: str | None
+) -> Path:
+    """Save the final ``LlavaModel``; sharded strategies go through their consolidated checkpoint."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    strategy = trainer.strategy
+    sharded = isinstance(strategy, FSDPStrategy) or (
+        isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+    )
+    if sharded:
+        if not last_checkpoint:
+            raise ValueError(
+                "export_model under FSDP / ZeRO-3 reads the last checkpoint: keep save_last=true"
+            )
+        if isinstance(strategy, DeepSpeedStrategy):
+            from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+            consolidated = output_dir / "consolidated.ckpt"
+            convert_zero_checkpoint_to_fp32_state_dict(last_checkpoint, consolidated)
+            last_checkpoint = str(consolidated)
+        module = LlavaLitModule.load_from_checkpoint(last_checkpoint, map_location="cpu")
+    return module.export_model(output_dir / "model")
