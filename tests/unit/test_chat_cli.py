@@ -46,7 +46,7 @@ def test_history_goes_into_the_next_prompt(loaded, model_dir):
         model, processor, image=model_dir.parent / "green.png", settings=GenerationSettings(max_new_tokens=4)
     )
     first = session.ask("What is this?")
-    prompt = session._fitting_prompt("And the colour?")
+    prompt = session.fitting_prompt("And the colour?")
     text = processor.tokenizer.decode(prompt["input_ids"], skip_special_tokens=False)
     assert "What is this?" in text and text.count("USER:") == 2
     assert int((prompt["input_ids"] == processor.image_token_id).sum()) == model.num_image_tokens
@@ -61,7 +61,7 @@ def test_oldest_turns_dropped_to_fit(loaded):
     model, processor = loaded
     session = ChatSession(model, processor, settings=GenerationSettings(max_new_tokens=4))
     session.history = [(f"question number {i} about nothing much", "some answer") for i in range(40)]
-    prompt = session._fitting_prompt("Last one?")
+    prompt = session.fitting_prompt("Last one?")
     assert prompt["input_ids"].numel() <= processor.model_max_length - 4
     assert 0 < len(session.history) < 40
     with pytest.raises(ValueError, match="exceeds model_max_length"):

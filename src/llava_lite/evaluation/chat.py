@@ -44,7 +44,8 @@ class ChatSession:
     def reset(self) -> None:
         self.history.clear()
 
-    def _fitting_prompt(self, question: str) -> dict[str, Any]:
+    def fitting_prompt(self, question: str) -> dict[str, Any]:
+        """The next turn's prompt (``input_ids [T]``, ``pixel_values``), trimming old turns to fit."""
         limit = self.processor.model_max_length - self.settings.max_new_tokens
         while True:
             prompt = self.processor.prompt(
@@ -68,7 +69,7 @@ class ChatSession:
         """Answer ``question`` given the image and the turns so far; the turn joins the history."""
         if not question.strip():
             raise ValueError("empty question")
-        prompt = self._fitting_prompt(question)
+        prompt = self.fitting_prompt(question)
         device = next(self.model.parameters()).device
         pixel_values = prompt["pixel_values"]
         was_training = self.model.training
