@@ -172,6 +172,30 @@ def test_global_batch_sets_gradient_accumulation(tmp_path: Path, data: Path) -> 
         train(tiny_cfg(tmp_path, data, "tiny_pretrain", "global_batch_size=7", "data.batch_size=2"))
 
 
+def test_bad_records_are_counted_in_the_result(tmp_path: Path) -> None:
+    records = write_dataset(tmp_path / "data", 4)
+    with (records / "train.jsonl").open("a") as f:
+        f.write(
+            json.dumps(
+                {
+                    "id": "ghost",
+                    "image": "missing.png",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nWhat is it?"},
+                        {"from": "gpt", "value": "Nothing."},
+                    ],
+                }
+            )
+            + "\n"
+        )
+    cfg = tiny_cfg(
+        tmp_path, records, "tiny_pretrain", "trainer.max_steps=2", "callbacks.model_checkpoint=null"
+    )
+    out = train(cfg)
+    assert out["bad_samples"] == {"missing_image": 1}
+    assert out["global_step"] == 2
+
+
 class _Crash(L.Callback):
     """Simulates a crash at the start of step ``at`` (after the step-``at`` checkpoint)."""
 

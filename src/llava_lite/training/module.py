@@ -17,6 +17,7 @@ import lightning as L
 import torch
 
 from llava_lite.config import LlavaConfig
+from llava_lite.modeling import IGNORE_INDEX, LlavaModel
 from llava_lite.training.freeze import (
     apply_lora,
     apply_stage,
@@ -29,7 +30,6 @@ from llava_lite.training.rng import rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 RNG_KEY = "llava_lite_rng_states"
 EMPTY_BATCH_POLICIES = ("error", "skip")
 DEFAULT_OPTIMIZER: dict[str, Any] = {
@@ -81,8 +81,6 @@ class LlavaLitModule(L.LightningModule):
         model_cfg = copy.deepcopy(dict(model))
         self.init_projector_from: str | None = model_cfg.pop("init_projector_from", None)
         self.optimizer_cfg = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
-
-        from llava_lite.modeling import LlavaModel  # heavy import kept out of module import time
 
         self.model = LlavaModel(LlavaConfig.from_dict(model_cfg))
         if gradient_checkpointing:

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import llava_lite
+from llava_lite.data import LlavaProcessor
 from llava_lite.training.callbacks import ProjectorCheckpoint
 from llava_lite.training.module import LlavaLitModule
 
@@ -74,11 +75,10 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     ``callbacks`` are added to those ``cfg.callbacks`` names (for notebooks and tests).
 
     Returns ``{"metrics": {name: float}, "output_dir", "last_checkpoint", "best_checkpoint",
-    "projector_path", "model_dir", "global_step", "accumulate_grad_batches"}`` (paths are
-    ``None`` where the run made none).
+    "projector_path", "model_dir", "global_step", "accumulate_grad_batches", "empty_batches",
+    "bad_samples"}`` (paths are ``None`` where the run made none; ``bad_samples`` counts skipped
+    records by reason).
     """
-    from llava_lite.data import LlavaProcessor  # data and model imports are heavy; keep them lazy
-
     cfg = cfg.copy()
     OmegaConf.resolve(cfg)  # fix ${now:...} and friends once for the whole run
     output_dir = Path(cfg.paths.output_dir)
@@ -129,6 +129,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "global_step": trainer.global_step,
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "empty_batches": module.empty_batches,
+        "bad_samples": datamodule.bad_sample_counts("train"),
     }
 
 
