@@ -138,6 +138,38 @@ def test_stage1_trains_projector_only_then_stage2_loads_it(tmp_path: Path, data:
     assert torch.equal(reloaded.projector[0].weight, after2["model.projector.0.weight"])
 
 
+def test_lora_finetune_exports_a_merged_model(tmp_path: Path, data: Path) -> None:
+    pytest.importorskip("peft")
+    cfg = tiny_cfg(
+        tmp_path,
+        data,
+        "finetune_lora",
+        "model=tiny",
+        "trainer=cpu",
+        "global_batch_size=null",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "module.optimizer.lr=1e-2",
+        "module.lora.r=4",
+        "module.lora.lora_alpha=8",
+    )
+    before = initial_weights(cfg)
+    out = train(cfg)
+    after = checkpoint_weights(out["last_checkpoint"])
+    lora_keys = [k for k in after if "lora_B" in k]
+    assert lora_keys and any(not torch.equal(before[k], after[k]) for k in lora_keys)
+    base = [k for k in after if k.startswith("model.llm.") and "lora_" not in k]
+    assert all(torch.equal(before[k], after[k]) for k in base)  # the base LLM stays frozen
+
+    from llava_lite.modeling import LlavaModel
+
+    merged = LlavaModel.from_pretrained(out["model_dir"])
+    assert not any("lora" in name for name, _ in merged.llm.named_parameters())
+    q = "model.llm.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    assert not torch.equal(merged.llm.model.layers[0].self_attn.q_proj.weight, after[q])  # LoRA merged in
+
+
 def test_loss_goes_down_when_overfitting(tmp_path: Path) -> None:
     small = write_dataset(tmp_path / "data", 4)
     cfg = tiny_cfg(
