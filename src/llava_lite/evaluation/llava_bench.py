@@ -17,7 +17,6 @@ no scores is counted by reason. Neither enters the means.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections import Counter
@@ -29,6 +28,7 @@ from typing import Any
 from llava_lite.evaluation.answers import Question, read_answers, read_questions
 from llava_lite.evaluation.judge import ClaudeJudge, Judgement, JudgeRequest
 from llava_lite.evaluation.metrics import GroupedRelativeScore
+from llava_lite.generation.aio import run_sync
 from llava_lite.generation.jsonl import read_jsonl
 from llava_lite.generation.symbolic import load_coco
 
@@ -167,7 +167,7 @@ def evaluate(
     requests, missing = build_requests(
         questions, contexts, read_answers(references_file), read_answers(answers_file), questions_file
     )
-    judgements = asyncio.run(judge.judge_all(requests))
+    judgements = run_sync(judge.judge_all(requests))
     if reviews_file is not None:
         _write_reviews(reviews_file, judgements)
     result = summarize(judgements, missing=len(missing))

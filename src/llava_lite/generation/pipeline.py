@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from llava_lite.generation.aio import run_sync
 from llava_lite.generation.base import GenerationRequest, Teacher, TeacherError, Usage
 from llava_lite.generation.batches import BatchRunner
 from llava_lite.generation.cache import RequestCache
@@ -166,7 +167,8 @@ class GenerationPipeline:
 
     # ---- running ---------------------------------------------------------------------
     def run(self) -> RunSummary:
-        return asyncio.run(self.arun())
+        """Synchronous entry; works in notebooks too (see :func:`run_sync`)."""
+        return run_sync(self.arun())
 
     async def arun(self) -> RunSummary:
         start = time.monotonic()
