@@ -57,7 +57,8 @@ def normalize_conversation(
     """LLaVA ``conversations`` → validated ``(role, content)`` messages.
 
     Roles alternate user/assistant (after an optional leading system message) and end with
-    the assistant. With an image, the first user turn carries exactly one ``image_token``,
+    the assistant. A leading assistant turn is dropped, as LLaVA's ``preprocess`` does (some
+    ShareGPT records in ``llava_v1_5_mix665k.json`` open with a "gpt" turn). With an image, the first user turn carries exactly one ``image_token``,
     moved to the front and followed by a newline as LLaVA does ("<image>\\nquestion"); a
     record with an image but no marker gets one. Without an image, no marker may appear.
     """
@@ -72,6 +73,8 @@ def normalize_conversation(
             raise BadSampleError("not_alternating", f"turn {i} has unknown speaker {turn.get('from')!r}")
         messages.append((role, turn["value"]))
     system = [messages.pop(0)] if messages[0][0] == "system" else []
+    if messages and messages[0][0] == "assistant":
+        messages.pop(0)
     if not any(role == "assistant" for role, _ in messages):
         raise BadSampleError("no_assistant_turn", "the conversation has no assistant ('gpt') turn")
     for i, (role, _) in enumerate(messages):
@@ -120,12 +123,15 @@ class ChatTemplate:
 
 
 class PlainTemplate(ChatTemplate):
-    """Stage-1 alignment: the image, then the caption and EOS; only the caption is trained.
+    """Stage-1 alignment: ``<image>caption\n``; the caption and its newline are trained.
 
-    The instruction text is dropped, as in LLaVA's ``plain`` format: the projector learns to
-    map image features to a description, not to follow prompts. A text-only record keeps its
-    question, followed by a newline, in place of the image.
+    This is LLaVA's ``plain`` format (``conv_llava_plain``, separator ``"\n"``): the
+    instruction text is dropped, so the projector learns to map image features to a
+    description, not to follow prompts. A text-only record keeps its question, followed by a
+    newline, in place of the image. Generation stops at the newline (or EOS).
     """
+
+    sep = "\n"
 
     name = "plain"
 
@@ -140,8 +146,15 @@ class PlainTemplate(ChatTemplate):
         prompt = image_token if image_token in question else f"{question}\n"  # text-only: keep the question
         out = [Segment(prompt, False)]
         if not add_generation_prompt:
-            out.append(Segment(turns[1][1] + tokenizer.eos_token, True))
+            out.append(Segment(turns[1][1] + self.sep, True))
         return out
+
+    def stop_strings(self, tokenizer):
+        """The token that ends ``"caption\n"`` (the separator as it tokenises after text), then EOS."""
+        newline = tokenizer.convert_ids_to_tokens(
+            tokenizer("a" + self.sep, add_special_tokens=False).input_ids[-1]
+        )
+        return [newline, *super().stop_strings(tokenizer)]
 
 
 class SeparatorTemplate(ChatTemplate):

@@ -1,7 +1,9 @@
 """Batch answers to LLaVA-format questions, written as LLaVA's ``model_vqa`` writes them.
 
 Questions: JSON Lines (or a JSON array) of ``{"question_id", "text", "image"?, ...}``; the
-image, if named, is read from ``image_root``. Answers: one JSON line per question with
+image, if named, is read from ``image_root``. LLaVA's conversation-format question files
+(``llava_test_CQM-A.json``: ``{"id", "image"?, "conversations"}``) are read as LLaVA's
+``model_vqa_science`` reads them: the id, and the first turn without its ``<image>`` marker. Answers: one JSON line per question with
 ``question_id``, ``prompt``, ``text``, ``answer_id``, ``model_id``, ``metadata``. Lines are
 appended and fsynced batch by batch, so a killed run resumes where it stopped: question ids
 already in the answers file are skipped.
@@ -23,6 +25,8 @@ from llava_lite.data.collate import LlavaCollator
 from llava_lite.generation.jsonl import JsonlAppender, read_jsonl, repair_torn_tail
 
 log = logging.getLogger(__name__)
+
+IMAGE_MARKER = "<image>"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ def parse_question(record: Any, where: str) -> Question:
     """Validate one question record; ``where`` (file:line) goes into the error."""
     if not isinstance(record, dict):
         raise ValueError(f"{where}: a question must be an object, got {type(record).__name__}")
+    if "question_id" not in record and "conversations" in record:
+        record = _from_conversation(record, where)
     qid = record.get("question_id")
     if not isinstance(qid, int | str) or isinstance(qid, bool) or qid == "":
         raise ValueError(f"{where}: missing or invalid 'question_id' ({qid!r})")
@@ -91,6 +97,15 @@ def parse_question(record: Any, where: str) -> Question:
         raise ValueError(f"{where}: question {qid!r} has a non-string 'image' ({image!r})")
     category = record.get("category")
     return Question(qid, text, image or None, None if category is None else str(category))
+
+
+def _from_conversation(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """A LLaVA training-format record as a question: its id, first turn and image."""
+    turns = record["conversations"]
+    if not isinstance(turns, list) or not turns or not isinstance(turns[0], dict):
+        raise ValueError(f"{where}: 'conversations' must be a non-empty list of turns")
+    text = str(turns[0].get("value", "")).replace(IMAGE_MARKER, "").strip()
+    return {**record, "question_id": record.get("id"), "text": text}
 
 
 def read_questions(path: str | Path) -> list[Question]:

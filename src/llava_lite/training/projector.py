@@ -2,6 +2,10 @@
 
 Stage 2 names this file explicitly (``model.init_projector_from=...``); nothing is inferred
 from folder names. The file records the projector type so a mismatch fails loudly.
+
+The original LLaVA's stage-1 ``mm_projector.bin`` loads too: a torch state dict with keys
+``model.mm_projector.0.weight`` ... (``torch.load(weights_only=True)``, so no code runs);
+the ``mm_projector.`` prefix is dropped, and ``0``/``2`` are our MLP's layers already.
 """
 
 from __future__ import annotations
@@ -9,9 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+PROJECTOR_FILE = "projector.safetensors"
+_TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+_ORIGINAL_PREFIX = "mm_projector."
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -30,18 +39,30 @@ def save_projector(
     return path
 
 
+def _read_state(path: Path, projector_type: str) -> dict[str, Tensor]:
+    """Tensors of a projector file, ours (safetensors) or the original LLaVA's (``mm_projector.bin``)."""
+    if path.suffix in _TORCH_SUFFIXES:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"{path} is not a state dict of tensors")
+    else:
+        with safe_open(str(path), framework="pt") as f:
+            saved_type = (f.metadata() or {}).get("projector_type")
+        if saved_type is not None and saved_type != projector_type:
+            raise ValueError(
+                f"{path} holds a {saved_type!r} projector; this model's projector is {projector_type!r}"
+            )
+        state = load_file(str(path))
+    # "model.mm_projector.0.weight" (original LLaVA) -> "0.weight"; our own keys have no prefix.
+    return {k.split(_ORIGINAL_PREFIX, 1)[-1]: v for k, v in state.items()}
+
+
 def load_projector(projector: nn.Module, path: str | Path, projector_type: str) -> None:
-    """Load a file written by ``save_projector``; errors name the file and what differs."""
+    """Load a file written by ``save_projector`` or LLaVA's ``mm_projector.bin``; errors name the file and what differs."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.init_projector_from: no projector file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        saved_type = (f.metadata() or {}).get("projector_type")
-    if saved_type is not None and saved_type != projector_type:
-        raise ValueError(
-            f"{path} holds a {saved_type!r} projector; this model's projector is {projector_type!r}"
-        )
-    state = load_file(str(path))
+    state = _read_state(path, projector_type)
     own = projector.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     bad_shapes = [
