@@ -13,6 +13,7 @@ back into one linear layer.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,12 @@ def _select_strategy(model: LlavaModel) -> str:
 def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     """Write ``model`` as a folder ``LlavaForConditionalGeneration.from_pretrained`` loads.
 
-    Also writes the tokenizer and a ``LlavaProcessor`` (image processor + tokenizer), so
-    ``AutoProcessor.from_pretrained(out_dir)`` expands ``<image>`` to the right token count.
+    Also writes the tokenizer and a ``LlavaProcessor`` (image processor + tokenizer, and a
+    ``chat_template`` rendering the model's conversation template), so
+    ``AutoProcessor.from_pretrained(out_dir)`` builds the prompts this model was trained on
+    and expands ``<image>`` to the right token count. transformers' processor resizes and
+    centre-crops; it does not pad to a square, so with ``image_aspect="pad"`` non-square images
+    must be squared first (``llava_lite.data.images.make_square``) to get our pixel values.
     """
     if model.config.vision.backend != "hf":
         raise ValueError(
@@ -125,10 +130,53 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
         vision_feature_select_strategy=strategy,
         image_token=model.config.image_token,
         num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
+        chat_template=chat_template_for(
+            model.config.conv_template, model.tokenizer, model.config.image_token
+        ),
     )
     processor.save_pretrained(out)
     log.info("exported llava-hf model to %s", out)
     return out
+
+
+def chat_template_for(template: str, tokenizer: Any, image_token: str = "<image>") -> str | None:
+    """A Jinja chat template that renders ``template`` exactly as our processor does.
+
+    Separator templates (``vicuna_v1``, ``llava_v1``) become ``SYSTEM USER: <image>\\nq
+    ASSISTANT: a</s>USER: ...``; message content may be a string or transformers' list of
+    ``{"type": "image"}`` / ``{"type": "text"}`` parts. ``tokenizer`` uses the tokenizer's own
+    template. Other templates get none (returns None).
+    """
+    # Imported here: llava_lite.data pulls in Lightning, which llava_lite.modeling never imports.
+    from llava_lite.data.conversation import SeparatorTemplate, TokenizerTemplate, get_template
+
+    tpl = get_template(template)
+    if isinstance(tpl, TokenizerTemplate):
+        return getattr(tokenizer, "chat_template", None)
+    if not isinstance(tpl, SeparatorTemplate):
+        log.info("no chat_template for conversation template %r; the exported processor has none", template)
+        return None
+
+    def lit(text: str | None) -> str:
+        return json.dumps(text or "")  # a Jinja string literal
+
+    return (
+        "{%- macro body(m) -%}{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
+        "{%- for c in m['content'] if c['type'] == 'image' -%}{{ "
+        + lit(image_token + "\n")
+        + " }}{%- endfor -%}"
+        "{%- for c in m['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
+        "{%- endif -%}{%- endmacro -%}"
+        "{%- if messages[0]['role'] == 'system' -%}{%- set system = body(messages[0]) -%}"
+        "{%- set turns = messages[1:] -%}{%- else -%}{%- set system = " + lit(tpl.default_system) + " -%}"
+        "{%- set turns = messages -%}{%- endif -%}"
+        "{%- if system -%}{{ system + ' ' }}{%- endif -%}"
+        "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
+        "{{ " + lit(tpl.user + ": ") + " + body(m) + ' ' }}"
+        "{%- else -%}{{ " + lit(tpl.assistant + ": ") + " + body(m) + " + lit(tokenizer.eos_token) + " }}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ " + lit(tpl.assistant + ":") + " }}{%- endif -%}"
+    )
 
 
 def _projector_from_hf(hf_config: HFLlavaConfig, state: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]]:
@@ -193,6 +241,12 @@ def import_hf_llava(
         vision_hf_config=hc.vision_config,
         llm_hf_config=hc.text_config,
     )
+    seq_length = getattr(hc, "image_seq_length", None)
+    if seq_length is not None and seq_length != model.num_image_tokens:
+        raise ValueError(
+            f"{path}: config says image_seq_length={seq_length}, but the vision tower with "
+            f"vision_feature_select_strategy={hc.vision_feature_select_strategy!r} gives {model.num_image_tokens} tokens"
+        )
     if model.image_token_id != hc.image_token_index:
         raise ValueError(
             f"{path}: tokenizer maps {image_token!r} to {model.image_token_id}, config says {hc.image_token_index}"
