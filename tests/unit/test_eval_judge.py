@@ -7,7 +7,6 @@ import re
 import threading
 import time
 
-import anthropic
 import pytest
 
 from llava_lite.evaluation import llava_bench
@@ -22,6 +21,7 @@ from llava_lite.evaluation.judge import (
     parse_score_line,
 )
 from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.client import ApiFatalError
 from llava_lite.generation.cost import Budget, BudgetExceeded
 from llava_lite.generation.fake_api import FakeAnthropicAPI
 
@@ -177,7 +177,7 @@ def test_budget_stops_before_sending(api, tmp_path):
 def test_authentication_error_is_fatal(tmp_path):
     with FakeJudgeAPI() as server:
         server.script.append({"status": 401})
-        with pytest.raises(anthropic.AuthenticationError):
+        with pytest.raises(ApiFatalError, match="api_status_401"):
             asyncio.run(_judge(server, tmp_path, max_retries=0).judge_all([_request()]))
 
 

@@ -3,11 +3,11 @@
 import asyncio
 import logging
 
-import anthropic
 import pytest
 
 from llava_lite.generation.base import GenerationRequest, TeacherError
 from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.client import ApiFatalError
 from llava_lite.generation.cost import Budget, BudgetExceeded, Prices
 from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.symbolic import ObjectBox, SymbolicContext
@@ -154,7 +154,7 @@ def test_budget_refuses_a_request_before_sending_it(api, tmp_path):
 
 def test_authentication_error_stops_instead_of_being_counted(api, tmp_path):
     api.script.append({"status": 401})
-    with pytest.raises(anthropic.AuthenticationError):
+    with pytest.raises(ApiFatalError, match="api_status_401"):
         _generate(_teacher(api, tmp_path))
 
 

@@ -7,10 +7,15 @@ call; a reply with text instead is read the paper's way, from a first line holdi
 numbers. Anything else is a :class:`JudgeError` with a reason that the caller counts — a
 failed judgement is never scored as 0.
 
-Paying for replies reuses the generation package: replies are stored in its
+Paying for replies reuses the generation package: one bounded call
+(:func:`~llava_lite.generation.client.create_message`: the SDK's retries, a capped
+``retry-after`` wait, a deadline), replies stored in its
 :class:`~llava_lite.generation.cache.RequestCache` before parsing (a rerun replays them for
-free), the :class:`~llava_lite.generation.cost.Budget` reserves each request's worst case
-before sending, and :class:`~llava_lite.generation.cost.Prices` turn usage into dollars.
+free), the :class:`~llava_lite.generation.cost.Budget` reserving each request's worst case
+before sending (and charging it when a reply reports no usage), and
+:class:`~llava_lite.generation.cost.Prices` turning usage into dollars. Only a finished
+reply (``end_turn`` / ``tool_use`` / ``stop_sequence``) with one call of the tool, or a
+text fallback, is scored.
 The API key is passed to the SDK only (explicitly, or read by the SDK from
 ``ANTHROPIC_API_KEY``); it is never logged or stored.
 """
@@ -30,9 +35,16 @@ import anthropic
 
 from llava_lite.generation.base import Usage
 from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.client import (
+    ApiCallError,
+    build_client,
+    call_deadline_s,
+    create_message,
+    usage_from_message,
+)
 from llava_lite.generation.cost import Budget, Prices
 from llava_lite.generation.estimate import TokenEstimator
-from llava_lite.generation.teacher import usage_from_message
+from llava_lite.generation.messages import FINISHED_STOPS
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +80,6 @@ SCORES_TOOL: dict[str, Any] = {
 }
 
 _FAILED_STOPS = {"max_tokens", "refusal", "model_context_window_exceeded", "pause_turn"}
-_FATAL = (anthropic.AuthenticationError, anthropic.PermissionDeniedError, anthropic.NotFoundError)
 
 
 class JudgeError(Exception):
@@ -157,6 +168,8 @@ def parse_score_line(text: str) -> tuple[float, float]:
 
 
 def _checked(a: Any, b: Any) -> tuple[float, float]:
+    if isinstance(a, bool) or isinstance(b, bool):
+        raise JudgeError("malformed_scores", f"scores {a!r}, {b!r} are not numbers")
     try:
         scores = (float(a), float(b))
     except (TypeError, ValueError) as e:
@@ -170,19 +183,20 @@ def _checked(a: Any, b: Any) -> tuple[float, float]:
 def parse_reply(message: Mapping[str, Any]) -> tuple[tuple[float, float], str]:
     """``((reference_score, model_score), explanation)`` from a Messages reply, or ``JudgeError``."""
     stop = message.get("stop_reason")
-    if stop in _FAILED_STOPS:
-        raise JudgeError(str(stop), f"stop_reason={stop}")
-    texts: list[str] = []
-    for block in message.get("content") or []:
-        kind = block.get("type")
-        if kind == "tool_use" and block.get("name") == SCORES_TOOL["name"]:
-            data = block.get("input")
-            if not isinstance(data, dict):
-                raise JudgeError("malformed_scores", "tool input is not an object")
-            scores = _checked(data.get("assistant_1_score"), data.get("assistant_2_score"))
-            return scores, str(data.get("explanation", ""))
-        if kind == "text":
-            texts.append(str(block.get("text", "")))
+    if stop not in FINISHED_STOPS:
+        reason = str(stop) if stop in _FAILED_STOPS else "unexpected_stop"
+        raise JudgeError(reason, f"stop_reason={stop!r}")
+    blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
+    calls = [b for b in blocks if b.get("type") == "tool_use" and b.get("name") == SCORES_TOOL["name"]]
+    if len(calls) > 1:
+        raise JudgeError("malformed_scores", f"{len(calls)} calls of {SCORES_TOOL['name']}, expected one")
+    if calls:
+        data = calls[0].get("input")
+        if not isinstance(data, dict):
+            raise JudgeError("malformed_scores", "tool input is not an object")
+        scores = _checked(data.get("assistant_1_score"), data.get("assistant_2_score"))
+        return scores, str(data.get("explanation") or "")
+    texts = [str(b.get("text") or "") for b in blocks if b.get("type") == "text"]
     text = "\n".join(texts).strip()
     if not text:
         raise JudgeError("empty_reply", "no text or tool_use block")
@@ -201,6 +215,7 @@ class ClaudeJudge:
         concurrency: int = 8,
         max_retries: int = 4,
         timeout_s: float = 120.0,
+        max_retry_wait_s: float = 60.0,
         api_key: str | None = None,
         base_url: str | None = None,
         cache: RequestCache | None = None,
@@ -219,7 +234,12 @@ class ClaudeJudge:
         self._estimator = estimator
         self._client = client
         # Held only to build the client; None lets the SDK read its environment / config.
-        self._client_kwargs: dict[str, Any] = {"max_retries": max_retries, "timeout": timeout_s}
+        self._client_kwargs: dict[str, Any] = {
+            "max_retries": max_retries,
+            "timeout_s": timeout_s,
+            "max_retry_wait_s": max_retry_wait_s,
+        }
+        self.deadline_s = call_deadline_s(max_retries, timeout_s, max_retry_wait_s)
         if api_key is not None:
             self._client_kwargs["api_key"] = api_key
         if base_url is not None:
@@ -235,7 +255,7 @@ class ClaudeJudge:
     @property
     def client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
-            self._client = anthropic.AsyncAnthropic(**self._client_kwargs)
+            self._client = build_client(**self._client_kwargs)
         return self._client
 
     @property
@@ -264,7 +284,8 @@ class ClaudeJudge:
         except JudgeError as e:
             log.warning("judge: question %r not scored (%s)", request.question_id, e)
             return Judgement(request, None, error=e.reason, cached=cached)
-        return Judgement(request, scores, review=review, cached=cached, usage=usage_from_message(message))
+        usage = usage_from_message(message) or Usage()
+        return Judgement(request, scores, review=review, cached=cached, usage=usage)
 
     async def _call(
         self, body: dict[str, Any], key: str, semaphore: asyncio.Semaphore | None
@@ -279,29 +300,20 @@ class ClaudeJudge:
         self.budget.reserve(reserved)  # BudgetExceeded stops the run before anything is sent
         spent = 0.0
         try:
-            response = await self.client.messages.create(**body)
-            message = (
-                response.model_dump(mode="json", exclude_none=True)
-                if hasattr(response, "model_dump")
-                else None
-            )
-            if not isinstance(message, dict) or message.get("type") != "message":
-                raise JudgeError("api_bad_response", "reply is not a Message")
+            message = await create_message(self.client, body, self.deadline_s)
             if self.cache is not None:
                 self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
-            usage = usage_from_message(message)
             self.paid_requests += 1
-            self.usage = self.usage + usage
-            spent = self.prices.cost(usage)
+            usage = usage_from_message(message)
+            if usage is None:
+                log.warning("judge reply %s reports no usable usage; charged its worst case", key[:12])
+                spent = reserved
+            else:
+                self.usage = self.usage + usage
+                spent = self.prices.cost(usage)
             return message
-        except _FATAL:
-            raise
-        except anthropic.APIStatusError as e:
-            raise JudgeError(f"api_status_{e.status_code}", type(e).__name__) from e
-        except anthropic.APIConnectionError as e:
-            raise JudgeError("api_connection", type(e).__name__) from e
-        except anthropic.APIError as e:
-            raise JudgeError("api_bad_response", type(e).__name__) from e
+        except ApiCallError as e:
+            raise JudgeError(e.reason, e.detail) from None
         finally:
             self.budget.settle(reserved, spent)
 

@@ -6,20 +6,31 @@ batch ends, stores succeeded replies, and resubmits errored / expired / canceled
 bounded number of rounds. The pipeline then reads the replies exactly as in live mode. A
 killed run finds its open batches in the database and collects them instead of paying
 again.
+
+Results are read line by line from the results file and trusted only as far as they check
+out: a line that is not JSON, a ``custom_id`` that was not submitted in that batch, a second
+result for one id, or a "succeeded" item that is not a Message is counted and skipped; a
+submitted id without a result is counted and requeued. Polling stops at ``max_wait_s``; a
+batch that ends without a ``results_url`` or an API error while collecting stops the run
+with a :class:`BatchError` and leaves the batch open for the rerun to collect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import anthropic
+
 from llava_lite.generation.base import GenerationRequest
+from llava_lite.generation.client import describe_error, message_problem, usage_from_message
 from llava_lite.generation.cost import BudgetExceeded
-from llava_lite.generation.teacher import ClaudeTeacher, usage_from_message
+from llava_lite.generation.teacher import ClaudeTeacher
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +40,13 @@ class BatchStats:
     submitted: int = 0
     succeeded: int = 0
     batches: int = 0
-    unfinished: Counter[str] = field(default_factory=Counter)  # errored / expired / canceled, per type
+    unfinished: Counter[str] = field(default_factory=Counter)  # errored / expired / ... / missing: requeued
+    skipped_results: Counter[str] = field(default_factory=Counter)  # malformed_line / unknown_id / duplicate
     budget_stopped: bool = False
+
+
+class BatchError(RuntimeError):
+    """A batch that cannot be submitted or collected now; open batches stay open for a rerun."""
 
 
 class BatchRunner:
@@ -52,12 +68,26 @@ class BatchRunner:
         self.max_wait_s = max_wait_s
         self.max_rounds = max_rounds
         self.stats = BatchStats()
+        self._bodies: dict[str, dict[str, Any]] = {}  # key -> body, to charge a reply without usage
 
     async def fill_cache(self, requests: list[GenerationRequest]) -> BatchStats:
         """Make a stored reply exist for as many of ``requests`` as rounds and budget allow."""
+        try:
+            await self._fill(requests)
+        except (anthropic.APIStatusError, anthropic.APIConnectionError) as e:
+            detail = (
+                describe_error(e, self.teacher.client)
+                if isinstance(e, anthropic.APIStatusError)
+                else "no connection"
+            )
+            raise BatchError(f"Message Batches API: {detail}; a rerun collects the open batches") from None
+        return self.stats
+
+    async def _fill(self, requests: list[GenerationRequest]) -> None:
+        self._without_reply(requests)  # learns every request's body first
         for batch_id, keys in self.cache.open_batches():  # left by an interrupted run
             log.info("resuming batch %s (%d requests)", batch_id, len(keys))
-            await self._collect(batch_id, reserved_usd=0.0)
+            await self._collect(batch_id, keys, reserved_usd=0.0)
         for round_ in range(self.max_rounds):
             pending = self._without_reply(requests)
             if not pending or self.stats.budget_stopped:
@@ -69,13 +99,13 @@ class BatchRunner:
                     await self._submit_and_collect(chunk, reserved)
                 if self.stats.budget_stopped:
                     break
-        return self.stats
 
     def _without_reply(self, requests: list[GenerationRequest]) -> list[tuple[str, dict[str, Any]]]:
         pending: dict[str, dict[str, Any]] = {}
         for request in requests:
             body = self.teacher.body(request)
             key = self.teacher.key(request, body)
+            self._bodies[key] = body
             if key not in self.cache:
                 pending[key] = body
         return list(pending.items())
@@ -97,16 +127,24 @@ class BatchRunner:
         return kept, reserved
 
     async def _submit_and_collect(self, chunk: list[tuple[str, dict[str, Any]]], reserved: float) -> None:
-        batch = await self.teacher.client.messages.batches.create(
-            requests=[{"custom_id": key, "params": body} for key, body in chunk]
-        )
-        self.cache.add_batch(batch.id, [key for key, _ in chunk])
+        keys = [key for key, _ in chunk]
+        try:
+            batch = await self.teacher.client.messages.batches.create(
+                requests=[{"custom_id": key, "params": body} for key, body in chunk]
+            )
+        except BaseException:
+            self.teacher.budget.settle(reserved, 0.0)
+            raise
+        if not isinstance(batch.id, str) or not batch.id:
+            self.teacher.budget.settle(reserved, 0.0)
+            raise BatchError(f"batches.create returned no batch id (status {batch.processing_status!r})")
+        self.cache.add_batch(batch.id, keys)
         self.stats.submitted += len(chunk)
         self.stats.batches += 1
         log.info("submitted batch %s with %d requests", batch.id, len(chunk))
-        await self._collect(batch.id, reserved)
+        await self._collect(batch.id, keys, reserved)
 
-    async def _collect(self, batch_id: str, reserved_usd: float) -> None:
+    async def _collect(self, batch_id: str, keys: list[str], reserved_usd: float) -> None:
         client = self.teacher.client
         deadline = time.monotonic() + self.max_wait_s
         spent = 0.0
@@ -119,17 +157,59 @@ class BatchRunner:
                     )
                 await asyncio.sleep(self.poll_interval_s)
                 batch = await client.messages.batches.retrieve(batch_id)
-            async for item in await client.messages.batches.results(batch_id):
-                result = item.result
-                if result.type == "succeeded":
-                    message = result.message.model_dump(mode="json", exclude_none=True)
-                    self.cache.put(item.custom_id, message, batch=True)
-                    usage = usage_from_message(message)
-                    self.teacher.usage = self.teacher.usage + usage
-                    spent += self.teacher.prices.cost(usage, batch=True)
-                    self.stats.succeeded += 1
-                else:
-                    self.stats.unfinished[result.type] += 1
+            if not batch.results_url:
+                raise BatchError(f"batch {batch_id} ended without a results_url; a rerun collects it")
+            expected, seen = set(keys), set[str]()
+            async with client.messages.batches.with_streaming_response.results(batch_id) as response:
+                lineno = 0
+                async for line in response.iter_lines():
+                    lineno += 1
+                    if line.strip():
+                        spent += self._take(f"batch {batch_id} results line {lineno}", line, expected, seen)
+            missing = len(expected - seen)
+            if missing:
+                log.warning("batch %s: no result for %d submitted requests (requeued)", batch_id, missing)
+                self.stats.unfinished["missing"] += missing
             self.cache.mark_collected(batch_id)
         finally:
             self.teacher.budget.settle(reserved_usd, spent)
+
+    def _take(self, where: str, line: str, expected: set[str], seen: set[str]) -> float:
+        """Store one results line if it checks out; returns its cost."""
+        try:
+            item = json.loads(line)
+        except ValueError:
+            return self._skip(where, "malformed_line")
+        custom_id = item.get("custom_id") if isinstance(item, dict) else None
+        if custom_id not in expected:
+            return self._skip(where, "unknown_id")
+        if custom_id in seen:
+            return self._skip(where, "duplicate")
+        seen.add(custom_id)
+        result = item.get("result")
+        kind = str(result.get("type")) if isinstance(result, dict) else "no_result"
+        if kind != "succeeded":
+            self.stats.unfinished[kind] += 1
+            return 0.0
+        message = result.get("message")
+        problem = message_problem(message)
+        if problem:
+            log.warning("%s: %s (requeued)", where, problem)
+            self.stats.unfinished["malformed_result"] += 1
+            return 0.0
+        if custom_id in self.cache:  # collected before an interruption: already counted and charged
+            return 0.0
+        self.cache.put(custom_id, message, batch=True)
+        self.stats.succeeded += 1
+        usage = usage_from_message(message)
+        if usage is None:
+            body = self._bodies.get(custom_id)
+            log.warning("%s: no usable usage; charged its worst case", where)
+            return self.teacher.worst_case_usd(body, batch=True) if body is not None else 0.0
+        self.teacher.usage = self.teacher.usage + usage
+        return self.teacher.prices.cost(usage, batch=True)
+
+    def _skip(self, where: str, reason: str) -> float:
+        log.warning("%s: skipped (%s)", where, reason)
+        self.stats.skipped_results[reason] += 1
+        return 0.0

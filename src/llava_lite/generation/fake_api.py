@@ -3,9 +3,8 @@
 It binds 127.0.0.1 only and speaks the API's JSON shapes, so the real ``AsyncAnthropic``
 client (its retries, parsing and errors included) can be exercised offline: in tests, or
 to rehearse a configured run before paying for it. Replies are well-formed tool calls built
-from the request; ``script`` makes the next requests misbehave (status codes, bodies that
-are not JSON, thinking blocks, ``max_tokens`` or refusal stops, hangs), and batch items can
-be made to error or expire. Every request is logged (method, path, JSON body, status); the
+from the request; ``script`` makes the next requests misbehave, and the batch attributes
+make Message Batches misbehave (see :meth:`FakeAnthropicAPI._messages` and ``__init__``). Every request is logged (method, path, JSON body, status); the
 API key header is never recorded.
 """
 
@@ -13,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -21,6 +21,19 @@ from typing import Any
 
 # prompt-cache minimum in this stand-in; the real API's minimum depends on the model
 _MIN_CACHE_TOKENS = 1
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 
 def _tokens(text: str) -> int:
@@ -34,6 +47,10 @@ class FakeAnthropicAPI:
         self.script: deque[dict[str, Any]] = deque()  # behaviours for the next /v1/messages calls
         self.batch_item_script: deque[str] = deque()  # "errored" | "expired" | "canceled" for next items
         self.batch_polls_before_end = batch_polls_before_end
+        self.batch_status: str | None = None  # processing_status reported instead of the real one
+        self.batch_results_url = True  # False: ended batches have no results_url
+        self.batch_omit_results = 0  # leave this many items out of each results file
+        self.batch_extra_lines: list[bytes] = []  # raw lines appended to each results file
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._cached_prefixes: set[str] = set()
@@ -84,6 +101,7 @@ class FakeAnthropicAPI:
         entry: dict[str, Any] = {"method": method, "path": path, "body": body, "status": None}
         with self._lock:
             self.log.append(entry)
+        behaviour: dict[str, Any] = {}
         if method == "POST" and path == "/v1/messages":
             with self._lock:
                 behaviour = self.script.popleft() if self.script else {}
@@ -98,26 +116,65 @@ class FakeAnthropicAPI:
             status, payload, headers = 404, _error("not_found_error", f"no route {method} {path}"), {}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
-            h.send_response(status)
-            h.send_header("content-type", headers.pop("content-type", "application/json"))
-            h.send_header("content-length", str(len(data)))
-            h.send_header("request-id", f"req_{len(self.log)}")
-            for k, v in headers.items():
-                h.send_header(k, v)
-            h.end_headers()
-            h.wfile.write(data)
-            h.wfile.flush()
+            if behaviour.get("drop"):
+                h.close_connection = True
+                status = -1  # nothing sent at all
+            else:
+                self._send(h, status, data, headers, behaviour)
         except (BrokenPipeError, ConnectionResetError):
             status = -1  # the client was gone: nothing was delivered
         entry["status"] = status
 
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        headers: dict[str, str],
+        fault: dict[str, Any],
+    ) -> None:
+        h.send_response(status)
+        h.send_header("content-type", headers.pop("content-type", "application/json"))
+        h.send_header("content-length", str(len(data)))
+        h.send_header("request-id", f"req_{len(self.log)}")
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.end_headers()
+        if "truncate" in fault:
+            h.wfile.write(data[: fault["truncate"]])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)  # the client sees the body end early
+            return
+        step = 8 if "trickle_s" in fault else max(1, len(data))
+        for start in range(0, len(data), step):
+            if start and "trickle_s" in fault:
+                time.sleep(fault["trickle_s"])
+            h.wfile.write(data[start : start + step])
+            h.wfile.flush()
+
     def _messages(self, body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """One scripted behaviour (keys combine where it makes sense):
+
+        ``hang_s``: sleep, then answer 529. ``status``: that error status, with ``headers``
+        (default ``retry-after-ms: 1``) and ``error_body`` (raw bytes instead of the JSON error).
+        ``raw``: a 200 with these body bytes (``content_type``). ``content`` / ``stop_reason``:
+        replace those fields of the normal reply; ``message``: fields to set (``None`` sets
+        null); ``omit``: fields to delete. Transport faults on the normal reply: ``drop`` (close
+        without answering), ``truncate`` (send only that many body bytes, then close),
+        ``trickle_s`` (send the body a few bytes at a time, this many seconds apart).
+        """
         if "hang_s" in behaviour:
             time.sleep(behaviour["hang_s"])
             return 529, _error("overloaded_error", "hung"), {"retry-after-ms": "1"}
         if "status" in behaviour:
-            kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(behaviour["status"], "api_error")
-            return behaviour["status"], _error(kind, "scripted"), {"retry-after-ms": "1"}
+            status = behaviour["status"]
+            kind = _ERROR_TYPES.get(status, "api_error")
+            headers = dict(behaviour.get("headers", {"retry-after-ms": "1"}))
+            if "error_body" in behaviour:
+                headers.setdefault("content-type", "text/html")
+                return status, behaviour["error_body"], headers
+            return status, _error(kind, "scripted"), headers
         if "raw" in behaviour:
             return 200, behaviour["raw"], {"content-type": behaviour.get("content_type", "application/json")}
         message = self.reply(body)
@@ -125,6 +182,9 @@ class FakeAnthropicAPI:
             message["content"] = behaviour["content"]
         if "stop_reason" in behaviour:
             message["stop_reason"] = behaviour["stop_reason"]
+        message.update(behaviour.get("message", {}))
+        for key in behaviour.get("omit", ()):
+            message.pop(key, None)
         return 200, message, {}
 
     def reply(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -214,8 +274,10 @@ class FakeAnthropicAPI:
         batch = self.batches.get(batch_id)
         if batch is None:
             return 404, _error("not_found_error", batch_id), {}
-        lines = "".join(json.dumps(r) + "\n" for r in batch["results"])
-        return 200, lines.encode(), {"content-type": "application/binary"}
+        kept = batch["results"][self.batch_omit_results :]
+        lines = b"".join(json.dumps(r).encode() + b"\n" for r in kept)
+        lines += b"".join(line.rstrip(b"\n") + b"\n" for line in self.batch_extra_lines)
+        return 200, lines, {"content-type": "application/binary"}
 
     def _batch_json(self, batch: dict[str, Any], ended: bool) -> dict[str, Any]:
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
@@ -227,12 +289,16 @@ class FakeAnthropicAPI:
         return {
             "id": batch["id"],
             "type": "message_batch",
-            "processing_status": "ended" if ended else "in_progress",
+            "processing_status": self.batch_status or ("ended" if ended else "in_progress"),
             "request_counts": counts,
             "created_at": batch["created_at"],
             "expires_at": batch["created_at"],
             "ended_at": _now() if ended else None,
-            "results_url": f"{self.url}/v1/messages/batches/{batch['id']}/results" if ended else None,
+            "results_url": (
+                f"{self.url}/v1/messages/batches/{batch['id']}/results"
+                if ended and self.batch_results_url
+                else None
+            ),
         }
 
 

@@ -6,8 +6,10 @@ dry-run token estimate, so what is hashed and estimated is exactly what is sent.
 Structured replies come from a forced tool call (``tool_choice`` names the tool); when a
 reply carries text instead, it is read as JSON, then as the paper's
 ``Question: ... === Answer: ...`` layout. Only ``text`` and ``tool_use`` blocks are read;
-thinking blocks that may come first are skipped. A reply cut by ``max_tokens`` or refused
-is a :class:`TeacherError`, never data.
+thinking blocks that may come first (and other block types) are skipped. Only a reply that
+says it finished (``stop_reason`` ``end_turn`` / ``tool_use`` / ``stop_sequence``) can be
+data: one cut by ``max_tokens``, refused, paused, or with a missing or unknown stop reason
+is a :class:`TeacherError`, as is one with several calls of the tool or an empty list.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ DESCRIPTION_TOOL: dict[str, Any] = {
     },
 }
 
-# stop reasons that mean the reply is not a finished answer
+# stop reasons of a finished answer; any other (or none) means the reply is not data
+FINISHED_STOPS = frozenset({"end_turn", "tool_use", "stop_sequence"})
+# counted reasons for the known unfinished ones; anything else counts as "unexpected_stop"
 _FAILED_STOPS = {
     "max_tokens": "max_tokens",
     "refusal": "refusal",
@@ -141,16 +145,16 @@ def build_request_body(
 def parse_reply(message: dict[str, Any], request: GenerationRequest) -> list[tuple[str, str]]:
     """Turn a Messages API reply (as a JSON dict) into (question, answer) turns, or raise."""
     stop = message.get("stop_reason")
-    if stop in _FAILED_STOPS:
-        raise TeacherError(_FAILED_STOPS[stop], f"stop_reason={stop}")
+    if stop not in FINISHED_STOPS:
+        raise TeacherError(_FAILED_STOPS.get(str(stop), "unexpected_stop"), f"stop_reason={stop!r}")
     tool_name = tool_for(request.response_type)["name"]
-    texts: list[str] = []
-    for block in message.get("content") or []:
-        kind = block.get("type")
-        if kind == "tool_use" and block.get("name") == tool_name:
-            return _turns_from_structured(block.get("input"), request)
-        if kind == "text":
-            texts.append(str(block.get("text", "")))
+    blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
+    calls = [b for b in blocks if b.get("type") == "tool_use" and b.get("name") == tool_name]
+    if len(calls) > 1:
+        raise TeacherError("malformed_reply", f"{len(calls)} calls of {tool_name}, expected one")
+    if calls:
+        return _turns_from_structured(calls[0].get("input"), request)
+    texts = [str(b.get("text") or "") for b in blocks if b.get("type") == "text"]
     text = "\n".join(texts).strip()
     if not text:
         raise TeacherError("empty_reply", "no text or tool_use block")
@@ -208,8 +212,8 @@ def _turns_from_structured(data: Any, request: GenerationRequest) -> list[tuple[
             raise TeacherError("malformed_reply", "no 'description' string")
         return [(_detail_question(request), description)]
     turns = data.get("turns")
-    if not isinstance(turns, list):
-        raise TeacherError("malformed_reply", "no 'turns' list")
+    if not isinstance(turns, list) or not turns:
+        raise TeacherError("malformed_reply", "no non-empty 'turns' list")
     out = []
     for t in turns:
         if not (

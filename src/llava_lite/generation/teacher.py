@@ -2,10 +2,12 @@
 
 The teacher owns everything about paying for a reply: the request body, the cache lookup
 (a stored reply is replayed, never bought twice), the budget reservation, the bounded
-number of requests in flight, and the SDK's own retries (429 / 529 / 5xx / timeouts, at
-most ``max_retries`` times). The API key is never passed around by this code: the SDK
-reads it from the environment or its own configuration unless a caller (a test) passes
-one explicitly, and it is never logged or stored.
+number of requests in flight, and one bounded call (:mod:`~llava_lite.generation.client`:
+the SDK's retries, a capped ``retry-after`` wait, a deadline on the whole call). A reply
+that does not report its usage is charged its reserved worst case, so the budget cap
+holds. The API key is never passed around by this code: the SDK reads it from the
+environment or its own configuration unless a caller (a test) passes one explicitly, and
+it is never logged or stored.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from llava_lite.generation.base import (
     Usage,
 )
 from llava_lite.generation.cache import RequestCache, request_key
+from llava_lite.generation.client import (
+    ApiCallError,
+    build_client,
+    call_deadline_s,
+    create_message,
+    usage_from_message,
+)
 from llava_lite.generation.cost import Budget, Prices
 from llava_lite.generation.estimate import TokenEstimator
 from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
@@ -34,23 +43,6 @@ from llava_lite.generation.prompts import PROMPT_VERSION, PromptSet, load_prompt
 log = logging.getLogger(__name__)
 
 TEACHERS = ("anthropic", "offline")
-
-# Errors that will fail every request the same way: stop the run instead of counting them.
-_FATAL = (
-    anthropic.AuthenticationError,
-    anthropic.PermissionDeniedError,
-    anthropic.NotFoundError,
-)
-
-
-def usage_from_message(message: Mapping[str, Any]) -> Usage:
-    u = message.get("usage") or {}
-    return Usage(
-        input_tokens=int(u.get("input_tokens") or 0),
-        output_tokens=int(u.get("output_tokens") or 0),
-        cache_creation_input_tokens=int(u.get("cache_creation_input_tokens") or 0),
-        cache_read_input_tokens=int(u.get("cache_read_input_tokens") or 0),
-    )
 
 
 class ClaudeTeacher:
@@ -69,6 +61,7 @@ class ClaudeTeacher:
         concurrency: int = 8,
         max_retries: int = 4,
         timeout_s: float = 120.0,
+        max_retry_wait_s: float = 60.0,
         cache: RequestCache | None = None,
         budget: Budget | None = None,
         prices: Prices | None = None,
@@ -92,7 +85,13 @@ class ClaudeTeacher:
         self.replay_only = replay_only  # batch mode: never fall back to a full-price live call
         self._client = client
         # client_kwargs: base_url / api_key for tests and proxies; held only to build the client.
-        self._client_kwargs = {"max_retries": max_retries, "timeout": timeout_s, **(client_kwargs or {})}
+        self._client_kwargs = {
+            "max_retries": max_retries,
+            "timeout_s": timeout_s,
+            "max_retry_wait_s": max_retry_wait_s,
+            **(client_kwargs or {}),
+        }
+        self.deadline_s = call_deadline_s(max_retries, timeout_s, max_retry_wait_s)
         self._semaphore = asyncio.Semaphore(concurrency)
         self.paid_requests = 0
         self.usage = Usage()  # billed tokens of this run (replays from the cache cost nothing)
@@ -123,7 +122,7 @@ class ClaudeTeacher:
     def client(self) -> anthropic.AsyncAnthropic:
         """Built on first use, so a dry run needs no credentials."""
         if self._client is None:
-            self._client = anthropic.AsyncAnthropic(**self._client_kwargs)
+            self._client = build_client(**self._client_kwargs)
         return self._client
 
     @property
@@ -155,30 +154,27 @@ class ClaudeTeacher:
         spent = 0.0
         try:
             async with self._semaphore:
-                response = await self.client.messages.create(**body)
-            message = _as_message(response)
+                message = await create_message(self.client, body, self.deadline_s)
             if self.cache is not None:
                 self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
             self.paid_requests += 1
             usage = usage_from_message(message)
-            self.usage = self.usage + usage
-            spent = self.prices.cost(usage)
+            if usage is None:
+                log.warning("reply %s reports no usable usage; charged its worst case", key[:12])
+                spent = reserved
+            else:
+                self.usage = self.usage + usage
+                spent = self.prices.cost(usage)
             return message
-        except _FATAL:
-            raise
-        except anthropic.APIStatusError as e:
-            raise TeacherError(f"api_status_{e.status_code}", type(e).__name__) from e
-        except anthropic.APIConnectionError as e:
-            raise TeacherError("api_connection", type(e).__name__) from e
-        except (anthropic.APIError, ValueError) as e:  # e.g. a 200 whose body is not JSON
-            raise TeacherError("api_bad_response", type(e).__name__) from e
+        except ApiCallError as e:
+            raise TeacherError(e.reason, e.detail) from None
         finally:
             self.budget.settle(reserved, spent)
 
     def _reply(
         self, message: dict[str, Any], request: GenerationRequest, cached: bool, batch: bool
     ) -> TeacherReply:
-        usage = usage_from_message(message)
+        usage = usage_from_message(message) or Usage()
         try:
             turns = parse_reply(message, request)
         except TeacherError as e:
@@ -195,18 +191,6 @@ class ClaudeTeacher:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
-
-
-def _as_message(response: object) -> dict[str, Any]:
-    """The reply as a JSON dict, or ``TeacherError`` when a 200 body is not a Message."""
-    message = response.model_dump(mode="json", exclude_none=True) if hasattr(response, "model_dump") else None
-    if (
-        not isinstance(message, dict)
-        or message.get("type") != "message"
-        or not isinstance(message.get("content"), list)
-    ):
-        raise TeacherError("api_bad_response", f"reply is not a Message ({type(response).__name__})")
-    return message
 
 
 def build_teacher(name: str, **kwargs: Any) -> Teacher:

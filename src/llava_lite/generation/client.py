@@ -1,0 +1,199 @@
+"""One bounded, paid Messages API call, shared by the teacher and the judge.
+
+The SDK retries 408 / 409 / 429 / 5xx / connection failures ``max_retries`` times, but two
+things it does not bound: it sleeps as long as a ``retry-after`` header asks (an hour, a
+day), and its ``timeout`` applies to each read, so a server that trickles its body never
+times out. :func:`build_client` adds a middleware that bounds each attempt and caps the
+honoured wait, and :func:`create_message` puts a deadline on the whole call, retries
+included, as a last guard.
+
+What comes back is the reply's own JSON (the wire body, not a re-serialised model), checked
+to be a Message; everything else is an :class:`ApiCallError` with a countable ``reason``,
+or an :class:`ApiFatalError` when every further request would fail the same way (bad key,
+no permission, no credit, unknown model). Error texts never carry the server's body
+verbatim: a misbehaving server may echo the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+import httpx2
+
+from llava_lite.generation.base import Usage
+
+log = logging.getLogger(__name__)
+
+# Errors that will fail every request the same way: stop the run instead of counting them.
+FATAL_ERRORS = (
+    anthropic.AuthenticationError,
+    anthropic.PermissionDeniedError,
+    anthropic.PaymentRequiredError,
+    anthropic.NotFoundError,
+)
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+_SECRET = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
+
+
+class ApiCallError(Exception):
+    """A call that produced no usable reply; ``reason`` is counted by the caller."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ApiFatalError(RuntimeError):
+    """The API refuses this client outright (401 / 402 / 403 / 404): stop, keep finished work."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class RetryBounds(anthropic.Middleware):
+    """Bounds each attempt inside the SDK's retry loop.
+
+    An attempt that has not delivered its whole reply after ``attempt_s`` of wall clock is a
+    timeout the SDK retries like its own (its ``timeout`` bounds each read, not the reply).
+    A ``retry-after`` longer than ``max_wait_s`` (the SDK would sleep weeks if asked) is
+    rewritten to ``max_wait_s``.
+    """
+
+    def __init__(self, attempt_s: float, max_wait_s: float) -> None:
+        self.attempt_s = attempt_s
+        self.max_wait_s = max_wait_s
+
+    async def handle_async(self, request: Any, call_next: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.attempt_s):
+                response = await call_next(request)
+        except TimeoutError:
+            options = request.options
+            raise anthropic.APITimeoutError(httpx2.Request(options.method, options.url)) from None
+        headers = response.http_response.headers
+        wait = retry_after_s(headers)
+        if wait is not None and wait > self.max_wait_s:
+            log.warning("server asked to wait %.0fs before a retry; capped at %.0fs", wait, self.max_wait_s)
+            headers.pop("retry-after", None)
+            headers["retry-after-ms"] = str(int(self.max_wait_s * 1000))
+        return response
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The longest wait the headers ask for (``retry-after-ms``, seconds, or an HTTP date)."""
+    waits = []
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            waits.append(float(value) * scale)
+        except ValueError:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                waits.append(email.utils.mktime_tz(parsed) - time.time())
+    return max(waits) if waits else None
+
+
+def build_client(
+    *, max_retries: int, timeout_s: float, max_retry_wait_s: float, **client_kwargs: Any
+) -> anthropic.AsyncAnthropic:
+    """``AsyncAnthropic`` with the SDK's retries and :class:`RetryBounds`; ``client_kwargs``
+    (``api_key``, ``base_url``) are passed through, or the SDK reads its environment."""
+    return anthropic.AsyncAnthropic(
+        max_retries=max_retries,
+        timeout=timeout_s,
+        middleware=[RetryBounds(timeout_s, max_retry_wait_s)],
+        **client_kwargs,
+    )
+
+
+def call_deadline_s(max_retries: int, timeout_s: float, max_retry_wait_s: float) -> float:
+    """A wall-clock bound on one call: every attempt at its timeout plus every capped wait."""
+    return (max_retries + 1) * timeout_s + max_retries * max_retry_wait_s + 1.0
+
+
+async def create_message(
+    client: anthropic.AsyncAnthropic, body: Mapping[str, Any], deadline_s: float
+) -> dict[str, Any]:
+    """POST ``body`` to /v1/messages; the reply's JSON, or ``ApiCallError`` / ``ApiFatalError``."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            raw = await client.messages.with_raw_response.create(**body)
+            text = raw.http_response.text
+    except TimeoutError:
+        raise ApiCallError("api_deadline", f"no complete reply within {deadline_s:g}s") from None
+    except FATAL_ERRORS as e:
+        raise ApiFatalError(f"api_status_{e.status_code}", describe_error(e, client)) from None
+    except anthropic.APIStatusError as e:
+        raise ApiCallError(f"api_status_{e.status_code}", type(e).__name__) from None
+    except anthropic.APITimeoutError:
+        raise ApiCallError("api_timeout", "every attempt timed out") from None
+    except anthropic.APIConnectionError:
+        raise ApiCallError("api_connection", "connection failed or closed early") from None
+    except anthropic.APIError as e:
+        raise ApiCallError("api_bad_response", type(e).__name__) from None
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise ApiCallError("api_bad_response", f"a 200 whose body is not JSON ({len(text)} chars)") from None
+    problem = message_problem(message)
+    if problem:
+        raise ApiCallError("api_bad_response", problem)
+    return message
+
+
+def message_problem(message: Any) -> str | None:
+    """Why ``message`` is not a Messages API reply we can read, or None."""
+    if not isinstance(message, dict) or message.get("type") != "message":
+        return "reply is not a Message"
+    content = message.get("content")
+    if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
+        return "reply content is not a list of blocks"
+    return None
+
+
+def usage_from_message(message: Mapping[str, Any]) -> Usage | None:
+    """Billed tokens, or None when the reply does not report them (missing, null, not counts).
+
+    Cache fields may be absent (no prompt caching); input and output counts must be there.
+    """
+    u = message.get("usage")
+    if not isinstance(u, dict):
+        return None
+    counts = {}
+    for name in _USAGE_FIELDS:
+        value = u.get(name)
+        if value is None and name.startswith("cache_"):
+            value = 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return None
+        counts[name] = value
+    return Usage(**counts)
+
+
+def describe_error(error: anthropic.APIStatusError, client: anthropic.AsyncAnthropic) -> str:
+    """Status, error type and the server's message with anything key-like redacted."""
+    body = error.body if isinstance(error.body, dict) else {}
+    detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+    kind = str(detail.get("type") or type(error).__name__)
+    text = str(detail.get("message") or "")[:300]
+    if client.api_key:
+        text = text.replace(client.api_key, "[redacted]")
+    text = _SECRET.sub("[redacted]", text)
+    return f"HTTP {error.status_code} {kind}" + (f": {text}" if text else "")
