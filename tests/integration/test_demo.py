@@ -1,0 +1,43 @@
+"""The quick demo runs end to end and answers held-out questions above chance."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from llava_lite.cli.demo import main
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
+    threads = torch.get_num_threads()
+    try:
+        main(["--quick", "--out", str(tmp_path / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert f"run folder: {run.resolve()}" in printed and "question type" in printed
+    for name in (
+        "metrics.csv",
+        "summary.json",
+        "loss_curves.png",
+        "sample.png",
+        "data/eval_test.json",
+        "data/instruct/instruct.json",
+        "stage1/projector.safetensors",
+        "stage2/model/model.safetensors",
+    ):
+        assert (run / name).is_file(), name  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    overall = summary["accuracy"]["all"]
+    assert overall["count"] == summary["data"]["eval_questions"] > 100
+    # Learning, not luck: clearly above chance overall (the chance-level spread is about 3 points).
+    assert overall["accuracy"] > overall["chance"] + 10, summary["accuracy"]
+    with (run / "metrics.csv").open() as f:
+        rows = {r["question_type"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"colour", "shape", "count", "position", "all"}
+    assert summary["chats"] and all(a for _, a in summary["chats"][0]["turns"])
