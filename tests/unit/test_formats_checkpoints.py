@@ -162,10 +162,11 @@ def test_llava_hf_release_layout_imports_with_equal_logits(tmp_path) -> None:
     input_ids = torch.cat([ids[:at], torch.full((16,), model.image_token_id), ids[at + 1 :]])[None]
     pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        torch.testing.assert_close(
-            model(input_ids, pixel_values=pixels).logits,
-            reference(input_ids=input_ids, pixel_values=pixels).logits,
-        )
+        expected = reference(input_ids=input_ids, pixel_values=pixels).logits
+        torch.testing.assert_close(model(input_ids, pixel_values=pixels).logits, expected)
+        # LlavaModel.from_pretrained recognises the folder and imports it the same way.
+        via = LlavaModel.from_pretrained(tmp_path).float().eval()
+        torch.testing.assert_close(via(input_ids, pixel_values=pixels).logits, expected)
 
 
 # ---- export -> transformers processor and generate ---------------------------------------------
@@ -364,6 +365,10 @@ def test_original_llava_checkpoint_imports_with_equal_logits(tmp_path, with_visi
     ours_ids = torch.tensor([before + [model.image_token_id] * 16 + after])
     with torch.no_grad():
         torch.testing.assert_close(model(ours_ids, pixel_values=pixels).logits[..., : len(tok)], expected)
+
+    with torch.no_grad():
+        via = LlavaModel.from_pretrained(tmp_path / "llava").eval()
+        torch.testing.assert_close(via(ours_ids, pixel_values=pixels).logits[..., : len(tok)], expected)
 
     # It saves and reloads as a llava_lite model, offline.
     model.save_pretrained(tmp_path / "ours")

@@ -175,14 +175,31 @@ class LlavaModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> LlavaModel:
-        """Rebuild a model saved by :meth:`save_pretrained`, from that folder alone."""
+        """Rebuild a model saved by :meth:`save_pretrained`, from that folder alone.
+
+        Folders of the two released LLaVA formats load too, through their importers: llava-hf
+        (``model_type`` "llava", ``LlavaForConditionalGeneration``) and the original LLaVA
+        (``mm_vision_tower`` in ``config.json``, with the ``vicuna_v1`` template).
+        """
         folder = Path(path)
         config_file = folder / CONFIG_NAME
         if not config_file.is_file():
             raise FileNotFoundError(f"{config_file} not found: not a llava_lite model folder")
         meta = json.loads(config_file.read_text())
         if "llava_lite" not in meta:
-            raise ValueError(f"{config_file} has no 'llava_lite' key: not a llava_lite model folder")
+            # Imported here: both importers build on this class.
+            if "mm_vision_tower" in meta:
+                from llava_lite.modeling.original_llava import import_original_llava
+
+                return import_original_llava(folder)
+            if meta.get("model_type") == "llava":
+                from llava_lite.modeling.hf_convert import import_hf_llava
+
+                return import_hf_llava(folder, trust_remote_code=trust_remote_code)
+            raise ValueError(
+                f"{config_file} has no 'llava_lite' key and is neither a llava-hf nor an original "
+                "LLaVA checkpoint: not a llava_lite model folder"
+            )
         if meta.get("format_version", 1) > FORMAT_VERSION:
             raise ValueError(
                 f"{config_file} has format_version {meta['format_version']}, newer than this "
