@@ -45,12 +45,13 @@ class FakeAnthropicAPI:
 
     def __init__(self, batch_polls_before_end: int = 1) -> None:
         self.script: deque[dict[str, Any]] = deque()  # behaviours for the next /v1/messages calls
-        self.batch_item_script: deque[str] = deque()  # "errored" | "expired" | "canceled" for next items
+        # next items' outcomes: "errored" | "expired" | "canceled" | "malformed" (a non-Message) | "missing"
+        # (no result line) | "duplicate" (two result lines); unscripted items succeed
+        self.batch_item_script: deque[str] = deque()
         self.batch_polls_before_end = batch_polls_before_end
         self.batch_status: str | None = None  # processing_status reported instead of the real one
         self.batch_results_url = True  # False: ended batches have no results_url
-        self.batch_omit_results = 0  # leave this many items out of each results file
-        self.batch_extra_lines: list[bytes] = []  # raw lines appended to each results file
+        self.batch_extra_lines: list[bytes] = []  # raw lines added to the next batch's results file
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._cached_prefixes: set[str] = set()
@@ -248,8 +249,12 @@ class FakeAnthropicAPI:
         for item in body["requests"]:
             with self._lock:
                 outcome = self.batch_item_script.popleft() if self.batch_item_script else "succeeded"
-            if outcome == "succeeded":
+            if outcome == "missing":
+                continue
+            if outcome in ("succeeded", "duplicate"):
                 result: dict[str, Any] = {"type": "succeeded", "message": self.reply(item["params"])}
+            elif outcome == "malformed":
+                result = {"type": "succeeded", "message": {"type": "message", "content": "not blocks"}}
             elif outcome == "errored":
                 result = {
                     "type": "errored",
@@ -257,8 +262,11 @@ class FakeAnthropicAPI:
                 }
             else:
                 result = {"type": outcome}
-            results.append({"custom_id": item["custom_id"], "result": result})
-        batch = {"id": batch_id, "results": results, "polls": 0, "created_at": _now()}
+            line = {"custom_id": item["custom_id"], "result": result}
+            results.extend([line, line] if outcome == "duplicate" else [line])
+        with self._lock:
+            extra, self.batch_extra_lines = self.batch_extra_lines, []
+        batch = {"id": batch_id, "results": results, "extra": extra, "polls": 0, "created_at": _now()}
         with self._lock:
             self.batches[batch_id] = batch
         return self._batch_json(batch, ended=False)
@@ -274,9 +282,8 @@ class FakeAnthropicAPI:
         batch = self.batches.get(batch_id)
         if batch is None:
             return 404, _error("not_found_error", batch_id), {}
-        kept = batch["results"][self.batch_omit_results :]
-        lines = b"".join(json.dumps(r).encode() + b"\n" for r in kept)
-        lines += b"".join(line.rstrip(b"\n") + b"\n" for line in self.batch_extra_lines)
+        lines = b"".join(json.dumps(r).encode() + b"\n" for r in batch["results"])
+        lines += b"".join(line.rstrip(b"\n") + b"\n" for line in batch["extra"])
         return 200, lines, {"content-type": "application/binary"}
 
     def _batch_json(self, batch: dict[str, Any], ended: bool) -> dict[str, Any]:

@@ -6,6 +6,11 @@ so a rerun skips every job already in the output file. Each job gets at most
 own cache key), and every paid reply is in the request cache, so a rerun replays instead
 of paying. Output lines are appended whole and fsynced; the summary and the optional JSON
 export are written through temp + rename.
+
+A budget stop or an API that refuses this client (:class:`ApiFatalError`: bad key, no
+permission or credit) stops new requests, lets the ones in flight finish (their replies are
+cached and their samples written), records ``stopped`` in the summary and, for the latter,
+raises it. Any other exception in a worker stops the run the same way before it propagates.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from llava_lite.generation.aio import run_sync
 from llava_lite.generation.base import GenerationRequest, Teacher, TeacherError, Usage
 from llava_lite.generation.batches import BatchRunner
 from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.client import ApiFatalError
 from llava_lite.generation.cost import Budget, BudgetExceeded
 from llava_lite.generation.estimate import TokenEstimator
 from llava_lite.generation.jsonl import JsonlAppender, read_jsonl, repair_torn_tail, write_json_atomic
@@ -63,7 +69,7 @@ class RunSummary:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     elapsed_s: float = 0.0
-    stopped: str | None = None  # "budget" when the cap stopped the run
+    stopped: str | None = None  # "budget" (the cap) or the fatal API error's reason, e.g. "api_status_401"
     estimate: dict[str, Any] | None = None  # dry run only
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +98,7 @@ class GenerationPipeline:
         self.validator = SampleValidator(s.validation)
         self.summary = RunSummary()
         self._stop = False
+        self._fatal: ApiFatalError | None = None
 
     def _build_teacher(self, client_kwargs: dict[str, Any]) -> Teacher:
         s, t = self.settings, self.settings.teacher
@@ -109,6 +116,7 @@ class GenerationPipeline:
             concurrency=t.concurrency,
             max_retries=t.max_retries,
             timeout_s=t.timeout_s,
+            max_retry_wait_s=t.max_retry_wait_s,
             cache=self.cache,
             budget=self.budget,
             prices=s.prices,
@@ -180,6 +188,8 @@ class GenerationPipeline:
                 return self.summary
             with JsonlAppender(self.out_dir / OUTPUT_FILE) as writer:
                 await self._rounds(pending, writer)
+            if self._fatal is not None:
+                raise self._fatal
             if self.settings.export_json:
                 write_json_atomic(self.out_dir / JSON_FILE, list(read_jsonl(self.out_dir / OUTPUT_FILE)))
             return self.summary
@@ -246,15 +256,23 @@ class GenerationPipeline:
                 if self._stop:
                     not_started.append(request)
                     continue
-                outcome = await self._one(request, writer)
+                try:
+                    outcome = await self._one(request, writer)
+                except BaseException:
+                    self._stop = True  # the other workers finish what is in flight, then stop
+                    not_started.append(request)
+                    raise
                 if outcome == "retry":
                     retry.append(request)
-                elif outcome == "budget":
+                elif outcome == "stopped":
                     not_started.append(request)
 
         n_workers = max(1, self.settings.teacher.concurrency)
-        await asyncio.gather(*(worker() for _ in range(n_workers)))
+        results = await asyncio.gather(*(worker() for _ in range(n_workers)), return_exceptions=True)
         self.summary.unfinished_jobs += len(not_started)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         return retry
 
     async def _one(self, request: GenerationRequest, writer: JsonlAppender) -> str:
@@ -265,10 +283,17 @@ class GenerationPipeline:
                 log.warning("stopping: %s; finished samples are kept", e)
             self._stop = True
             self.summary.stopped = "budget"
-            return "budget"
+            return "stopped"
+        except ApiFatalError as e:
+            if self._fatal is None:
+                log.error("stopping: the API refuses this client (%s); finished samples are kept", e)
+                self._fatal = e
+                self.summary.stopped = e.reason
+            self._stop = True
+            return "stopped"
         except TeacherError as e:
             if e.reason == "no_batch_result" and self.summary.stopped == "budget":
-                return "budget"  # never submitted: the cap stopped batch submission
+                return "stopped"  # never submitted: the cap stopped batch submission
             self.summary.teacher_errors[e.reason] += 1
             log.info("image %s %s: teacher error %s", request.context.image_id, request.response_type, e)
             return "retry"

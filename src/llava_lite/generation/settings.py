@@ -26,7 +26,9 @@ class TeacherSettings:
     max_tokens: int = 1024
     concurrency: int = 8  # requests in flight
     max_retries: int = 4  # the SDK's retries per request (429 / 529 / 5xx / timeouts)
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # wall clock of one attempt, the whole reply included
+    max_retry_wait_s: float = 60.0  # longest retry-after honoured; one call takes at most
+    # (max_retries + 1) * timeout_s + max_retries * max_retry_wait_s
     prompt_caching: bool = True
     base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL
     seed: int = 0  # offline teacher only
