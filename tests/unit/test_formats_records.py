@@ -220,6 +220,27 @@ def test_llama_2_template_matches_the_original_prompt(record: dict) -> None:
     )
 
 
+# Qwen2's ChatML chat template (default system prompt when none is given).
+QWEN2_CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("record", ALL_CHATS, ids=[str(r["id"]) for r in ALL_CHATS])
+def test_chatml_template_matches_qwen2_chat_template(record: dict) -> None:
+    tok = build_tiny_tokenizer("bpe")
+    roles = {"USER": "user", "ASSISTANT": "assistant"}
+    chat = [{"role": roles[r], "content": c} for r, c in llava_preprocess(record["conversations"])]
+    render = tok.apply_chat_template
+    assert ours("chatml", record) == render(chat, tokenize=False, chat_template=QWEN2_CHATML)
+    assert ours("chatml", record, generation=True) == render(
+        chat[:-1], tokenize=False, add_generation_prompt=True, chat_template=QWEN2_CHATML
+    )
+
+
 @pytest.mark.parametrize("record", LCS_558K + CC3M_595K, ids=lambda r: r["id"])
 def test_plain_template_matches_the_original_layout(record: dict) -> None:
     assert ours("plain", record) == render_plain(llava_preprocess(record["conversations"]))

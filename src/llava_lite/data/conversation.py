@@ -216,6 +216,8 @@ class ChatMLTemplate(ChatTemplate):
             text = "\n"
             if i + 1 < len(turns):
                 out.append(Segment(f"{turns[i + 1][1]}<|im_end|>", True))
+        if not add_generation_prompt:
+            out.append(Segment(text, False))  # the newline that closes the last turn, untrained
         return out
 
     def stop_strings(self, tokenizer):
