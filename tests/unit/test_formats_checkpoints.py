@@ -30,7 +30,7 @@ from transformers import (
 from transformers import LlavaConfig as HFLlavaConfig
 
 from llava_lite.config import LlavaConfig
-from llava_lite.data import LlavaProcessor
+from llava_lite.data import LlavaCollator, LlavaProcessor
 from llava_lite.modeling import LlavaModel, build_projector, build_tiny_tokenizer
 from llava_lite.modeling.hf_convert import export_to_hf_llava, import_hf_llava
 from llava_lite.modeling.original_llava import import_original_llava, is_original_llava
@@ -214,6 +214,39 @@ def test_exported_processor_and_generate_match_ours(tmp_path) -> None:
     with torch.no_grad():
         theirs = hf.generate(**enc, max_new_tokens=8, do_sample=False, **stop)[:, enc["input_ids"].shape[1] :]
         our_tokens = model.generate(mine["input_ids"][None], mine["pixel_values"][None], max_new_tokens=8)
+    assert our_tokens.tolist() == theirs.tolist()
+
+
+def test_left_padded_batch_matches_transformers_processor_and_generate(tmp_path) -> None:
+    model = _tiny()
+    export_to_hf_llava(model, tmp_path)
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    hf_processor = AutoProcessor.from_pretrained(tmp_path)
+    hf_processor.tokenizer.padding_side = "left"
+    ours = LlavaProcessor.from_model(model)
+    questions = ["What shape is it?", "Describe the colours of every shape in the picture in detail please."]
+    images = [_photo(32, 32, seed=1), _photo(32, 32, seed=2)]
+    prompts = [
+        hf_processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+            add_generation_prompt=True,
+        )
+        for q in questions
+    ]
+    enc = hf_processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    collate = LlavaCollator(ours.pad_token_id, 512, padding_side="left", image_token_id=ours.image_token_id)
+    items = [ours.prompt(q, image) for q, image in zip(questions, images, strict=True)]
+    batch = collate([{**item, "labels": item["input_ids"]} for item in items])
+    assert torch.equal(batch["input_ids"], enc["input_ids"])
+    assert torch.equal(batch["attention_mask"], enc["attention_mask"])
+    stop = {"eos_token_id": model.tokenizer.eos_token_id, "pad_token_id": model.tokenizer.pad_token_id}
+    with torch.no_grad():
+        theirs = hf.generate(**enc, max_new_tokens=10, do_sample=False, **stop)[
+            :, enc["input_ids"].shape[1] :
+        ]
+        our_tokens = model.generate(
+            batch["input_ids"], batch["pixel_values"], batch["attention_mask"], max_new_tokens=10
+        )
     assert our_tokens.tolist() == theirs.tolist()
 
 
