@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -34,7 +35,7 @@ from llava_lite.data import LlavaCollator, LlavaProcessor
 from llava_lite.modeling import LlavaModel, build_projector, build_tiny_tokenizer
 from llava_lite.modeling.hf_convert import export_to_hf_llava, import_hf_llava
 from llava_lite.modeling.original_llava import import_original_llava, is_original_llava
-from llava_lite.training import load_projector
+from llava_lite.training import LlavaLitModule, load_projector
 
 VISION = {
     "hidden_size": 32,
@@ -276,6 +277,25 @@ def test_original_mm_projector_bin_initialises_our_projector(
     wrong = build_projector("linear" if projector_type != "linear" else "mlp2x_gelu", 32, 48)
     with pytest.raises(ValueError, match=r"mm_projector\.bin does not fit this projector"):
         load_projector(wrong, path, "linear")
+
+
+def test_stage_2_starts_from_an_original_mm_projector_bin(tmp_path) -> None:
+    """``model.init_projector_from=.../mm_projector.bin`` in a finetune LlavaLitModule."""
+    cfg = LlavaConfig.from_name("tiny").to_dict()
+    torch.manual_seed(2)
+    source = build_projector(
+        "mlp2x_gelu", cfg["vision"]["arch"]["hidden_size"], cfg["llm"]["arch"]["hidden_size"]
+    )
+    path = tmp_path / "checkpoints" / "llava-v1.5-7b-pretrain" / "mm_projector.bin"
+    path.parent.mkdir(parents=True)
+    torch.save({f"model.mm_projector.{k}": v.half() for k, v in source.state_dict().items()}, path)
+    module = LlavaLitModule(model={**cfg, "init_projector_from": str(path)}, stage="finetune")
+    module.trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    module.setup("fit")
+    for k, v in module.model.projector.state_dict().items():
+        torch.testing.assert_close(v, source.state_dict()[k].half().float())
 
 
 def test_mm_projector_bin_with_code_is_refused(tmp_path) -> None:

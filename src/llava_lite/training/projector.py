@@ -22,8 +22,6 @@ PROJECTOR_FILE = "projector.safetensors"
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 _ORIGINAL_PREFIX = "mm_projector."
 
-PROJECTOR_FILE = "projector.safetensors"
-
 
 def save_projector(
     projector: nn.Module | Mapping[str, Tensor], path: str | Path, projector_type: str
