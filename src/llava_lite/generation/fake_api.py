@@ -52,6 +52,7 @@ class FakeAnthropicAPI:
         self.batch_status: str | None = None  # processing_status reported instead of the real one
         self.batch_results_url = True  # False: ended batches have no results_url
         self.batch_extra_lines: list[bytes] = []  # raw lines added to the next batch's results file
+        self.batch_error: int | None = None  # answer every batches request with this status
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._cached_prefixes: set[str] = set()
@@ -107,6 +108,12 @@ class FakeAnthropicAPI:
             with self._lock:
                 behaviour = self.script.popleft() if self.script else {}
             status, payload, headers = self._messages(body, behaviour)
+        elif path.startswith("/v1/messages/batches") and self.batch_error is not None:
+            status, payload, headers = (
+                self.batch_error,
+                _error(_ERROR_TYPES.get(self.batch_error, "api_error"), "x"),
+                {},
+            )
         elif method == "POST" and path == "/v1/messages/batches":
             status, payload, headers = 200, self._create_batch(body), {}
         elif method == "GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
@@ -157,7 +164,7 @@ class FakeAnthropicAPI:
     def _messages(self, body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """One scripted behaviour (keys combine where it makes sense):
 
-        ``hang_s``: sleep, then answer 529. ``status``: that error status, with ``headers``
+        ``hang_s``: sleep, then answer 529. ``delay_s``: sleep, then answer. ``status``: that error status, with ``headers``
         (default ``retry-after-ms: 1``) and ``error_body`` (raw bytes instead of the JSON error).
         ``raw``: a 200 with these body bytes (``content_type``). ``content`` / ``stop_reason``:
         replace those fields of the normal reply; ``message``: fields to set (``None`` sets
@@ -168,6 +175,7 @@ class FakeAnthropicAPI:
         if "hang_s" in behaviour:
             time.sleep(behaviour["hang_s"])
             return 529, _error("overloaded_error", "hung"), {"retry-after-ms": "1"}
+        time.sleep(behaviour.get("delay_s", 0.0))
         if "status" in behaviour:
             status = behaviour["status"]
             kind = _ERROR_TYPES.get(status, "api_error")

@@ -1,0 +1,188 @@
+"""The generation run against a misbehaving Messages / Batches server: nothing lost, nothing
+duplicated, nothing paid twice, every failure counted, a refused client stops cleanly."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from llava_lite.generation.batches import BatchError
+from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.client import ApiFatalError
+from llava_lite.generation.fake_api import FakeAnthropicAPI
+from llava_lite.generation.jsonl import read_jsonl
+from llava_lite.generation.pipeline import GenerationPipeline
+from llava_lite.generation.settings import settings_from
+
+KEY = "sk-ant-test-PIPELINE-MISBEHAVE-5d1a"
+TYPES = 3
+
+
+def _coco(tmp_path: Path, n_images: int) -> tuple[Path, Path]:
+    images = [
+        {"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 480} for i in range(1, n_images + 1)
+    ]
+    captions = {
+        "images": images,
+        "annotations": [
+            {"id": i, "image_id": i, "caption": f"A kite number {i} flies over a beach."}
+            for i in range(1, n_images + 1)
+        ],
+    }
+    instances = {
+        "images": images,
+        "categories": [{"id": 1, "name": "kite"}],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [64, 48, 320, 240]}
+            for i in range(1, n_images + 1)
+        ],
+    }
+    cap, inst = tmp_path / "captions_train.json", tmp_path / "instances_train.json"
+    cap.write_text(json.dumps(captions))
+    inst.write_text(json.dumps(instances))
+    return cap, inst
+
+
+def _settings(tmp_path: Path, n_images: int, **overrides):
+    cap, inst = _coco(tmp_path, n_images)
+    cfg = {
+        "captions_file": str(cap),
+        "instances_file": str(inst),
+        "output_dir": str(tmp_path / "out"),
+        "budget_usd": None,
+        "teacher": {
+            "model": "claude-test",
+            "max_retries": 1,
+            "concurrency": 4,
+            "timeout_s": 0.5,
+            "max_retry_wait_s": 0.05,
+        },
+        "batch": {"poll_interval_s": 0.01},
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            cfg.setdefault(k, {}).update(v)
+        else:
+            cfg[k] = v
+    return settings_from(cfg)
+
+
+def _pipeline(api, settings):
+    return GenerationPipeline(settings, api_key=KEY, base_url=api.url)
+
+
+def _ids(tmp_path: Path) -> list[str]:
+    return [r["id"] for r in read_jsonl(tmp_path / "out" / "instruct.jsonl")]
+
+
+def _stored_replies(tmp_path: Path) -> int:
+    cache = RequestCache(tmp_path / "out" / "requests.sqlite")
+    try:
+        return len(cache)
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+def api():
+    with FakeAnthropicAPI() as server:
+        yield server
+
+
+def test_random_failures_under_concurrency_lose_nothing_and_pay_nothing_twice(api, tmp_path):
+    n_jobs = 10 * TYPES
+    behaviours = [
+        {"status": 500},
+        {"status": 529, "headers": {"retry-after": "3600"}},
+        {"status": 400},
+        {"drop": True},
+        {"hang_s": 1.0},
+        {"raw": b"<html>maintenance</html>", "content_type": "text/html"},
+        {"stop_reason": None},
+        {"stop_reason": "refusal"},
+        {"content": [{"type": "tool_use", "id": "t", "name": "record_turns", "input": "x"}]},
+        {"omit": ["usage"]},
+        {"delay_s": 0.2},
+    ]
+    rng = random.Random(0)
+    api.script.extend(rng.choice([*behaviours, {}, {}, {}]) for _ in range(80))
+    first = _pipeline(api, _settings(tmp_path, 10)).run()
+    ids = _ids(tmp_path)
+    assert len(ids) == len(set(ids)) == sum(first.samples.values())
+    assert len(ids) + first.failed_jobs + first.unfinished_jobs == n_jobs
+    assert first.failed_jobs > 0 and sum(first.teacher_errors.values()) > 0
+    assert first.paid_requests == _stored_replies(tmp_path)
+
+    api.script.clear()
+    second = _pipeline(api, _settings(tmp_path, 10, max_attempts=4)).run()
+    ids = _ids(tmp_path)
+    assert len(ids) == len(set(ids)) == n_jobs and second.already_done == len(ids) - sum(
+        second.samples.values()
+    )
+    # every paid reply is stored under its own request key: none was bought twice
+    assert first.paid_requests + second.paid_requests == _stored_replies(tmp_path)
+
+
+def test_a_refused_client_stops_new_requests_and_keeps_those_in_flight(api, tmp_path):
+    n_jobs = 4 * TYPES
+    api.script.extend([{"delay_s": 0.5}, {"delay_s": 0.5}, {"status": 401}])
+    settings = _settings(tmp_path, 4, teacher={"concurrency": 3, "timeout_s": 5.0})
+    with pytest.raises(ApiFatalError, match="api_status_401"):
+        _pipeline(api, settings).run()
+    assert len(_ids(tmp_path)) == 2  # the two slow replies in flight were written, not lost
+    assert len(api.calls()) == 3  # nothing was sent after the 401
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stopped"] == "api_status_401" and summary["unfinished_jobs"] == n_jobs - 2
+    assert summary["paid_requests"] == 2 == _stored_replies(tmp_path)
+
+    final = _pipeline(api, _settings(tmp_path, 4)).run()
+    ids = _ids(tmp_path)
+    assert len(ids) == len(set(ids)) == n_jobs and final.already_done == 2
+    assert final.paid_requests == n_jobs - 2 and _stored_replies(tmp_path) == n_jobs
+
+
+def test_batch_results_that_do_not_check_out_are_skipped_counted_and_requeued(api, tmp_path):
+    n_jobs = 4 * TYPES
+    api.batch_item_script.extend(["missing", "duplicate", "malformed", "errored"])
+    unknown = {
+        "custom_id": "f" * 64,
+        "result": {"type": "succeeded", "message": {"type": "message", "content": []}},
+    }
+    api.batch_extra_lines = [b'{"custom_id": "tor', json.dumps(unknown).encode()]
+    summary = _pipeline(api, _settings(tmp_path, 4, batch={"enabled": True})).run()
+    ids = _ids(tmp_path)
+    assert len(ids) == len(set(ids)) == n_jobs
+    assert summary.batch["skipped_results"] == {"malformed_line": 1, "unknown_id": 1, "duplicate": 1}
+    assert summary.batch["unfinished"] == {"missing": 1, "malformed_result": 1, "errored": 1}
+    assert summary.batch["batches"] == 2 and summary.batch["submitted"] == n_jobs + 3
+    assert summary.batch["succeeded"] == n_jobs and api.calls("/v1/messages") == []
+    assert _stored_replies(tmp_path) == n_jobs  # nothing stored for an unknown id or a bad result
+
+
+def test_a_batch_ended_without_results_url_stays_open_for_the_rerun(api, tmp_path):
+    api.batch_results_url = False
+    settings = _settings(tmp_path, 2, batch={"enabled": True})
+    with pytest.raises(BatchError, match="without a results_url"):
+        _pipeline(api, settings).run()
+    api.batch_results_url = True
+    _pipeline(api, settings).run()
+    assert len(set(_ids(tmp_path))) == len(_ids(tmp_path)) == 2 * TYPES
+    assert len(api.calls("/v1/messages/batches")) == 1  # collected, never resubmitted
+
+
+def test_a_batch_stuck_in_an_unexpected_status_is_bounded_by_max_wait(api, tmp_path):
+    api.batch_status = "canceling"
+    settings = _settings(tmp_path, 2, batch={"enabled": True, "max_wait_s": 0.2, "poll_interval_s": 0.02})
+    with pytest.raises(TimeoutError, match="still canceling"):
+        _pipeline(api, settings).run()
+    assert _ids(tmp_path) == []
+
+
+@pytest.mark.parametrize("status", [401, 500])
+def test_batch_api_errors_stop_with_a_clear_error_without_the_key(api, tmp_path, status):
+    api.batch_error = status
+    with pytest.raises(BatchError, match=f"HTTP {status}") as err:
+        _pipeline(api, _settings(tmp_path, 2, batch={"enabled": True})).run()
+    assert KEY not in str(err.value) and err.value.__suppress_context__
+    assert _ids(tmp_path) == []
