@@ -123,6 +123,16 @@ MIX_665K = [
             {"from": "gpt", "value": "A man wearing a hat."},
         ],
     },
+    {  # whitespace around answers is kept, as the original renders it
+        "id": "000000555111",
+        "image": "coco/train2017/000000555111.jpg",
+        "conversations": [
+            {"from": "human", "value": "  What is unusual here? <image>  "},
+            {"from": "gpt", "value": "The dog is driving.\n"},
+            {"from": "human", "value": " Why?"},
+            {"from": "gpt", "value": " It holds the wheel. "},
+        ],
+    },
     {  # ShareGPT, text only, with a "model" key
         "id": "i6IyJda_0",
         "model": "",
@@ -150,10 +160,10 @@ def llava_preprocess(conversations: list[dict]) -> list[tuple[str, str]]:
         conversations = conversations[1:]
     out = []
     for turn in conversations:
-        value = turn["value"]
+        value = turn["value"]  # only a turn with the marker is stripped
         if "<image>" in value:
-            value = "<image>\n" + value.replace("<image>", "").strip()
-        out.append(("USER" if turn["from"] == "human" else "ASSISTANT", value.strip()))
+            value = ("<image>\n" + value.replace("<image>", "").strip()).strip()
+        out.append(("USER" if turn["from"] == "human" else "ASSISTANT", value))
     return out
 
 
@@ -215,9 +225,9 @@ def test_separator_templates_match_the_original_prompt(template: str, system: st
 
 @pytest.mark.parametrize("record", ALL_CHATS, ids=[str(r["id"]) for r in ALL_CHATS])
 def test_llama_2_template_matches_the_original_prompt(record: dict) -> None:
-    assert ours("llama_2", record) == render_llama_2(
-        LLAVA_LLAMA2_SYSTEM, llava_preprocess(record["conversations"])
-    )
+    expected = llava_preprocess(record["conversations"])
+    assert ours("llama_2", record) == render_llama_2(LLAVA_LLAMA2_SYSTEM, expected)
+    assert ours("llama_2", record, generation=True) == render_llama_2(LLAVA_LLAMA2_SYSTEM, expected[:-1])
 
 
 # Qwen2's ChatML chat template (default system prompt when none is given).
