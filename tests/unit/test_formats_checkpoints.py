@@ -429,6 +429,14 @@ def test_original_llava_checkpoint_imports_with_equal_logits(tmp_path, with_visi
         reloaded = LlavaModel.from_pretrained(tmp_path / "ours").eval()
         torch.testing.assert_close(reloaded(ours_ids, pixel_values=pixels).logits[..., : len(tok)], expected)
 
+    # Original -> llava-hf, what transformers' convert_llava_weights_to_hf does.
+    export_to_hf_llava(model, tmp_path / "hf")
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            hf(input_ids=ours_ids, pixel_values=pixels).logits[..., : len(tok)], expected
+        )
+
 
 def test_original_llava_pickle_weights_need_allow_pickle(tmp_path) -> None:
     _clip_folder(tmp_path / "clip")

@@ -438,3 +438,22 @@ def test_llava_bench_in_the_wild_files_join(tmp_path) -> None:
     assert [(r.question_id, r.category) for r in requests] == [(0, "conversation"), (2, "complex")]
     assert requests[1].context == "A man ironing clothes on the back of a taxi."
     assert (requests[1].reference_answer, requests[1].model_answer) == ("reference 2", "ours 2")
+
+
+def test_llava_bench_coco_caps_boxes_context_renders_as_the_original_review(tmp_path) -> None:
+    """``caps_boxes_coco2014_val_80.jsonl``: captions, then one ``category: [x1, y1, x2, y2]`` line per box."""
+    line = {
+        "id": "000000441147",
+        "image": "COCO_val2014_000000441147.jpg",
+        "captions": ["Two suitcases on a bed.", "Luggage sits on a mattress."],
+        "instances": [
+            {"category": "suitcase", "bbox": [0.519, 0.469, 0.701, 0.682]},
+            {"category": "bed", "bbox": [0.0, 0.2, 1.0, 1.0]},
+        ],
+    }
+    path = tmp_path / "caps_boxes_coco2014_val_80.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    assert read_contexts(path) == {
+        "COCO_val2014_000000441147.jpg": "Two suitcases on a bed.\nLuggage sits on a mattress.\n\n"
+        "suitcase: [0.519, 0.469, 0.701, 0.682]\nbed: [0.0, 0.2, 1.0, 1.0]"
+    }

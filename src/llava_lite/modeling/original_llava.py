@@ -82,7 +82,7 @@ def read_state_dict(folder: str | Path, allow_pickle: bool = False) -> dict[str,
             continue
         if fmt == "pickle" and not allow_pickle:
             raise ValueError(
-                f"{folder} has only pickle weights ({files[0]}); pass allow_pickle=True to load them"
+                f"{folder} has only pickle weights ({files[0]}); import_original_llava(..., allow_pickle=True) loads them"
             )
         state: dict[str, Tensor] = {}
         for name in files:
