@@ -281,3 +281,73 @@ def test_symbolic_context_from_coco(tmp_path):
     assert contexts == {"7.png": "A square.\n\nsquare: [0.100, 0.100, 0.300, 0.300]"}
     body = build_body(JudgeRequest(1, "detail", contexts["7.png"], "Q", "R", "M"), "m", 100)
     assert "[Context]\nA square.\n\nsquare: [0.100" in body["messages"][0]["content"]
+
+
+# ---- a misbehaving server ---------------------------------------------------------------------
+def _scores_tool(a, b):
+    return {
+        "type": "tool_use",
+        "id": "t",
+        "name": "record_scores",
+        "input": {"explanation": "x", "assistant_1_score": a, "assistant_2_score": b},
+    }
+
+
+@pytest.mark.parametrize(
+    ("behaviours", "error"),
+    [
+        ([{"drop": True}], "api_connection"),
+        ([{"hang_s": 2}], "api_timeout"),
+        ([{"raw": b""}], "api_bad_response"),
+        ([{"raw": b"<html>", "content_type": "text/html"}], "api_bad_response"),
+        ([{"omit": ["content"]}], "api_bad_response"),
+        ([{"status": 400}], "api_status_400"),
+        ([{"status": 503, "error_body": b"<html>down</html>"}], "api_status_503"),
+        ([{"stop_reason": None}], "unexpected_stop"),
+        ([{"stop_reason": "pause_turn"}], "pause_turn"),
+        ([{"content": [_scores_tool(8, 6), _scores_tool(2, 9)]}], "malformed_scores"),
+        ([{"content": [_scores_tool(True, 6)]}], "malformed_scores"),
+        ([{"content": [_scores_tool(8, 60)]}], "out_of_range"),
+        (
+            [{"content": [{"type": "tool_use", "id": "t", "name": "record_scores", "input": "8 6"}]}],
+            "malformed_scores",
+        ),
+    ],
+)
+def test_misbehaving_replies_are_counted_never_scored(api, tmp_path, behaviours, error):
+    api.script.extend(behaviours)
+    judge = _judge(api, tmp_path, timeout_s=0.3, max_retries=0)  # the teacher tests cover retries
+    start = time.monotonic()
+    first, second = asyncio.run(judge.judge_all([_request(1), _request(2, answer="worth 3")]))
+    assert time.monotonic() - start < judge.deadline_s
+    assert (first.scores, first.error) == (None, error) or (second.scores, second.error) == (None, error)
+    assert {j.error for j in (first, second)} == {None, error}  # the other one is scored
+    assert judge.budget.reserved_usd == 0
+
+
+def test_judge_retry_after_is_capped_and_usage_less_replies_charged_worst_case(api, tmp_path):
+    api.script.extend([{"status": 529, "headers": {"retry-after": "7200"}}, {"omit": ["usage"]}])
+    judge = _judge(api, tmp_path, max_retry_wait_s=0.1)
+    start = time.monotonic()
+    [j] = asyncio.run(judge.judge_all([_request()]))
+    assert time.monotonic() - start < 5 and j.scores == (8.0, 6.0)
+    body = build_body(_request(), "claude-test", judge.max_tokens)
+    worst = judge.prices.cost(judge.estimator.worst_case(body))
+    assert judge.spent_usd == pytest.approx(worst) and worst > 0
+    [again] = asyncio.run(_judge(api, tmp_path).judge_all([_request()]))  # replay without usage: no crash
+    assert again.cached and again.scores == (8.0, 6.0)
+
+
+def test_a_refused_judge_stops_after_in_flight_replies_are_stored_and_hides_the_key(tmp_path, caplog):
+    echo = json.dumps(
+        {"type": "error", "error": {"type": "permission_error", "message": f"key {KEY} denied"}}
+    )
+    with FakeJudgeAPI(delay_s=0.3) as server:
+        server.script.append(
+            {"status": 403, "error_body": echo.encode(), "headers": {"content-type": "application/json"}}
+        )
+        judge = _judge(server, tmp_path, concurrency=3, max_retries=0)
+        with pytest.raises(ApiFatalError, match="api_status_403") as err:
+            asyncio.run(judge.judge_all([_request(i, answer=f"worth {i + 2}") for i in range(3)]))
+    assert KEY not in str(err.value) and KEY not in caplog.text and "[redacted]" in str(err.value)
+    assert judge.paid_requests == 2 and len(RequestCache(tmp_path / "judge.sqlite")) == 2
