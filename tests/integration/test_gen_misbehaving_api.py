@@ -186,3 +186,26 @@ def test_batch_api_errors_stop_with_a_clear_error_without_the_key(api, tmp_path,
         _pipeline(api, _settings(tmp_path, 2, batch={"enabled": True})).run()
     assert KEY not in str(err.value) and err.value.__suppress_context__
     assert _ids(tmp_path) == []
+
+
+def test_a_lost_batch_creation_is_not_resubmitted_so_never_paid_twice(api, tmp_path):
+    api.batch_create_script.append({"drop": True})  # the server creates the batch, the reply is lost
+    settings = _settings(tmp_path, 2, batch={"enabled": True})
+    with pytest.raises(BatchError, match="may have been processed"):
+        _pipeline(api, settings).run()
+    assert len(api.batches) == 1 and len(api.calls("/v1/messages/batches")) == 1
+
+
+@pytest.mark.parametrize("status", [429, 529])
+def test_batch_creation_refused_by_the_server_is_retried(api, tmp_path, status):
+    api.batch_create_script.append({"status": status})
+    _pipeline(api, _settings(tmp_path, 2, batch={"enabled": True})).run()
+    assert len(_ids(tmp_path)) == 2 * TYPES and len(api.batches) == 1
+    assert [c["status"] for c in api.calls("/v1/messages/batches")] == [status, 200]
+
+
+def test_batch_creation_failing_with_a_server_error_is_not_retried(api, tmp_path):
+    api.batch_create_script.extend([{"status": 500}] * 3)
+    with pytest.raises(BatchError, match="HTTP 500"):
+        _pipeline(api, _settings(tmp_path, 2, batch={"enabled": True})).run()
+    assert len(api.calls("/v1/messages/batches")) == 1

@@ -10,7 +10,9 @@ again.
 Results are read line by line from the results file and trusted only as far as they check
 out: a line that is not JSON, a ``custom_id`` that was not submitted in that batch, a second
 result for one id, or a "succeeded" item that is not a Message is counted and skipped; a
-submitted id without a result is counted and requeued. Polling stops at ``max_wait_s``; a
+submitted id without a result is counted and requeued. Creating a batch is retried only
+when the server says it did not take it (429 / 529): after a lost reply or a 5xx it may
+exist already, and submitting again would pay for every request twice. Polling stops at ``max_wait_s``; a
 batch that ends without a ``results_url`` or an API error while collecting stops the run
 with a :class:`BatchError` and leaves the batch open for the rerun to collect.
 """
@@ -28,7 +30,13 @@ from typing import Any
 import anthropic
 
 from llava_lite.generation.base import GenerationRequest
-from llava_lite.generation.client import describe_error, message_problem, usage_from_message
+from llava_lite.generation.client import (
+    ApiCallError,
+    RetryOnlyUnprocessed,
+    describe_error,
+    message_problem,
+    usage_from_message,
+)
 from llava_lite.generation.cost import BudgetExceeded
 from llava_lite.generation.teacher import ClaudeTeacher
 
@@ -74,12 +82,15 @@ class BatchRunner:
         """Make a stored reply exist for as many of ``requests`` as rounds and budget allow."""
         try:
             await self._fill(requests)
-        except (anthropic.APIStatusError, anthropic.APIConnectionError) as e:
-            detail = (
-                describe_error(e, self.teacher.client)
-                if isinstance(e, anthropic.APIStatusError)
-                else "no connection"
-            )
+        except (anthropic.APIError, ApiCallError, json.JSONDecodeError) as e:
+            if isinstance(e, anthropic.APIStatusError):
+                detail = describe_error(e, self.teacher.client)
+            elif isinstance(e, ApiCallError):
+                detail = str(e)
+            elif isinstance(e, anthropic.APIConnectionError):
+                detail = "no connection, or every attempt timed out"
+            else:
+                detail = f"a reply that is not the expected JSON ({type(e).__name__})"
             raise BatchError(f"Message Batches API: {detail}; a rerun collects the open batches") from None
         return self.stats
 
@@ -128,8 +139,10 @@ class BatchRunner:
 
     async def _submit_and_collect(self, chunk: list[tuple[str, dict[str, Any]]], reserved: float) -> None:
         keys = [key for key, _ in chunk]
+        client = self.teacher.client
+        once = client.with_options(middleware=[*client.middleware, RetryOnlyUnprocessed()])
         try:
-            batch = await self.teacher.client.messages.batches.create(
+            batch = await once.messages.batches.create(
                 requests=[{"custom_id": key, "params": body} for key, body in chunk]
             )
         except BaseException:

@@ -94,6 +94,24 @@ class RetryBounds(anthropic.Middleware):
         return response
 
 
+class RetryOnlyUnprocessed(anthropic.Middleware):
+    """For a request that must not run twice (creating a batch bills every request in it):
+    the SDK may retry only when the server says it did not take the request (429, 529).
+
+    After a lost connection or a 5xx the request may have been processed; that surfaces at
+    once as an error instead of a second submission.
+    """
+
+    async def handle_async(self, request: Any, call_next: Any) -> Any:
+        try:
+            response = await call_next(request)
+        except anthropic.APIConnectionError:
+            raise ApiCallError("api_connection", "no reply; the request may have been processed") from None
+        if not response.http_response.is_success and response.http_response.status_code not in (429, 529):
+            response.http_response.headers["x-should-retry"] = "false"
+        return response
+
+
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The longest wait the headers ask for (``retry-after-ms``, seconds, or an HTTP date)."""
     waits = []

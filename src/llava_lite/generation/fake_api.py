@@ -53,6 +53,8 @@ class FakeAnthropicAPI:
         self.batch_results_url = True  # False: ended batches have no results_url
         self.batch_extra_lines: list[bytes] = []  # raw lines added to the next batch's results file
         self.batch_error: int | None = None  # answer every batches request with this status
+        # next batch creations: {"status": N} (nothing created) or {"drop": True} (created, no answer)
+        self.batch_create_script: deque[dict[str, Any]] = deque()
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._cached_prefixes: set[str] = set()
@@ -115,7 +117,17 @@ class FakeAnthropicAPI:
                 {},
             )
         elif method == "POST" and path == "/v1/messages/batches":
-            status, payload, headers = 200, self._create_batch(body), {}
+            with self._lock:
+                behaviour = self.batch_create_script.popleft() if self.batch_create_script else {}
+            if "status" in behaviour:
+                kind = _ERROR_TYPES.get(behaviour["status"], "api_error")
+                status, payload, headers = (
+                    behaviour["status"],
+                    _error(kind, "scripted"),
+                    {"retry-after-ms": "1"},
+                )
+            else:
+                status, payload, headers = 200, self._create_batch(body), {}
         elif method == "GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
             status, payload, headers = self._results(path.split("/")[-2])
         elif method == "GET" and path.startswith("/v1/messages/batches/"):
