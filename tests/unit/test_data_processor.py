@@ -60,6 +60,9 @@ def test_aspect_modes() -> None:
     assert padded.getpixel((0, 0)) == (51, 102, 153)  # the encoder's mean colour
     assert padded.getpixel((20, 20)) == (255, 255, 255)  # the image, centred
     assert make_square(img, "resize", ip).size == (16, 16)
+    # CLIP crops the centre after its own resize; a processor that only resizes gets a centre square.
+    assert make_square(img, "crop", ip) is img
+    ip.do_center_crop = False
     assert make_square(img, "crop", ip).size == (20, 20)
 
 

@@ -493,3 +493,19 @@ def test_pad_preprocessing_matches_llava_expand2square(size: tuple[int, int]) ->
     manual = torch.from_numpy((resized - CLIP_MEAN) / CLIP_STD).permute(2, 0, 1).float()
     torch.testing.assert_close(ours, manual, atol=0.02, rtol=0)
     assert float((ours - manual).abs().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("size", [(500, 375), (300, 480)], ids=["landscape", "portrait"])
+def test_crop_preprocessing_matches_clip_processor_and_llava_hf(size: tuple[int, int]) -> None:
+    """``crop`` is LLaVA's "square" path and llava-hf's processor: CLIP's resize + centre crop."""
+    clip_336 = CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    tok = build_tiny_tokenizer("sentencepiece")
+    tok.add_tokens(["<image>"], special_tokens=True)
+    image = _photo(*size)
+    ours = LlavaProcessor(tok, clip_336, num_image_tokens=4, image_aspect="crop").preprocess_image(image)
+    torch.testing.assert_close(ours, clip_336(images=image, return_tensors="pt")["pixel_values"][0])

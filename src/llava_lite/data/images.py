@@ -85,7 +85,11 @@ def processor_size(image_processor: Any) -> int:
 
 
 def make_square(img: Image.Image, aspect: str, image_processor: Any) -> Image.Image:
-    """Square the image so the processor's own resize/crop keeps all of it (pad, resize) or its centre (crop)."""
+    """Square the image so the processor's own resize/crop keeps all of it (pad, resize) or its centre (crop).
+
+    ``pad`` is LLaVA-1.5's ``expand2square``; ``crop`` is the processor's resize + centre crop
+    (LLaVA's ``image_aspect_ratio="square"``, llava-hf's processor).
+    """
     if aspect == "pad":
         mean = getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
         return expand_to_square(img, tuple(int(m * 255) for m in mean))
@@ -93,5 +97,9 @@ def make_square(img: Image.Image, aspect: str, image_processor: Any) -> Image.Im
         side = processor_size(image_processor)
         return img.resize((side, side), Image.Resampling.BICUBIC)
     if aspect == "crop":
+        # A centre-cropping processor (CLIP) crops after its own resize, exactly as transformers
+        # and LLaVA's non-"pad" path do; cropping before resizing would sample a shifted grid.
+        if getattr(image_processor, "do_center_crop", False):
+            return img
         return center_crop_square(img)
     raise ValueError(f"image_aspect={aspect!r}; valid: {list(IMAGE_ASPECTS)}")

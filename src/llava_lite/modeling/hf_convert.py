@@ -92,7 +92,7 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     ``chat_template`` rendering the model's conversation template), so
     ``AutoProcessor.from_pretrained(out_dir)`` builds the prompts this model was trained on
     and expands ``<image>`` to the right token count. transformers' processor resizes and
-    centre-crops; it does not pad to a square, so with ``image_aspect="pad"`` non-square images
+    centre-crops (our ``image_aspect="crop"``); it does not pad to a square, so with ``image_aspect="pad"`` non-square images
     must be squared first (``llava_lite.data.images.make_square``) to get our pixel values.
     """
     if model.config.vision.backend != "hf":
