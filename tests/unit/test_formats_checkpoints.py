@@ -251,6 +251,38 @@ def test_left_padded_batch_matches_transformers_processor_and_generate(tmp_path)
     assert our_tokens.tolist() == theirs.tolist()
 
 
+def test_training_batch_loss_matches_transformers(tmp_path) -> None:
+    """A collated batch mixing image and text-only rows: same logits and loss as llava-hf."""
+    model = _tiny()
+    export_to_hf_llava(model, tmp_path)
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    processor = LlavaProcessor.from_model(model)
+
+    def chat(question: str, answer: str) -> dict:
+        return {"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+
+    items = [
+        processor.process_record(chat("<image>\nWhat is it?", "A red circle."), _photo(40, 30, seed=1)),
+        processor.process_record(chat("Hi there", "Hello, how can I help?"), None),
+        processor.process_record(
+            chat("Describe the picture.\n<image>", "Two squares."), _photo(30, 40, seed=2)
+        ),
+    ]
+    batch = LlavaCollator(processor.pad_token_id, 512, image_token_id=processor.image_token_id)(items)
+    with torch.no_grad():
+        ours = model(
+            batch["input_ids"], batch["pixel_values"], batch["attention_mask"], labels=batch["labels"]
+        )
+        theirs = hf(
+            input_ids=batch["input_ids"],
+            pixel_values=batch["pixel_values"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+    torch.testing.assert_close(ours.logits, theirs.logits)
+    torch.testing.assert_close(ours.loss, theirs.loss)
+
+
 # ---- original LLaVA: stage-1 mm_projector.bin ---------------------------------------------------
 @pytest.mark.parametrize(
     ("projector_type", "keys"),
