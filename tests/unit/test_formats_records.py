@@ -12,10 +12,11 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from llava_lite.data import IGNORE_INDEX, LlavaDataset, LlavaProcessor
+from llava_lite.data import IGNORE_INDEX, LlavaDataset, LlavaProcessor, LlavaStreamingDataset
 from llava_lite.data.conversation import get_template, normalize_conversation
 from llava_lite.evaluation.answers import read_answers, read_questions
 from llava_lite.evaluation.llava_bench import build_requests, read_contexts
@@ -326,6 +327,19 @@ def test_released_files_load_without_a_bad_sample(tmp_path, name: str, records: 
         ]
         last_answer = r["conversations"][-1]["value"]
         assert tok.decode(trained).endswith(last_answer + ("\n" if template == "plain" else "</s>"))
+    # Streaming reads the same file to the same samples.
+    stream = LlavaStreamingDataset(
+        str(tmp_path / name),
+        processor(template),
+        str(tmp_path / "images"),
+        shuffle=False,
+        rank=0,
+        world_size=1,
+    )
+    streamed = list(stream)
+    assert all(s["skipped"] == [] for s in streamed)
+    assert [s["id"] for s in streamed] == [str(r["id"]) for r in records]
+    assert all(torch.equal(s["labels"], ds[i]["labels"]) for i, s in enumerate(streamed))
     # The leading "gpt" turn of a ShareGPT record is never trained on.
     if name == "llava_v1_5_mix665k.json":
         sample = ds[len(records) - 1]
