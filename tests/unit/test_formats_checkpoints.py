@@ -479,6 +479,17 @@ def test_original_llava_pickle_weights_need_allow_pickle(tmp_path) -> None:
     assert model.config.projector.type == "mlp2x_gelu"
 
 
+def test_original_stage_1_folder_points_to_its_projector(tmp_path) -> None:
+    """LLaVA's pretrain output: config.json with mm_* keys and mm_projector.bin, no LLM weights."""
+    _clip_folder(tmp_path / "clip")
+    _original_llava(tmp_path / "llava", tmp_path / "clip", with_vision=False)
+    for shard in (tmp_path / "llava").glob("model*.safetensors*"):
+        shard.unlink()
+    torch.save({"model.mm_projector.0.weight": torch.zeros(48, 32)}, tmp_path / "llava" / "mm_projector.bin")
+    with pytest.raises(FileNotFoundError, match=r"init_projector_from=.*mm_projector\.bin"):
+        LlavaModel.from_pretrained(tmp_path / "llava")
+
+
 def test_original_llava_unsupported_variants_fail_loudly(tmp_path) -> None:
     _clip_folder(tmp_path / "clip")
     _original_llava(tmp_path / "llava", tmp_path / "clip", with_vision=False)

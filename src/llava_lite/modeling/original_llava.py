@@ -92,7 +92,10 @@ def read_state_dict(folder: str | Path, allow_pickle: bool = False) -> dict[str,
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True))
         return state
-    raise FileNotFoundError(f"{folder}: no model.safetensors / pytorch_model.bin (or their index)")
+    hint = ""
+    if (folder / "mm_projector.bin").is_file():
+        hint = "; a stage-1 folder: start stage 2 from it with model.init_projector_from=<folder>/mm_projector.bin"
+    raise FileNotFoundError(f"{folder}: no model.safetensors / pytorch_model.bin (or their index){hint}")
 
 
 def original_to_config(data: dict[str, Any], vision_tower: str | None = None) -> tuple[LlavaConfig, Any]:
