@@ -188,8 +188,9 @@ def test_batch_api_errors_stop_with_a_clear_error_without_the_key(api, tmp_path,
     assert _ids(tmp_path) == []
 
 
-def test_a_lost_batch_creation_is_not_resubmitted_so_never_paid_twice(api, tmp_path):
-    api.batch_create_script.append({"drop": True})  # the server creates the batch, the reply is lost
+@pytest.mark.parametrize("fault", [{"drop": True}, {"delay_s": 1.0}], ids=["lost", "late"])
+def test_a_lost_batch_creation_is_not_resubmitted_so_never_paid_twice(api, tmp_path, fault):
+    api.batch_create_script.append(fault)  # the server creates the batch; its reply is lost or too late
     settings = _settings(tmp_path, 2, batch={"enabled": True})
     with pytest.raises(BatchError, match="may have been processed"):
         _pipeline(api, settings).run()

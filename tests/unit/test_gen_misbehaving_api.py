@@ -87,6 +87,7 @@ def test_retry_after_parsing():
     assert retry_after_s({"retry-after": "2"}) == 2.0
     assert retry_after_s({"retry-after-ms": "1500"}) == 1.5
     assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
+    assert retry_after_s({"retry-after-ms": "5", "retry-after": "3600"}) == 0.005  # the SDK's precedence
     assert 3500 < retry_after_s({"retry-after": _http_date_in(3600)}) <= 3600
 
 

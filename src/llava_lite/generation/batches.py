@@ -140,7 +140,7 @@ class BatchRunner:
     async def _submit_and_collect(self, chunk: list[tuple[str, dict[str, Any]]], reserved: float) -> None:
         keys = [key for key, _ in chunk]
         client = self.teacher.client
-        once = client.with_options(middleware=[*client.middleware, RetryOnlyUnprocessed()])
+        once = client.with_options(middleware=[RetryOnlyUnprocessed(), *client.middleware])  # outermost
         try:
             batch = await once.messages.batches.create(
                 requests=[{"custom_id": key, "params": body} for key, body in chunk]
@@ -173,12 +173,19 @@ class BatchRunner:
             if not batch.results_url:
                 raise BatchError(f"batch {batch_id} ended without a results_url; a rerun collects it")
             expected, seen = set(keys), set[str]()
-            async with client.messages.batches.with_streaming_response.results(batch_id) as response:
-                lineno = 0
-                async for line in response.iter_lines():
-                    lineno += 1
-                    if line.strip():
-                        spent += self._take(f"batch {batch_id} results line {lineno}", line, expected, seen)
+            try:
+                async with asyncio.timeout(self.max_wait_s):  # a results file trickled forever
+                    async with client.messages.batches.with_streaming_response.results(batch_id) as response:
+                        lineno = 0
+                        async for line in response.iter_lines():
+                            lineno += 1
+                            if line.strip():
+                                where = f"batch {batch_id} results line {lineno}"
+                                spent += self._take(where, line, expected, seen)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"results of batch {batch_id} not read within {self.max_wait_s}s"
+                ) from None
             missing = len(expected - seen)
             if missing:
                 log.warning("batch %s: no result for %d submitted requests (requeued)", batch_id, missing)

@@ -113,19 +113,15 @@ class RetryOnlyUnprocessed(anthropic.Middleware):
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """The longest wait the headers ask for (``retry-after-ms``, seconds, or an HTTP date)."""
-    waits = []
+    """The wait the SDK will honour: ``retry-after-ms`` if it is a number, else ``retry-after``
+    as seconds or as an HTTP date; None when neither parses."""
     for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
         try:
-            waits.append(float(value) * scale)
-        except ValueError:
-            parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                waits.append(email.utils.mktime_tz(parsed) - time.time())
-    return max(waits) if waits else None
+            return float(headers[name]) * scale
+        except (KeyError, ValueError):
+            pass
+    parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
+    return None if parsed is None else email.utils.mktime_tz(parsed) - time.time()
 
 
 def build_client(

@@ -53,7 +53,8 @@ class FakeAnthropicAPI:
         self.batch_results_url = True  # False: ended batches have no results_url
         self.batch_extra_lines: list[bytes] = []  # raw lines added to the next batch's results file
         self.batch_error: int | None = None  # answer every batches request with this status
-        # next batch creations: {"status": N} (nothing created) or {"drop": True} (created, no answer)
+        # next batch creations: {"status": N} (nothing created), {"drop": True} (created, no answer)
+        # or {"delay_s": s} (created, answered late)
         self.batch_create_script: deque[dict[str, Any]] = deque()
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
@@ -128,6 +129,7 @@ class FakeAnthropicAPI:
                 )
             else:
                 status, payload, headers = 200, self._create_batch(body), {}
+                time.sleep(behaviour.get("delay_s", 0.0))
         elif method == "GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
             status, payload, headers = self._results(path.split("/")[-2])
         elif method == "GET" and path.startswith("/v1/messages/batches/"):

@@ -180,9 +180,10 @@ class ClaudeTeacher:
         except TeacherError as e:
             e.usage, e.cached, e.batch = usage, cached, batch
             raise
+        model = message.get("model")  # shown in every output record: a string or ours
         return TeacherReply(
             turns=turns,
-            model=str(message.get("model") or self.model),
+            model=model if isinstance(model, str) and model else self.model,
             usage=usage,
             cached=cached,
             batch=batch,
