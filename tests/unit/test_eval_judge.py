@@ -351,3 +351,11 @@ def test_a_refused_judge_stops_after_in_flight_replies_are_stored_and_hides_the_
             asyncio.run(judge.judge_all([_request(i, answer=f"worth {i + 2}") for i in range(3)]))
     assert KEY not in str(err.value) and KEY not in caplog.text and "[redacted]" in str(err.value)
     assert judge.paid_requests == 2 and len(RequestCache(tmp_path / "judge.sqlite")) == 2
+
+
+def test_nothing_more_is_sent_once_the_judge_is_refused(api, tmp_path):
+    api.script.append({"status": 401})
+    judge = _judge(api, tmp_path, concurrency=1, max_retries=0)
+    with pytest.raises(ApiFatalError, match="api_status_401"):
+        asyncio.run(judge.judge_all([_request(i) for i in range(5)]))
+    assert len(api.calls()) == 1

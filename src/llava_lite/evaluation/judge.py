@@ -37,6 +37,7 @@ from llava_lite.generation.base import Usage
 from llava_lite.generation.cache import RequestCache
 from llava_lite.generation.client import (
     ApiCallError,
+    ApiFatalError,
     build_client,
     call_deadline_s,
     create_message,
@@ -245,6 +246,7 @@ class ClaudeJudge:
         if base_url is not None:
             self._client_kwargs["base_url"] = base_url
         self._concurrency = concurrency
+        self._fatal: ApiFatalError | None = None  # once the API refuses this client, send nothing more
         self.paid_requests = 0
         self.cache_hits = 0
         self.usage = Usage()  # billed in this run; cache replays cost nothing
@@ -296,6 +298,8 @@ class ClaudeJudge:
             return await self._paid_call(body, key)
 
     async def _paid_call(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+        if self._fatal is not None:
+            raise self._fatal
         reserved = self.prices.cost(self.estimator.worst_case(body))
         self.budget.reserve(reserved)  # BudgetExceeded stops the run before anything is sent
         spent = 0.0
@@ -314,6 +318,9 @@ class ClaudeJudge:
             return message
         except ApiCallError as e:
             raise JudgeError(e.reason, e.detail) from None
+        except ApiFatalError as e:
+            self._fatal = e
+            raise
         finally:
             self.budget.settle(reserved, spent)
 
@@ -321,7 +328,8 @@ class ClaudeJudge:
         """Every request, at most ``concurrency`` in flight, results in request order.
 
         A fatal error (budget exhausted, bad credentials) is raised only after every request
-        already sent has returned, so each paid reply is in the cache for the rerun.
+        already sent has returned, so each paid reply is in the cache for the rerun; after an
+        :class:`ApiFatalError` nothing more is sent.
         """
         semaphore = asyncio.Semaphore(self._concurrency)
         try:
