@@ -9,18 +9,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import pytest
+import sentencepiece as spm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     AutoProcessor,
+    AutoTokenizer,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
@@ -35,6 +39,7 @@ from llava_lite.data import LlavaCollator, LlavaProcessor
 from llava_lite.modeling import LlavaModel, build_projector, build_tiny_tokenizer
 from llava_lite.modeling.hf_convert import export_to_hf_llava, import_hf_llava
 from llava_lite.modeling.original_llava import import_original_llava, is_original_llava
+from llava_lite.modeling.tokenizer import default_corpus
 from llava_lite.training import LlavaLitModule, load_projector
 
 VISION = {
@@ -359,11 +364,43 @@ def _clip_folder(folder: Path) -> CLIPModel:
     return clip
 
 
+def _vicuna_style_tokenizer(folder: Path) -> Any:
+    """Only ``tokenizer.model`` + ``tokenizer_config.json`` (LlamaTokenizer, no pad), as LLaVA ships it."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(default_corpus()),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "legacy": False,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "model_max_length": 4096,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def _original_llava(folder: Path, clip_folder: Path, with_vision: bool, pickle: bool = False) -> dict:
     """A tiny ``liuhaotian/llava-v1.5-7b``-style folder; returns the reference parts."""
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer("sentencepiece")  # no <image> token: the original splices at id -200
-    tokenizer.save_pretrained(folder)
+    tokenizer = _vicuna_style_tokenizer(folder)  # no <image> token: the original splices at id -200
     torch.manual_seed(11)
     llm_cfg = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **TEXT)
     llm = LlamaForCausalLM(llm_cfg).eval()
@@ -450,6 +487,18 @@ def test_original_llava_checkpoint_imports_with_equal_logits(tmp_path, with_visi
     ours_ids = torch.tensor([before + [model.image_token_id] * 16 + after])
     with torch.no_grad():
         torch.testing.assert_close(model(ours_ids, pixel_values=pixels).logits[..., : len(tok)], expected)
+
+    # Its tokenizer (tokenizer.model only) trains with exact labels once <image> and pad are added.
+    record = {
+        "conversations": [
+            {"from": "human", "value": "What is in the picture?\n<image>"},
+            {"from": "gpt", "value": "A red circle."},
+        ]
+    }
+    sample = LlavaProcessor.from_model(model).process_record(record, _photo(40, 28))
+    trained = sample["input_ids"][sample["labels"] != -100].tolist()
+    assert model.tokenizer.decode(trained).strip() == "A red circle.</s>"
+    assert model.tokenizer.pad_token == "<unk>"  # as LLaVA sets it for Vicuna
 
     with torch.no_grad():
         via = LlavaModel.from_pretrained(tmp_path / "llava").eval()

@@ -11,6 +11,11 @@ with wrong or empty labels, unlike LLaVA's "tokenization mismatch ... (ignored)"
 The same boundary check makes generation consistent with training: the prompt built by
 :func:`prompt_for_generation` is the tokenised text up to an assistant answer, which in
 training was verified to be a prefix of the full sequence.
+
+Prompt strings equal the original LLaVA's character for character. Tokens: ``<image>`` is
+a special token here and the text is tokenised once, as transformers' ``LlavaProcessor``
+does; LLaVA's ``tokenizer_image_token`` tokenises the text after the image on its own, so a
+non-legacy sentencepiece tokenizer (Vicuna v1.5) gives it one extra ``"▁"`` token there.
 """
 
 from __future__ import annotations
