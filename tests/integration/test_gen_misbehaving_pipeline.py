@@ -1,12 +1,14 @@
 """The generation run against a misbehaving Messages / Batches server: nothing lost, nothing
 duplicated, nothing paid twice, every failure counted, a refused client stops cleanly."""
 
+import asyncio
 import json
 import random
 from pathlib import Path
 
 import pytest
 
+from llava_lite.generation.base import TeacherReply
 from llava_lite.generation.batches import BatchError
 from llava_lite.generation.cache import RequestCache
 from llava_lite.generation.client import ApiFatalError
@@ -210,3 +212,29 @@ def test_batch_creation_failing_with_a_server_error_is_not_retried(api, tmp_path
     with pytest.raises(BatchError, match="HTTP 500"):
         _pipeline(api, _settings(tmp_path, 2, batch={"enabled": True})).run()
     assert len(api.calls("/v1/messages/batches")) == 1
+
+
+class _TeacherWithABug:
+    """Answers slowly; its third request raises an unexpected exception."""
+
+    name = "buggy"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def generate(self, request):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("bug in the teacher")
+        await asyncio.sleep(0.3)
+        return TeacherReply(turns=[("What flies over the beach?", "A kite flies over the sand.")], model="m")
+
+
+def test_an_unexpected_error_stops_the_run_after_in_flight_work_is_written(tmp_path):
+    settings = _settings(tmp_path, 4, teacher={"concurrency": 3})
+    teacher = _TeacherWithABug()
+    with pytest.raises(RuntimeError, match="bug in the teacher"):
+        GenerationPipeline(settings, teacher=teacher).run()
+    assert len(_ids(tmp_path)) == 2 and teacher.calls == 3  # nothing started after the error
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["samples_total"] == 2
