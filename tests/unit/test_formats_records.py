@@ -252,6 +252,38 @@ def test_chatml_template_matches_qwen2_chat_template(record: dict) -> None:
     )
 
 
+@pytest.mark.parametrize("template", ["vicuna_v1", "llava_v1", "llama_2", "chatml", "tokenizer"])
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_exported_chat_templates_render_our_text(template: str, system: str | None) -> None:
+    """``ChatTemplate.jinja`` (the exported processor's chat_template) renders what we train on."""
+    tok = build_tiny_tokenizer("sentencepiece")
+    tok.add_tokens(["<image>"], special_tokens=True)
+    tok.chat_template = QWEN2_CHATML
+    tpl = get_template(template)
+    turns = [("What shape is it?", "A circle."), ("And the colour?", "Red."), ("Anything else?", None)]
+    messages = [("system", system)] if system else []
+    chat = [{"role": "system", "content": system}] if system else []
+    for i, (question, answer) in enumerate(turns):
+        messages.append(("user", f"<image>\n{question}" if i == 0 else question))
+        parts = [{"type": "image"}, {"type": "text", "text": question}] if i == 0 else question
+        chat.append({"role": "user", "content": parts})
+        if answer:
+            messages.append(("assistant", answer))
+            chat.append({"role": "assistant", "content": answer})
+
+    def render(msgs: list, generation: bool) -> str:
+        return tok.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=generation, chat_template=tpl.jinja(tok)
+        )
+
+    if template == "tokenizer":  # the tokenizer's own template takes string contents
+        chat[1 if system else 0]["content"] = messages[1 if system else 0][1]
+    ours_prompt = "".join(s.text for s in tpl.segments(messages, tok, True, "<image>"))
+    ours_full = "".join(s.text for s in tpl.segments(messages[:-1], tok, False, "<image>"))
+    assert render(chat, True) == ours_prompt
+    assert render(chat[:-1], False) == ours_full
+
+
 @pytest.mark.parametrize("record", LCS_558K + CC3M_595K, ids=lambda r: r["id"])
 def test_plain_template_matches_the_original_layout(record: dict) -> None:
     assert ours("plain", record) == render_plain(llava_preprocess(record["conversations"]))

@@ -20,6 +20,7 @@ non-legacy sentencepiece tokenizer (Vicuna v1.5) gives it one extra ``"▁"`` to
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +106,26 @@ def normalize_conversation(
 
 
 # ---- templates --------------------------------------------------------------------------
+def _lit(text: str | None) -> str:
+    """A Jinja string literal (JSON string syntax is valid Jinja)."""
+    return json.dumps(text or "")
+
+
+def _jinja_prelude(image_token: str, default_system: str | None) -> str:
+    """Jinja defining ``body(m)`` (a message's text) and ``system`` / ``turns``."""
+    return (
+        "{%- macro body(m) -%}{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
+        "{%- for c in m['content'] if c['type'] == 'image' -%}{{ "
+        + _lit(image_token + "\n")
+        + " }}{%- endfor -%}"
+        "{%- for c in m['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
+        "{%- endif -%}{%- endmacro -%}"
+        "{%- if messages[0]['role'] == 'system' -%}{%- set system = body(messages[0]) -%}"
+        "{%- set turns = messages[1:] -%}{%- else -%}{%- set system = " + _lit(default_system) + " -%}"
+        "{%- set turns = messages -%}{%- endif -%}"
+    )
+
+
 class ChatTemplate:
     """Renders messages as segments; subclasses define one prompt format."""
 
@@ -120,6 +141,15 @@ class ChatTemplate:
     def stop_strings(self, tokenizer: Any) -> list[str]:
         """Token strings that end an assistant turn (generation stops there)."""
         return [tokenizer.eos_token] if tokenizer.eos_token else []
+
+    def jinja(self, tokenizer: Any, image_token: str = "<image>") -> str | None:
+        """A transformers chat template rendering exactly :meth:`segments`' text, or None.
+
+        Message content may be a string or transformers' list of ``{"type": "image"}`` /
+        ``{"type": "text"}`` parts (images first, each as ``"<image>\\n"``). Used for the
+        ``chat_template`` of an exported llava-hf processor.
+        """
+        return None
 
     def _split_system(self, messages: Sequence[Message]) -> tuple[str | None, list[Message]]:
         if messages and messages[0][0] == "system":
@@ -180,6 +210,17 @@ class SeparatorTemplate(ChatTemplate):
                 out.append(Segment(f" {turns[i + 1][1]}{tokenizer.eos_token}", True))
         return out
 
+    def jinja(self, tokenizer, image_token="<image>"):
+        user, assistant = _lit(self.user + ": "), _lit(self.assistant + ": ")
+        eos, prompt = _lit(tokenizer.eos_token), _lit(self.assistant + ":")
+        return (
+            _jinja_prelude(image_token, self.default_system)
+            + "{%- if system -%}{{ system + ' ' }}{%- endif -%}{%- for m in turns -%}"
+            + ("{%- if m['role'] == 'user' -%}{{ " + user + " + body(m) + ' ' }}")
+            + ("{%- else -%}{{ " + assistant + " + body(m) + " + eos + " }}{%- endif -%}{%- endfor -%}")
+            + ("{%- if add_generation_prompt -%}{{ " + prompt + " }}{%- endif -%}")
+        )
+
 
 class Llama2Template(ChatTemplate):
     """``[INST] <<SYS>>\\n...\\n<</SYS>>\\n\\nq [/INST] a </s><s>[INST] q2 [/INST] a2 </s>``."""
@@ -203,6 +244,17 @@ class Llama2Template(ChatTemplate):
                 out.append(Segment(f" {turns[i + 1][1]} {tokenizer.eos_token}", True))
         return out
 
+    def jinja(self, tokenizer, image_token="<image>"):
+        bos, eos = _lit(tokenizer.bos_token), _lit(tokenizer.eos_token)
+        return (
+            _jinja_prelude(image_token, self.default_system)
+            + "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
+            "{%- if not loop.first -%}{{ " + bos + " }}{%- endif -%}"
+            "{%- if loop.first and system -%}{{ '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}"
+            "{%- else -%}{{ '[INST] ' }}{%- endif -%}{{ body(m) + ' [/INST]' }}"
+            "{%- else -%}{{ ' ' + body(m) + ' ' + " + eos + " }}{%- endif -%}{%- endfor -%}"
+        )
+
 
 class ChatMLTemplate(ChatTemplate):
     """``<|im_start|>role\\ncontent<|im_end|>\\n`` (Qwen, many instruct models)."""
@@ -224,6 +276,14 @@ class ChatMLTemplate(ChatTemplate):
         if not add_generation_prompt:
             out.append(Segment(text, False))  # the newline that closes the last turn, untrained
         return out
+
+    def jinja(self, tokenizer, image_token="<image>"):
+        return (
+            _jinja_prelude(image_token, self.default_system)
+            + "{%- if system -%}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif -%}"
+            "{%- for m in turns -%}{{ '<|im_start|>' + m['role'] + '\\n' + body(m) + '<|im_end|>\\n' }}{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+        )
 
     def stop_strings(self, tokenizer):
         return ["<|im_end|>"]
@@ -274,6 +334,9 @@ class TokenizerTemplate(ChatTemplate):
         if pos < len(full):
             out.append(Segment(full[pos:], False))
         return [s for s in out if s.text]
+
+    def jinja(self, tokenizer, image_token="<image>"):
+        return getattr(tokenizer, "chat_template", None)
 
     def stop_strings(self, tokenizer):
         """The first token after an answer in the rendered template (e.g. ``<|eot_id|>``), then EOS."""

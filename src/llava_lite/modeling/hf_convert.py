@@ -13,7 +13,6 @@ back into one linear layer.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -140,43 +139,14 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
 
 
 def chat_template_for(template: str, tokenizer: Any, image_token: str = "<image>") -> str | None:
-    """A Jinja chat template that renders ``template`` exactly as our processor does.
-
-    Separator templates (``vicuna_v1``, ``llava_v1``) become ``SYSTEM USER: <image>\\nq
-    ASSISTANT: a</s>USER: ...``; message content may be a string or transformers' list of
-    ``{"type": "image"}`` / ``{"type": "text"}`` parts. ``tokenizer`` uses the tokenizer's own
-    template. Other templates get none (returns None).
-    """
+    """The Jinja chat template rendering conversation ``template`` as our processor does (or None)."""
     # Imported here: llava_lite.data pulls in Lightning, which llava_lite.modeling never imports.
-    from llava_lite.data.conversation import SeparatorTemplate, TokenizerTemplate, get_template
+    from llava_lite.data.conversation import get_template
 
-    tpl = get_template(template)
-    if isinstance(tpl, TokenizerTemplate):
-        return getattr(tokenizer, "chat_template", None)
-    if not isinstance(tpl, SeparatorTemplate):
+    jinja = get_template(template).jinja(tokenizer, image_token)
+    if jinja is None:
         log.info("no chat_template for conversation template %r; the exported processor has none", template)
-        return None
-
-    def lit(text: str | None) -> str:
-        return json.dumps(text or "")  # a Jinja string literal
-
-    return (
-        "{%- macro body(m) -%}{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
-        "{%- for c in m['content'] if c['type'] == 'image' -%}{{ "
-        + lit(image_token + "\n")
-        + " }}{%- endfor -%}"
-        "{%- for c in m['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
-        "{%- endif -%}{%- endmacro -%}"
-        "{%- if messages[0]['role'] == 'system' -%}{%- set system = body(messages[0]) -%}"
-        "{%- set turns = messages[1:] -%}{%- else -%}{%- set system = " + lit(tpl.default_system) + " -%}"
-        "{%- set turns = messages -%}{%- endif -%}"
-        "{%- if system -%}{{ system + ' ' }}{%- endif -%}"
-        "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
-        "{{ " + lit(tpl.user + ": ") + " + body(m) + ' ' }}"
-        "{%- else -%}{{ " + lit(tpl.assistant + ": ") + " + body(m) + " + lit(tokenizer.eos_token) + " }}"
-        "{%- endif -%}{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ " + lit(tpl.assistant + ":") + " }}{%- endif -%}"
-    )
+    return jinja
 
 
 def _projector_from_hf(hf_config: HFLlavaConfig, state: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]]:
