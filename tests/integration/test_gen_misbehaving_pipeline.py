@@ -238,3 +238,16 @@ def test_an_unexpected_error_stops_the_run_after_in_flight_work_is_written(tmp_p
     assert len(_ids(tmp_path)) == 2 and teacher.calls == 3  # nothing started after the error
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["samples_total"] == 2
+
+
+def test_a_reply_with_invalid_unicode_is_stored_rejected_and_replayed(api, tmp_path):
+    turns = {"turns": [{"question": "What is \ud800 over the beach?", "answer": "A kite."}]}
+    api.script.append({"content": [{"type": "tool_use", "id": "t", "name": "record_turns", "input": turns}]})
+    settings = _settings(
+        tmp_path, 2, response_types=["conversation"], max_attempts=1, teacher={"concurrency": 1}
+    )
+    summary = _pipeline(api, settings).run()
+    assert dict(summary.rejects) == {"invalid_text": 1} and summary.failed_jobs == 1
+    assert len(_ids(tmp_path)) == 1 and _stored_replies(tmp_path) == 2  # the paid bad reply is stored
+    again = _pipeline(api, settings).run()  # replays the stored reply instead of paying for it again
+    assert again.paid_requests == 0 and dict(again.rejects) == {"invalid_text": 1}

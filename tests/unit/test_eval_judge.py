@@ -359,3 +359,19 @@ def test_nothing_more_is_sent_once_the_judge_is_refused(api, tmp_path):
     with pytest.raises(ApiFatalError, match="api_status_401"):
         asyncio.run(judge.judge_all([_request(i) for i in range(5)]))
     assert len(api.calls()) == 1
+
+
+def test_a_review_with_invalid_unicode_is_made_writable(api, tmp_path):
+    api.script.append(
+        {
+            "content": [
+                {
+                    **_scores_tool(7, 5),
+                    "input": {"explanation": "ok \ud800", "assistant_1_score": 7, "assistant_2_score": 5},
+                }
+            ]
+        }
+    )
+    [j] = asyncio.run(_judge(api, tmp_path).judge_all([_request()]))
+    assert j.scores == (7.0, 5.0) and j.review == "ok ?"
+    json.dumps(j.to_record(), ensure_ascii=False).encode("utf-8")  # what the reviews file holds

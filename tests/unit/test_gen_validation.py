@@ -48,6 +48,8 @@ def _conv(*values, roles=None):
         (_conv("<image>\nWhere is the dog?", "Its bounding box is on the left."), "source_leak"),
         (_conv("<image>\nWhere is the dog?", "At [0.123, 0.456, 0.500, 0.900]."), "source_leak"),
         (_conv("<image>\nWhere is the dog?", "The annotations put it left."), "source_leak"),
+        (_conv("<image>\nWhere is the dog \ud800?", "On the left."), "invalid_text"),
+        (_conv("<image>\nWhere is the dog?", "On the\x00 left."), "invalid_text"),
     ],
 )
 def test_each_bad_shape_is_rejected(conversations, reason):

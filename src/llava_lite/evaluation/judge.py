@@ -196,12 +196,17 @@ def parse_reply(message: Mapping[str, Any]) -> tuple[tuple[float, float], str]:
         if not isinstance(data, dict):
             raise JudgeError("malformed_scores", "tool input is not an object")
         scores = _checked(data.get("assistant_1_score"), data.get("assistant_2_score"))
-        return scores, str(data.get("explanation") or "")
+        return scores, _printable(str(data.get("explanation") or ""))
     texts = [str(b.get("text") or "") for b in blocks if b.get("type") == "text"]
     text = "\n".join(texts).strip()
     if not text:
         raise JudgeError("empty_reply", "no text or tool_use block")
-    return parse_score_line(text), text
+    return parse_score_line(text), _printable(text)
+
+
+def _printable(text: str) -> str:
+    """The review as writable UTF-8: a server may send lone surrogates, which no file accepts."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 # ---- the client -----------------------------------------------------------------------

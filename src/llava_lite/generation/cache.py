@@ -72,7 +72,8 @@ class RequestCache:
     def put(self, key: str, message: dict[str, Any], batch: bool = False) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO replies (key, message, batch, created) VALUES (?, ?, ?, ?)",
-            (key, json.dumps(message, ensure_ascii=False), int(batch), time.time()),
+            # ASCII escapes: any string a server sent (lone surrogates included) can be stored
+            (key, json.dumps(message), int(batch), time.time()),
         )
 
     def __contains__(self, key: str) -> bool:

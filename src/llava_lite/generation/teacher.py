@@ -39,6 +39,7 @@ from llava_lite.generation.cost import Budget, Prices
 from llava_lite.generation.estimate import TokenEstimator
 from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
 from llava_lite.generation.prompts import PROMPT_VERSION, PromptSet, load_prompt_set
+from llava_lite.generation.validation import is_clean_text
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class ClaudeTeacher:
         model = message.get("model")  # shown in every output record: a string or ours
         return TeacherReply(
             turns=turns,
-            model=model if isinstance(model, str) and model else self.model,
+            model=model if isinstance(model, str) and model and is_clean_text(model) else self.model,
             usage=usage,
             cached=cached,
             batch=batch,

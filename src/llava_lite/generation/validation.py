@@ -4,8 +4,9 @@ The pipeline turns (question, answer) pairs into LLaVA ``conversations`` (``<ima
 once, to the first human turn) and then checks the result: alternating turns, the image
 marker exactly once and in the first human turn, length bounds, and no leak of the symbolic
 source (the teacher read captions and boxes; the student sees pixels, so "the caption says"
-or ``[0.123, 0.456, ...]`` would teach it to talk about text it never saw). Repeated
-questions are dropped, not rejected; a sample left with no turns is rejected.
+or ``[0.123, 0.456, ...]`` would teach it to talk about text it never saw), and text that
+is not clean Unicode (lone surrogates cannot be written as UTF-8; control characters are
+noise). Repeated questions are dropped, not rejected; a sample left with no turns is rejected.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ DEFAULT_LEAK_PATTERNS = (
     r"\bsymbolic\b",
     r"\[\s*-?\d*\.\d+\s*,\s*-?\d*\.\d+",  # [0.123, 0.456, ...
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def is_clean_text(text: str) -> bool:
+    """Encodable as UTF-8 (no lone surrogates) and free of control characters but tab/newline."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return _CONTROL.search(text) is None
 
 
 class SampleRejected(Exception):
@@ -103,6 +116,8 @@ class SampleValidator:
                 "image_token", f"'{IMAGE_TOKEN}' counts per turn {markers}; need one, in turn 0"
             )
         for i, turn in enumerate(conversations):
+            if not is_clean_text(turn["value"]):
+                raise SampleRejected("invalid_text", f"turn {i}: lone surrogates or control characters")
             text = turn["value"].replace(IMAGE_TOKEN, "").strip()
             if turn["from"] == "human":
                 lo, hi, what = cfg.min_question_chars, cfg.max_question_chars, "question"
