@@ -31,6 +31,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlavaForConditionalGeneration,
+    SiglipImageProcessor,
 )
 from transformers import LlavaConfig as HFLlavaConfig
 
@@ -173,6 +174,24 @@ def test_llava_hf_release_layout_imports_with_equal_logits(tmp_path) -> None:
         # LlavaModel.from_pretrained recognises the folder and imports it the same way.
         via = LlavaModel.from_pretrained(tmp_path).float().eval()
         torch.testing.assert_close(via(input_ids, pixel_values=pixels).logits, expected)
+
+
+def test_llava_hf_default_strategy_on_a_tower_without_cls_is_refused(tmp_path) -> None:
+    """'default' drops one token whatever the tower; a SigLIP tower has no CLS to drop."""
+    tokenizer = build_tiny_tokenizer("sentencepiece")
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    config = HFLlavaConfig(
+        vision_config={"model_type": "siglip_vision_model", **VISION},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TEXT},
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        image_seq_length=15,
+    )
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="drops the first token"):
+        import_hf_llava(tmp_path)
 
 
 # ---- export -> transformers processor and generate ---------------------------------------------

@@ -211,6 +211,11 @@ def import_hf_llava(
         vision_hf_config=hc.vision_config,
         llm_hf_config=hc.text_config,
     )
+    if hc.vision_feature_select_strategy == "default" and model.vision_tower.num_prefix_tokens != 1:
+        raise ValueError(
+            f"{path}: vision_feature_select_strategy='default' drops the first token, but this "
+            f"{hc.vision_config.model_type} tower has {model.vision_tower.num_prefix_tokens} prefix tokens"
+        )
     seq_length = getattr(hc, "image_seq_length", None)
     if seq_length is not None and seq_length != model.num_image_tokens:
         raise ValueError(
