@@ -251,3 +251,27 @@ def test_a_reply_with_invalid_unicode_is_stored_rejected_and_replayed(api, tmp_p
     assert len(_ids(tmp_path)) == 1 and _stored_replies(tmp_path) == 2  # the paid bad reply is stored
     again = _pipeline(api, settings).run()  # replays the stored reply instead of paying for it again
     assert again.paid_requests == 0 and dict(again.rejects) == {"invalid_text": 1}
+
+
+def test_a_results_url_on_another_host_gets_no_credentials(api, tmp_path, caplog):
+    with FakeAnthropicAPI() as other:
+        api.batch_results_url = f"{other.url}/v1/messages/batches/msgbatch_0001/results"
+        with pytest.raises(BatchError, match="not on the API host"):
+            _pipeline(api, _settings(tmp_path, 2, batch={"enabled": True})).run()
+        assert other.log == []  # never contacted, so never given the key
+    api.batch_results_url = True
+    _pipeline(api, _settings(tmp_path, 2, batch={"enabled": True})).run()  # the rerun collects it
+    assert len(_ids(tmp_path)) == 2 * TYPES and len(api.calls("/v1/messages/batches")) == 1
+
+
+def test_an_open_batch_the_api_no_longer_knows_is_given_up_not_retried_forever(api, tmp_path):
+    settings = _settings(tmp_path, 2, batch={"enabled": True})
+    (tmp_path / "out").mkdir()
+    cache = RequestCache(tmp_path / "out" / "requests.sqlite")
+    cache.add_batch("msgbatch_deleted", ["k1", "k2"])  # left open by an old interrupted run
+    cache.close()
+    summary = _pipeline(api, settings).run()
+    assert summary.batch["unfinished"] == {"batch_not_found": 2}
+    assert len(_ids(tmp_path)) == 2 * TYPES
+    again = _pipeline(api, settings).run()
+    assert again.batch.get("unfinished", {}) == {} and again.already_done == 2 * TYPES

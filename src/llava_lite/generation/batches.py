@@ -12,9 +12,11 @@ out: a line that is not JSON, a ``custom_id`` that was not submitted in that bat
 result for one id, or a "succeeded" item that is not a Message is counted and skipped; a
 submitted id without a result is counted and requeued. Creating a batch is retried only
 when the server says it did not take it (429 / 529): after a lost reply or a 5xx it may
-exist already, and submitting again would pay for every request twice. Polling stops at ``max_wait_s``; a
-batch that ends without a ``results_url`` or an API error while collecting stops the run
-with a :class:`BatchError` and leaves the batch open for the rerun to collect.
+exist already, and submitting again would pay for every request twice. A batch the API no
+longer knows (404) is given up and its requests requeued. Polling stops at ``max_wait_s``; a
+batch that ends without a ``results_url`` (or with one on another host: the SDK would send
+it the API key) or an API error while collecting stops the run with a :class:`BatchError`
+and leaves the batch open for the rerun to collect.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+import httpx2
 
 from llava_lite.generation.base import GenerationRequest
 from llava_lite.generation.client import (
@@ -162,7 +165,13 @@ class BatchRunner:
         deadline = time.monotonic() + self.max_wait_s
         spent = 0.0
         try:
-            batch = await client.messages.batches.retrieve(batch_id)
+            try:
+                batch = await client.messages.batches.retrieve(batch_id)
+            except anthropic.NotFoundError:  # e.g. deleted, or older than the API keeps batches
+                log.warning("batch %s no longer exists; its %d requests are requeued", batch_id, len(keys))
+                self.stats.unfinished["batch_not_found"] += len(keys)
+                self.cache.mark_collected(batch_id)
+                return
             while batch.processing_status != "ended":
                 if time.monotonic() > deadline:
                     raise TimeoutError(
@@ -172,6 +181,11 @@ class BatchRunner:
                 batch = await client.messages.batches.retrieve(batch_id)
             if not batch.results_url:
                 raise BatchError(f"batch {batch_id} ended without a results_url; a rerun collects it")
+            if not _same_origin(batch.results_url, str(client.base_url)):
+                raise BatchError(  # the SDK would send the API key to whatever host it names
+                    f"batch {batch_id}: results_url is not on the API host {client.base_url}; "
+                    "credentials are not sent elsewhere"
+                )
             expected, seen = set(keys), set[str]()
             try:
                 async with asyncio.timeout(self.max_wait_s):  # a results file trickled forever
@@ -233,3 +247,11 @@ class BatchRunner:
         log.warning("%s: skipped (%s)", where, reason)
         self.stats.skipped_results[reason] += 1
         return 0.0
+
+
+def _same_origin(url: str, base_url: str) -> bool:
+    """A relative URL, or one with the scheme, host and port of ``base_url``."""
+    target, base = httpx2.URL(url), httpx2.URL(base_url)
+    if target.is_relative_url:
+        return True
+    return (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)

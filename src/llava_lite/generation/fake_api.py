@@ -50,7 +50,7 @@ class FakeAnthropicAPI:
         self.batch_item_script: deque[str] = deque()
         self.batch_polls_before_end = batch_polls_before_end
         self.batch_status: str | None = None  # processing_status reported instead of the real one
-        self.batch_results_url = True  # False: ended batches have no results_url
+        self.batch_results_url: bool | str = True  # False: ended batches have none; a str: that URL
         self.batch_extra_lines: list[bytes] = []  # raw lines added to the next batch's results file
         self.batch_error: int | None = None  # answer every batches request with this status
         # next batch creations: {"status": N} (nothing created), {"drop": True} (created, no answer)
@@ -308,6 +308,11 @@ class FakeAnthropicAPI:
         lines += b"".join(line.rstrip(b"\n") + b"\n" for line in batch["extra"])
         return 200, lines, {"content-type": "application/binary"}
 
+    def _results_url(self, batch_id: str) -> str | None:
+        if isinstance(self.batch_results_url, str):
+            return self.batch_results_url
+        return f"{self.url}/v1/messages/batches/{batch_id}/results" if self.batch_results_url else None
+
     def _batch_json(self, batch: dict[str, Any], ended: bool) -> dict[str, Any]:
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         if ended:
@@ -323,11 +328,7 @@ class FakeAnthropicAPI:
             "created_at": batch["created_at"],
             "expires_at": batch["created_at"],
             "ended_at": _now() if ended else None,
-            "results_url": (
-                f"{self.url}/v1/messages/batches/{batch['id']}/results"
-                if ended and self.batch_results_url
-                else None
-            ),
+            "results_url": self._results_url(batch["id"]) if ended else None,
         }
 
 
