@@ -258,3 +258,18 @@ def test_key_is_in_no_request_log_entry_or_stored_reply(api, tmp_path):
     _generate(_teacher(api, tmp_path))
     assert all(KEY not in json.dumps(e) for e in api.log)
     assert all(KEY.encode() not in p.read_bytes() for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("key", [KEY, "gateway-key-without-the-usual-prefix-77"])
+def test_a_key_echoed_in_response_headers_is_redacted_from_debug_logs(api, tmp_path, caplog, key):
+    caplog.set_level(logging.DEBUG)
+    api.script.append({"status": 529, "headers": {"x-echo": key, "retry-after-ms": "1"}})
+    teacher = ClaudeTeacher(
+        "claude-test",
+        max_retries=1,
+        cache=RequestCache(tmp_path / "requests.sqlite"),
+        client_kwargs={"api_key": key, "base_url": api.url},
+    )
+    assert _generate(teacher).turns
+    assert "x-echo" in caplog.text and "[redacted]" in caplog.text  # the SDK logged the headers
+    assert key not in caplog.text

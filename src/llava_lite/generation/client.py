@@ -124,17 +124,54 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     return None if parsed is None else email.utils.mktime_tz(parsed) - time.time()
 
 
+class RedactSecrets(logging.Filter):
+    """Redacts API keys from the log records of the SDK and its HTTP stack: at DEBUG they print
+    response headers, which a misbehaving server may fill with the key it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()  # keys of clients built here (other formats than sk-ant-)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = _SECRET.sub("[redacted]", message)
+        for secret in self.secrets:
+            clean = clean.replace(secret, "[redacted]")
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_REDACT = RedactSecrets()
+_HTTP_LOGGERS = ("anthropic", "httpx2", "httpcore2")
+
+
+def _redact_http_logs(secret: str | None) -> None:
+    """Put :data:`_REDACT` on every logger of the SDK and its HTTP stack (a filter on a parent
+    logger does not see its children's records)."""
+    if secret:
+        _REDACT.secrets.add(secret)
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in _HTTP_LOGGERS]
+    for name in {*names, *_HTTP_LOGGERS, "httpcore2.http11", "httpcore2.connection"}:
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
+
+
 def build_client(
     *, max_retries: int, timeout_s: float, max_retry_wait_s: float, **client_kwargs: Any
 ) -> anthropic.AsyncAnthropic:
     """``AsyncAnthropic`` with the SDK's retries and :class:`RetryBounds`; ``client_kwargs``
-    (``api_key``, ``base_url``) are passed through, or the SDK reads its environment."""
-    return anthropic.AsyncAnthropic(
+    (``api_key``, ``base_url``) are passed through, or the SDK reads its environment. The key
+    is redacted from the SDK's and HTTP stack's logs."""
+    client = anthropic.AsyncAnthropic(
         max_retries=max_retries,
         timeout=timeout_s,
         middleware=[RetryBounds(timeout_s, max_retry_wait_s)],
         **client_kwargs,
     )
+    _redact_http_logs(client.api_key)
+    return client
 
 
 def call_deadline_s(max_retries: int, timeout_s: float, max_retry_wait_s: float) -> float:
