@@ -3,8 +3,10 @@
 The teacher owns everything about paying for a reply: the request body, the cache lookup
 (a stored reply is replayed, never bought twice), the budget reservation, the bounded
 number of requests in flight, and one bounded call (:mod:`~llava_lite.generation.client`:
-the SDK's retries, a capped ``retry-after`` wait, a deadline on the whole call). A reply
-that does not report its usage is charged its reserved worst case, so the budget cap
+the SDK's retries, a capped ``retry-after`` wait, a deadline on the whole call). A failed
+call is a counted :class:`TeacherError`; an API that refuses the client (401 / 402 / 403 /
+404) raises :class:`~llava_lite.generation.client.ApiFatalError` for the run to stop on. A
+reply that does not report its usage is charged its reserved worst case, so the budget cap
 holds. The API key is never passed around by this code: the SDK reads it from the
 environment or its own configuration unless a caller (a test) passes one explicitly, and
 it is never logged or stored.
