@@ -176,6 +176,53 @@ def test_llava_hf_release_layout_imports_with_equal_logits(tmp_path) -> None:
         torch.testing.assert_close(via(input_ids, pixel_values=pixels).logits, expected)
 
 
+@pytest.mark.parametrize(
+    ("vision_type", "text_type", "strategy", "layer", "tied"),
+    [
+        ("siglip_vision_model", "qwen2", "full", -1, True),  # like llava-hf/llava-interleave-qwen-0.5b-hf
+        ("clip_vision_model", "mistral", "default", -2, False),  # like llava-hf/bakLlava-v1-hf
+    ],
+    ids=["siglip-qwen2-tied", "clip-mistral"],
+)
+def test_llava_hf_other_families_import_with_equal_logits(
+    tmp_path, vision_type: str, text_type: str, strategy: str, layer: int, tied: bool
+) -> None:
+    tokenizer = build_tiny_tokenizer("bpe" if text_type == "qwen2" else "sentencepiece")
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    config = HFLlavaConfig(
+        vision_config={"model_type": vision_type, **VISION},
+        text_config={
+            "model_type": text_type,
+            "vocab_size": len(tokenizer),
+            "tie_word_embeddings": tied,
+            **TEXT,
+        },
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=layer,
+        image_seq_length=16,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(4)
+    reference = LlavaForConditionalGeneration(config).eval()
+    reference.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    if vision_type.startswith("siglip"):
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    else:
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+            tmp_path
+        )
+    model = import_hf_llava(tmp_path).eval()
+    assert (model.config.llm.model_type, model.num_image_tokens) == (text_type, 16)
+    input_ids = torch.tensor([[5, *[model.image_token_id] * 16, 6, 7, 8]])
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids, pixels).logits, reference(input_ids=input_ids, pixel_values=pixels).logits
+        )
+
+
 def test_llava_hf_default_strategy_on_a_tower_without_cls_is_refused(tmp_path) -> None:
     """'default' drops one token whatever the tower; a SigLIP tower has no CLS to drop."""
     tokenizer = build_tiny_tokenizer("sentencepiece")
