@@ -95,6 +95,10 @@ def read_state_dict(folder: str | Path, allow_pickle: bool = False) -> dict[str,
     hint = ""
     if (folder / "mm_projector.bin").is_file():
         hint = "; a stage-1 folder: start stage 2 from it with model.init_projector_from=<folder>/mm_projector.bin"
+    elif (folder / "adapter_config.json").is_file():
+        hint = (
+            "; a LoRA checkpoint: merge it into its base model first (LLaVA's scripts/merge_lora_weights.py)"
+        )
     raise FileNotFoundError(f"{folder}: no model.safetensors / pytorch_model.bin (or their index){hint}")
 
 
