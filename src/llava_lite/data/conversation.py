@@ -64,9 +64,10 @@ def normalize_conversation(
 
     Roles alternate user/assistant (after an optional leading system message) and end with
     the assistant. A leading assistant turn is dropped, as LLaVA's ``preprocess`` does (some
-    ShareGPT records in ``llava_v1_5_mix665k.json`` open with a "gpt" turn). With an image, the first user turn carries exactly one ``image_token``,
-    moved to the front and followed by a newline as LLaVA does ("<image>\\nquestion"); a
-    record with an image but no marker gets one. Without an image, no marker may appear.
+    ShareGPT records in ``llava_v1_5_mix665k.json`` open with a "gpt" turn). With an image,
+    the first user turn carries exactly one ``image_token``, moved to the front and followed
+    by a newline as LLaVA does ("<image>\\nquestion"); a record with an image but no marker
+    gets one. Without an image, no marker may appear.
     """
     if not isinstance(conversations, list) or not conversations:
         raise BadSampleError("no_conversations", "'conversations' must be a non-empty list")
@@ -158,17 +159,16 @@ class ChatTemplate:
 
 
 class PlainTemplate(ChatTemplate):
-    """Stage-1 alignment: ``<image>caption\n``; the caption and its newline are trained.
+    """Stage-1 alignment: ``<image>caption\\n``; the caption and its newline are trained.
 
-    This is LLaVA's ``plain`` format (``conv_llava_plain``, separator ``"\n"``): the
+    This is LLaVA's ``plain`` format (``conv_llava_plain``, separator ``"\\n"``): the
     instruction text is dropped, so the projector learns to map image features to a
     description, not to follow prompts. A text-only record keeps its question, followed by a
     newline, in place of the image. Generation stops at the newline (or EOS).
     """
 
-    sep = "\n"
-
     name = "plain"
+    sep = "\n"
 
     def segments(self, messages, tokenizer, add_generation_prompt, image_token):
         _, turns = self._split_system(messages)
@@ -185,7 +185,7 @@ class PlainTemplate(ChatTemplate):
         return out
 
     def stop_strings(self, tokenizer):
-        """The token that ends ``"caption\n"`` (the separator as it tokenises after text), then EOS."""
+        """The token that ends ``"caption\\n"`` (the separator as it tokenises after text), then EOS."""
         newline = tokenizer.convert_ids_to_tokens(
             tokenizer("a" + self.sep, add_special_tokens=False).input_ids[-1]
         )
