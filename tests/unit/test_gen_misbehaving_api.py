@@ -129,6 +129,7 @@ def test_a_connection_closed_early_is_retried_then_counted(api, tmp_path, fault)
         {"content": "just a string"},
         {"content": ["a string block", 3]},
         {"message": {"type": "error"}},
+        {"raw": b"[" * 100_000 + b"]" * 100_000},
     ],
     ids=[
         "empty",
@@ -139,6 +140,7 @@ def test_a_connection_closed_early_is_retried_then_counted(api, tmp_path, fault)
         "content-str",
         "blocks-not-objects",
         "type",
+        "nested-too-deep",
     ],
 )
 def test_a_200_that_is_not_a_message_is_a_counted_failure(api, tmp_path, behaviour):

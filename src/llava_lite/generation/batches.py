@@ -212,7 +212,7 @@ class BatchRunner:
         """Store one results line if it checks out; returns its cost."""
         try:
             item = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return self._skip(where, "malformed_line")
         custom_id = item.get("custom_id") if isinstance(item, dict) else None
         if custom_id not in expected:
@@ -226,22 +226,26 @@ class BatchRunner:
             self.stats.unfinished[kind] += 1
             return 0.0
         message = result.get("message")
-        problem = message_problem(message)
-        if problem:
-            log.warning("%s: %s (requeued)", where, problem)
-            self.stats.unfinished["malformed_result"] += 1
-            return 0.0
         if custom_id in self.cache:  # collected before an interruption: already counted and charged
             return 0.0
+        problem = message_problem(message)
+        if problem:
+            log.warning("%s: %s (requeued; charged its worst case)", where, problem)
+            self.stats.unfinished["malformed_result"] += 1
+            return self._worst_case(custom_id)
         self.cache.put(custom_id, message, batch=True)
         self.stats.succeeded += 1
         usage = usage_from_message(message)
         if usage is None:
-            body = self._bodies.get(custom_id)
             log.warning("%s: no usable usage; charged its worst case", where)
-            return self.teacher.worst_case_usd(body, batch=True) if body is not None else 0.0
+            return self._worst_case(custom_id)
         self.teacher.usage = self.teacher.usage + usage
         return self.teacher.prices.cost(usage, batch=True)
+
+    def _worst_case(self, key: str) -> float:
+        """What a billed result of unknown size may have cost (0 for a request not in this run)."""
+        body = self._bodies.get(key)
+        return self.teacher.worst_case_usd(body, batch=True) if body is not None else 0.0
 
     def _skip(self, where: str, reason: str) -> float:
         log.warning("%s: skipped (%s)", where, reason)

@@ -201,7 +201,7 @@ async def create_message(
         raise ApiCallError("api_bad_response", type(e).__name__) from None
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
         raise ApiCallError("api_bad_response", f"a 200 whose body is not JSON ({len(text)} chars)") from None
     problem = message_problem(message)
     if problem:
