@@ -127,7 +127,6 @@ def _llava_hf_release(folder: Path) -> None:
         "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default",
         "vocab_size": padded_vocab,
-        "image_seq_length": 16,
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(5)

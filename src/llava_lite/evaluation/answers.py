@@ -3,7 +3,8 @@
 Questions: JSON Lines (or a JSON array) of ``{"question_id", "text", "image"?, ...}``; the
 image, if named, is read from ``image_root``. LLaVA's conversation-format question files
 (``llava_test_CQM-A.json``: ``{"id", "image"?, "conversations"}``) are read as LLaVA's
-``model_vqa_science`` reads them: the id, and the first turn without its ``<image>`` marker. Answers: one JSON line per question with
+``model_vqa_science`` reads them: the id, and the first turn without its ``<image>`` marker.
+Answers: one JSON line per question with
 ``question_id``, ``prompt``, ``text``, ``answer_id``, ``model_id``, ``metadata``. Lines are
 appended and fsynced batch by batch, so a killed run resumes where it stopped: question ids
 already in the answers file are skipped.

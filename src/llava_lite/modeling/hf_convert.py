@@ -91,8 +91,9 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     ``chat_template`` rendering the model's conversation template), so
     ``AutoProcessor.from_pretrained(out_dir)`` builds the prompts this model was trained on
     and expands ``<image>`` to the right token count. transformers' processor resizes and
-    centre-crops (our ``image_aspect="crop"``); it does not pad to a square, so with ``image_aspect="pad"`` non-square images
-    must be squared first (``llava_lite.data.images.make_square``) to get our pixel values.
+    centre-crops (our ``image_aspect="crop"``); it does not pad to a square, so with
+    ``image_aspect="pad"`` non-square images must be squared first
+    (``llava_lite.data.images.make_square``) to get our pixel values.
     """
     if model.config.vision.backend != "hf":
         raise ValueError(
@@ -215,12 +216,6 @@ def import_hf_llava(
         raise ValueError(
             f"{path}: vision_feature_select_strategy='default' drops the first token, but this "
             f"{hc.vision_config.model_type} tower has {model.vision_tower.num_prefix_tokens} prefix tokens"
-        )
-    seq_length = getattr(hc, "image_seq_length", None)
-    if seq_length is not None and seq_length != model.num_image_tokens:
-        raise ValueError(
-            f"{path}: config says image_seq_length={seq_length}, but the vision tower with "
-            f"vision_feature_select_strategy={hc.vision_feature_select_strategy!r} gives {model.num_image_tokens} tokens"
         )
     if model.image_token_id != hc.image_token_index:
         raise ValueError(
