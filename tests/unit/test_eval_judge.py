@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -375,3 +376,36 @@ def test_a_review_with_invalid_unicode_is_made_writable(api, tmp_path):
     [j] = asyncio.run(_judge(api, tmp_path).judge_all([_request()]))
     assert j.scores == (7.0, 5.0) and j.review == "ok ?"
     json.dumps(j.to_record(), ensure_ascii=False).encode("utf-8")  # what the reviews file holds
+
+
+def test_random_failures_under_concurrency_give_one_judgement_per_request(api, tmp_path):
+    behaviours = [
+        {"status": 529, "headers": {"retry-after": "600"}},
+        {"status": 500},
+        {"drop": True},
+        {"raw": b"not json"},
+        {"stop_reason": None},
+        {"omit": ["usage"]},
+        {"content": [_scores_tool(8, 6), _scores_tool(8, 6)]},
+        {"delay_s": 0.1},
+    ]
+    rng = random.Random(1)
+    api.script.extend(rng.choice([*behaviours, {}, {}]) for _ in range(40))
+    requests = [_request(i, answer=f"worth {1 + i % 9}") for i in range(20)]
+    judge = _judge(api, tmp_path, concurrency=4, max_retries=1, timeout_s=1.0, max_retry_wait_s=0.05)
+    judgements = asyncio.run(judge.judge_all(requests))
+    assert [j.request.question_id for j in judgements] == list(range(20))
+    assert all((j.scores is None) != (j.error is None) for j in judgements)
+    assert any(j.error for j in judgements) and any(j.scores for j in judgements)
+    for j in judgements:
+        if j.scores is not None:
+            assert j.scores == (8.0, 1.0 + j.request.question_id % 9)
+    assert judge.paid_requests == len(RequestCache(tmp_path / "judge.sqlite"))
+
+
+def test_identical_requests_are_paid_once(api, tmp_path):
+    judge = _judge(api, tmp_path, concurrency=4)
+    first, second = asyncio.run(judge.judge_all([_request(1), _request(2)]))  # same body, other ids
+    assert len(api.calls()) == 1 and judge.paid_requests == 1
+    assert first.scores == second.scores == (8.0, 6.0) and second.request.question_id == 2
+    assert not first.cached and second.cached

@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anthropic
@@ -332,21 +332,33 @@ class ClaudeJudge:
     async def judge_all(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         """Every request, at most ``concurrency`` in flight, results in request order.
 
-        A fatal error (budget exhausted, bad credentials) is raised only after every request
-        already sent has returned, so each paid reply is in the cache for the rerun; after an
-        :class:`ApiFatalError` nothing more is sent.
+        Requests with the same body are judged once (sent together, each would be paid for);
+        the others reuse that judgement as a cached one. A fatal error (budget exhausted, bad
+        credentials) is raised only after every request already sent has returned, so each
+        paid reply is in the cache for the rerun; after an :class:`ApiFatalError` nothing
+        more is sent.
         """
+        keys = [cache_key(build_body(r, self.model, self.max_tokens)) for r in requests]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
         semaphore = asyncio.Semaphore(self._concurrency)
         try:
             results = await asyncio.gather(
-                *(self.judge(r, semaphore) for r in requests), return_exceptions=True
+                *(self.judge(requests[i], semaphore) for i in first.values()), return_exceptions=True
             )
         finally:
             await self.aclose()
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return [r for r in results if isinstance(r, Judgement)]
+        judged = dict(zip(first, results, strict=True))
+        out = []
+        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
+            j = judged[key]
+            assert isinstance(j, Judgement)
+            out.append(j if first[key] == i else replace(j, request=request, cached=True, usage=Usage()))
+        return out
 
     async def aclose(self) -> None:
         if self._client is not None:
