@@ -83,6 +83,12 @@ def test_a_huge_retry_after_is_capped(api, tmp_path, headers, caplog):
     assert "capped" in caplog.text
 
 
+@pytest.mark.parametrize("limits", [{"timeout_s": 0}, {"max_retry_wait_s": -1}, {"max_retries": -1}])
+def test_limits_that_bound_nothing_are_refused(tmp_path, limits):
+    with pytest.raises(ValueError, match="max_retries >= 0"):
+        ClaudeTeacher("claude-test", **limits)
+
+
 def test_retry_after_parsing():
     assert retry_after_s({"retry-after": "2"}) == 2.0
     assert retry_after_s({"retry-after-ms": "1500"}) == 1.5

@@ -175,7 +175,15 @@ def build_client(
 
 
 def call_deadline_s(max_retries: int, timeout_s: float, max_retry_wait_s: float) -> float:
-    """A wall-clock bound on one call: every attempt at its timeout plus every capped wait."""
+    """A wall-clock bound on one call: every attempt at its timeout plus every capped wait.
+
+    Raises ``ValueError`` for limits that bound nothing (checked when a teacher or judge is built).
+    """
+    if max_retries < 0 or timeout_s <= 0 or max_retry_wait_s < 0:
+        raise ValueError(
+            f"need max_retries >= 0, timeout_s > 0, max_retry_wait_s >= 0; "
+            f"got {max_retries}, {timeout_s}, {max_retry_wait_s}"
+        )
     return (max_retries + 1) * timeout_s + max_retries * max_retry_wait_s + 1.0
 
 

@@ -73,8 +73,6 @@ class ClaudeTeacher:
         client: anthropic.AsyncAnthropic | None = None,
         client_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.model = model
         self.max_tokens = max_tokens
         self.context = {**PAPER_CONTEXT, **(context or {})}
