@@ -275,3 +275,12 @@ def test_an_open_batch_the_api_no_longer_knows_is_given_up_not_retried_forever(a
     assert len(_ids(tmp_path)) == 2 * TYPES
     again = _pipeline(api, settings).run()
     assert again.batch.get("unfinished", {}) == {} and again.already_done == 2 * TYPES
+
+
+def test_batch_results_without_usage_or_unusable_are_charged_their_worst_case(api, tmp_path):
+    api.batch_item_script.extend(["no_usage", "malformed"])
+    settings = _settings(tmp_path, 2, batch={"enabled": True})
+    summary = _pipeline(api, settings).run()
+    assert len(_ids(tmp_path)) == 2 * TYPES and summary.batch["unfinished"] == {"malformed_result": 1}
+    reported = settings.prices.cost(summary.usage, batch=True)  # the results that reported usage
+    assert summary.cost_usd > reported + 0.001  # plus two worst cases (~$0.008 each at max_tokens)

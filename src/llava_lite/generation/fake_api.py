@@ -46,7 +46,7 @@ class FakeAnthropicAPI:
     def __init__(self, batch_polls_before_end: int = 1) -> None:
         self.script: deque[dict[str, Any]] = deque()  # behaviours for the next /v1/messages calls
         # next items' outcomes: "errored" | "expired" | "canceled" | "malformed" (a non-Message) | "missing"
-        # (no result line) | "duplicate" (two result lines); unscripted items succeed
+        # (no result line) | "duplicate" (two result lines) | "no_usage"; unscripted items succeed
         self.batch_item_script: deque[str] = deque()
         self.batch_polls_before_end = batch_polls_before_end
         self.batch_status: str | None = None  # processing_status reported instead of the real one
@@ -275,6 +275,9 @@ class FakeAnthropicAPI:
                 continue
             if outcome in ("succeeded", "duplicate"):
                 result: dict[str, Any] = {"type": "succeeded", "message": self.reply(item["params"])}
+            elif outcome == "no_usage":
+                result = {"type": "succeeded", "message": self.reply(item["params"])}
+                del result["message"]["usage"]
             elif outcome == "malformed":
                 result = {"type": "succeeded", "message": {"type": "message", "content": "not blocks"}}
             elif outcome == "errored":
