@@ -3,9 +3,10 @@
 It binds 127.0.0.1 only and speaks the API's JSON shapes, so the real ``AsyncAnthropic``
 client (its retries, parsing and errors included) can be exercised offline: in tests, or
 to rehearse a configured run before paying for it. Replies are well-formed tool calls built
-from the request; ``script`` makes the next requests misbehave, and the batch attributes
-make Message Batches misbehave (see :meth:`FakeAnthropicAPI._messages` and ``__init__``). Every request is logged (method, path, JSON body, status); the
-API key header is never recorded.
+from the request; ``script`` makes the next requests misbehave, and the ``batch_*``
+attributes make Message Batches misbehave (see :meth:`FakeAnthropicAPI._messages` and
+``__init__``). Every request is logged (method, path, JSON body, status); the API key
+header is never recorded.
 """
 
 from __future__ import annotations
@@ -112,24 +113,11 @@ class FakeAnthropicAPI:
                 behaviour = self.script.popleft() if self.script else {}
             status, payload, headers = self._messages(body, behaviour)
         elif path.startswith("/v1/messages/batches") and self.batch_error is not None:
-            status, payload, headers = (
-                self.batch_error,
-                _error(_ERROR_TYPES.get(self.batch_error, "api_error"), "x"),
-                {},
-            )
+            status, payload, headers = self.batch_error, _status_error(self.batch_error), {}
         elif method == "POST" and path == "/v1/messages/batches":
             with self._lock:
                 behaviour = self.batch_create_script.popleft() if self.batch_create_script else {}
-            if "status" in behaviour:
-                kind = _ERROR_TYPES.get(behaviour["status"], "api_error")
-                status, payload, headers = (
-                    behaviour["status"],
-                    _error(kind, "scripted"),
-                    {"retry-after-ms": "1"},
-                )
-            else:
-                status, payload, headers = 200, self._create_batch(body), {}
-                time.sleep(behaviour.get("delay_s", 0.0))
+            status, payload, headers = self._create(body, behaviour)
         elif method == "GET" and path.startswith("/v1/messages/batches/") and path.endswith("/results"):
             status, payload, headers = self._results(path.split("/")[-2])
         elif method == "GET" and path.startswith("/v1/messages/batches/"):
@@ -178,8 +166,9 @@ class FakeAnthropicAPI:
     def _messages(self, body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """One scripted behaviour (keys combine where it makes sense):
 
-        ``hang_s``: sleep, then answer 529. ``delay_s``: sleep, then answer. ``status``: that error status, with ``headers``
-        (default ``retry-after-ms: 1``) and ``error_body`` (raw bytes instead of the JSON error).
+        ``hang_s``: sleep, then answer 529. ``delay_s``: sleep, then answer. ``status``: that
+        error status, with ``headers`` (default ``retry-after-ms: 1``) and ``error_body`` (raw
+        bytes instead of the JSON error).
         ``raw``: a 200 with these body bytes (``content_type``). ``content`` / ``stop_reason``:
         replace those fields of the normal reply; ``message``: fields to set (``None`` sets
         null); ``omit``: fields to delete. Transport faults on the normal reply: ``drop`` (close
@@ -192,12 +181,11 @@ class FakeAnthropicAPI:
         time.sleep(behaviour.get("delay_s", 0.0))
         if "status" in behaviour:
             status = behaviour["status"]
-            kind = _ERROR_TYPES.get(status, "api_error")
             headers = dict(behaviour.get("headers", {"retry-after-ms": "1"}))
             if "error_body" in behaviour:
                 headers.setdefault("content-type", "text/html")
                 return status, behaviour["error_body"], headers
-            return status, _error(kind, "scripted"), headers
+            return status, _status_error(status), headers
         if "raw" in behaviour:
             return 200, behaviour["raw"], {"content-type": behaviour.get("content_type", "application/json")}
         message = self.reply(body)
@@ -264,6 +252,13 @@ class FakeAnthropicAPI:
         }
 
     # ---- batches ---------------------------------------------------------------------
+    def _create(self, body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        if "status" in behaviour:  # refused: nothing is created
+            return behaviour["status"], _status_error(behaviour["status"]), {"retry-after-ms": "1"}
+        created = self._create_batch(body)
+        time.sleep(behaviour.get("delay_s", 0.0))  # created, answered late (or not: "drop")
+        return 200, created, {}
+
     def _create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             batch_id = f"msgbatch_{len(self.batches) + 1:04d}"
@@ -337,6 +332,10 @@ class FakeAnthropicAPI:
 
 def _tool_use(n: int, name: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": "tool_use", "id": f"toolu_{n:06d}", "name": name, "input": data}
+
+
+def _status_error(status: int) -> dict[str, Any]:
+    return _error(_ERROR_TYPES.get(status, "api_error"), "scripted")
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
