@@ -146,7 +146,7 @@ def test_a_refused_client_stops_new_requests_and_keeps_those_in_flight(api, tmp_
 
 def test_batch_results_that_do_not_check_out_are_skipped_counted_and_requeued(api, tmp_path):
     n_jobs = 4 * TYPES
-    api.batch_item_script.extend(["missing", "duplicate", "malformed", "errored"])
+    api.batch_item_script.extend(["missing", "duplicate", "malformed", "errored", "canceled"])
     unknown = {
         "custom_id": "f" * 64,
         "result": {"type": "succeeded", "message": {"type": "message", "content": []}},
@@ -156,8 +156,8 @@ def test_batch_results_that_do_not_check_out_are_skipped_counted_and_requeued(ap
     ids = _ids(tmp_path)
     assert len(ids) == len(set(ids)) == n_jobs
     assert summary.batch["skipped_results"] == {"malformed_line": 1, "unknown_id": 1, "duplicate": 1}
-    assert summary.batch["unfinished"] == {"missing": 1, "malformed_result": 1, "errored": 1}
-    assert summary.batch["batches"] == 2 and summary.batch["submitted"] == n_jobs + 3
+    assert summary.batch["unfinished"] == {"missing": 1, "malformed_result": 1, "errored": 1, "canceled": 1}
+    assert summary.batch["batches"] == 2 and summary.batch["submitted"] == n_jobs + 4
     assert summary.batch["succeeded"] == n_jobs and api.calls("/v1/messages") == []
     assert _stored_replies(tmp_path) == n_jobs  # nothing stored for an unknown id or a bad result
 

@@ -74,12 +74,13 @@ def _http_date_in(seconds):
     [{"retry-after": "3600"}, {"retry-after-ms": "86400000"}, {"retry-after": _http_date_in(7200)}],
     ids=["seconds", "ms", "http-date"],
 )
-def test_a_huge_retry_after_is_capped(api, tmp_path, headers, caplog):
-    api.script.append({"status": 529, "headers": headers})
+@pytest.mark.parametrize("status", [429, 529])
+def test_a_huge_retry_after_is_capped(api, tmp_path, headers, status, caplog):
+    api.script.append({"status": status, "headers": headers})
     start = time.monotonic()
     reply = _generate(_teacher(api, tmp_path, max_retry_wait_s=0.3))
     assert time.monotonic() - start < 5  # the SDK alone would sleep for hours
-    assert reply.turns and [c["status"] for c in api.calls()] == [529, 200]
+    assert reply.turns and [c["status"] for c in api.calls()] == [status, 200]
     assert "capped" in caplog.text
 
 
@@ -232,7 +233,8 @@ def test_replies_that_are_not_data_are_counted_paid_once_and_replayed(api, tmp_p
     ids=["redacted-thinking", "server-tool-use", "unknown-block"],
 )
 def test_unknown_blocks_and_extra_keys_are_ignored(api, tmp_path, content):
-    api.script.append({"content": content, "stop_reason": "stop_sequence"})
+    extra = {"container": {"id": "c1"}, "something_new": [1, {"x": None}]}  # unknown top-level fields
+    api.script.append({"content": content, "stop_reason": "stop_sequence", "message": extra})
     assert _generate(_teacher(api, tmp_path)).turns == [("What vehicle is this?", "A red bus.")]
 
 
