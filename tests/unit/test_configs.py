@@ -118,7 +118,8 @@ def test_other_primaries_groups_compose(group: str, option: str) -> None:
 
 @pytest.mark.parametrize("option", _options("model"))
 def test_model_presets(option: str, train_file: Path) -> None:
-    cfg = _cfg(train_file, f"model={option}")
+    # Stage 2's composition: stage 1 swaps the chat template for `plain` (checked below).
+    cfg = _cfg(train_file, f"model={option}", "experiment=finetune")
     config = _llava_config(cfg.model)
     if option in PRESETS:  # the Hydra preset and the Python preset must not drift apart
         assert config.to_dict() == LlavaConfig.from_name(option).to_dict()
@@ -227,3 +228,10 @@ def test_config_dir_env_override(tmp_path: Path, monkeypatch) -> None:
         config_dir()
     monkeypatch.setenv("LLAVA_LITE_CONF", str(CONF))
     assert config_dir() == CONF.resolve()
+
+
+def test_stage1_uses_the_plain_template_and_stage2_the_models_own(train_file: Path) -> None:
+    stage1 = _llava_config(_cfg(train_file, "model=tiny", "experiment=pretrain").model)
+    stage2 = _llava_config(_cfg(train_file, "model=tiny", "experiment=finetune").model)
+    assert stage1.conv_template == "plain"
+    assert stage2.conv_template == LlavaConfig.from_name("tiny").conv_template == "vicuna_v1"
