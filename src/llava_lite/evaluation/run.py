@@ -118,6 +118,7 @@ class _Runner:
             concurrency=j.concurrency,
             max_retries=j.max_retries,
             timeout_s=j.timeout_s,
+            max_retry_wait_s=j.max_retry_wait_s,
             base_url=j.base_url,
             cache=cache,
             budget=Budget(j.budget_usd),

@@ -68,6 +68,7 @@ class JudgeSettings:
     concurrency: int = 8
     max_retries: int = 4
     timeout_s: float = 120.0
+    max_retry_wait_s: float = 60.0  # cap on a server's retry-after before the SDK retries
     base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL
     budget_usd: float | None = 5.0  # hard cap on billed dollars; None = no cap
     cache_file: str = "judge_requests.sqlite"
