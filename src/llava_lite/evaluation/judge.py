@@ -7,7 +7,8 @@ call; a reply with text instead is read the paper's way, from a first line holdi
 numbers. Anything else is a :class:`JudgeError` with a reason that the caller counts — a
 failed judgement is never scored as 0.
 
-Paying for replies reuses the generation package: one bounded call
+Paying for replies reuses the generation package
+(:class:`~llava_lite.generation.client.PaysForMessages`, as the teacher does): one bounded call
 (:func:`~llava_lite.generation.client.create_message`: the SDK's retries, a capped
 ``retry-after`` wait, a deadline), replies stored in its
 :class:`~llava_lite.generation.cache.RequestCache` before parsing (a rerun replays them for
@@ -38,9 +39,8 @@ from llava_lite.generation.cache import RequestCache
 from llava_lite.generation.client import (
     ApiCallError,
     ApiFatalError,
-    build_client,
+    PaysForMessages,
     call_deadline_s,
-    create_message,
     usage_from_message,
 )
 from llava_lite.generation.cost import Budget, Prices
@@ -210,8 +210,11 @@ def _printable(text: str) -> str:
 
 
 # ---- the client -----------------------------------------------------------------------
-class ClaudeJudge:
+class ClaudeJudge(PaysForMessages):
     """Judges requests through ``AsyncAnthropic`` with caching, a budget and bounded concurrency."""
+
+    reply_label = "judge reply"
+    reply_log = log
 
     def __init__(
         self,
@@ -260,18 +263,6 @@ class ClaudeJudge:
         return f"ClaudeJudge(model={self.model!r}, max_tokens={self.max_tokens})"
 
     @property
-    def client(self) -> anthropic.AsyncAnthropic:
-        if self._client is None:
-            self._client = build_client(**self._client_kwargs)
-        return self._client
-
-    @property
-    def estimator(self) -> TokenEstimator:
-        if self._estimator is None:
-            self._estimator = TokenEstimator()
-        return self._estimator
-
-    @property
     def spent_usd(self) -> float:
         return self.budget.spent_usd
 
@@ -305,29 +296,13 @@ class ClaudeJudge:
     async def _paid_call(self, body: dict[str, Any], key: str) -> dict[str, Any]:
         if self._fatal is not None:
             raise self._fatal
-        reserved = self.prices.cost(self.estimator.worst_case(body))
-        self.budget.reserve(reserved)  # BudgetExceeded stops the run before anything is sent
-        spent = 0.0
         try:
-            message = await create_message(self.client, body, self.deadline_s)
-            if self.cache is not None:
-                self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
-            self.paid_requests += 1
-            usage = usage_from_message(message)
-            if usage is None:
-                log.warning("judge reply %s reports no usable usage; charged its worst case", key[:12])
-                spent = reserved
-            else:
-                self.usage = self.usage + usage
-                spent = self.prices.cost(usage)
-            return message
+            return await self.paid_message(body, key)  # BudgetExceeded stops the run before anything is sent
         except ApiCallError as e:
             raise JudgeError(e.reason, e.detail) from None
         except ApiFatalError as e:
             self._fatal = e
             raise
-        finally:
-            self.budget.settle(reserved, spent)
 
     async def judge_all(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         """Every request, at most ``concurrency`` in flight, results in request order.

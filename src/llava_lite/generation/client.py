@@ -17,18 +17,24 @@ verbatim: a misbehaving server may echo the API key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx2
 
 from llava_lite.generation.base import Usage
+from llava_lite.generation.estimate import TokenEstimator
+
+if TYPE_CHECKING:
+    from llava_lite.generation.cache import RequestCache
+    from llava_lite.generation.cost import Budget, Prices
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +221,79 @@ async def create_message(
     if problem:
         raise ApiCallError("api_bad_response", problem)
     return message
+
+
+class PaysForMessages:
+    """What the teacher and the judge share about paying for one reply: the client built on
+    first use, the token estimator, the worst-case price, and :meth:`paid_message`.
+
+    A subclass sets in its constructor ``cache``, ``budget``, ``prices``, ``deadline_s``,
+    ``paid_requests``, ``usage``, ``_client``, ``_client_kwargs`` and ``_estimator``, and maps
+    the :class:`ApiCallError` / :class:`ApiFatalError` that :meth:`paid_message` lets through
+    to its own errors.
+    """
+
+    reply_label = "reply"  # names a reply in the log
+    reply_log = log  # the subclass's module logger, so its records keep their logger name
+
+    cache: RequestCache | None
+    budget: Budget
+    prices: Prices
+    deadline_s: float
+    paid_requests: int
+    usage: Usage  # billed tokens of this run (replays from the cache cost nothing)
+    _client: anthropic.AsyncAnthropic | None
+    _client_kwargs: dict[str, Any]
+    _estimator: TokenEstimator | None
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """Built on first use, so a dry run needs no credentials."""
+        if self._client is None:
+            self._client = build_client(**self._client_kwargs)
+        return self._client
+
+    @property
+    def estimator(self) -> TokenEstimator:
+        if self._estimator is None:
+            self._estimator = TokenEstimator()
+        return self._estimator
+
+    def worst_case_usd(self, body: dict[str, Any], batch: bool = False) -> float:
+        return self.prices.cost(self.estimator.worst_case(body), batch=batch)
+
+    async def paid_message(
+        self, body: dict[str, Any], key: str, slot: contextlib.AbstractAsyncContextManager[Any] | None = None
+    ) -> dict[str, Any]:
+        """One paid call of :func:`create_message` under ``key``.
+
+        Reserves the request's worst case first (``BudgetExceeded`` before anything is sent),
+        then calls inside ``slot`` (a semaphore, when given), stores the reply in the cache
+        before anything parses it (a bad reply is still paid for), counts it, and charges its
+        reported usage, or its worst case when it reports none. The reservation is settled
+        whatever happens.
+        """
+        reserved = self.worst_case_usd(body)
+        self.budget.reserve(reserved)
+        spent = 0.0
+        try:
+            async with slot if slot is not None else contextlib.nullcontext():
+                message = await create_message(self.client, body, self.deadline_s)
+            if self.cache is not None:
+                self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
+            self.paid_requests += 1
+            usage = usage_from_message(message)
+            if usage is None:
+                self.reply_log.warning(
+                    "%s %s reports no usable usage; charged its worst case", self.reply_label, key[:12]
+                )
+                spent = reserved
+            else:
+                self.usage = self.usage + usage
+                spent = self.prices.cost(usage)
+            return message
+        finally:
+            self.budget.settle(reserved, spent)
 
 
 def message_problem(message: Any) -> str | None:

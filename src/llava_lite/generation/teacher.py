@@ -30,13 +30,7 @@ from llava_lite.generation.base import (
     Usage,
 )
 from llava_lite.generation.cache import RequestCache, request_key
-from llava_lite.generation.client import (
-    ApiCallError,
-    build_client,
-    call_deadline_s,
-    create_message,
-    usage_from_message,
-)
+from llava_lite.generation.client import ApiCallError, PaysForMessages, call_deadline_s, usage_from_message
 from llava_lite.generation.cost import Budget, Prices
 from llava_lite.generation.estimate import TokenEstimator
 from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
@@ -48,10 +42,11 @@ log = logging.getLogger(__name__)
 TEACHERS = ("anthropic", "offline")
 
 
-class ClaudeTeacher:
+class ClaudeTeacher(PaysForMessages):
     """Turns a :class:`GenerationRequest` into turns through the Messages API."""
 
     name = "anthropic"
+    reply_log = log
 
     def __init__(
         self,
@@ -119,22 +114,6 @@ class ClaudeTeacher:
             attempt=request.attempt,
         )
 
-    @property
-    def client(self) -> anthropic.AsyncAnthropic:
-        """Built on first use, so a dry run needs no credentials."""
-        if self._client is None:
-            self._client = build_client(**self._client_kwargs)
-        return self._client
-
-    @property
-    def estimator(self) -> TokenEstimator:
-        if self._estimator is None:
-            self._estimator = TokenEstimator()
-        return self._estimator
-
-    def worst_case_usd(self, body: dict[str, Any], batch: bool = False) -> float:
-        return self.prices.cost(self.estimator.worst_case(body), batch=batch)
-
     # ---- the Teacher protocol --------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> TeacherReply:
         body = self.body(request)
@@ -150,27 +129,10 @@ class ClaudeTeacher:
         return self._reply(message, request, cached=False, batch=False)
 
     async def _call(self, body: dict[str, Any], key: str) -> dict[str, Any]:
-        reserved = self.worst_case_usd(body)
-        self.budget.reserve(reserved)  # raises BudgetExceeded before anything is sent
-        spent = 0.0
         try:
-            async with self._semaphore:
-                message = await create_message(self.client, body, self.deadline_s)
-            if self.cache is not None:
-                self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
-            self.paid_requests += 1
-            usage = usage_from_message(message)
-            if usage is None:
-                log.warning("reply %s reports no usable usage; charged its worst case", key[:12])
-                spent = reserved
-            else:
-                self.usage = self.usage + usage
-                spent = self.prices.cost(usage)
-            return message
+            return await self.paid_message(body, key, slot=self._semaphore)
         except ApiCallError as e:
             raise TeacherError(e.reason, e.detail) from None
-        finally:
-            self.budget.settle(reserved, spent)
 
     def _reply(
         self, message: dict[str, Any], request: GenerationRequest, cached: bool, batch: bool
