@@ -12,9 +12,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S")
 
 VISION_BACKENDS = ("hf", "timm")
 SELECT_FEATURES = ("patch", "cls_patch")
@@ -143,6 +147,17 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     if unknown:
         log.warning("%s: ignoring unknown config keys %s", cls.__name__, unknown)
     return cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
+
+
+def validated_settings(schema: type[S], cfg: DictConfig | dict[str, Any] | S) -> S:
+    """Validate a Hydra / dict config against the dataclass ``schema`` (types, unknown keys);
+    an instance of ``schema`` is returned as it is."""
+    if isinstance(cfg, schema):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    settings = OmegaConf.to_object(merged)
+    assert isinstance(settings, schema)
+    return settings
 
 
 # ---- presets --------------------------------------------------------------------------

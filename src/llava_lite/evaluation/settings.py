@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from llava_lite.config import validated_settings
 from llava_lite.evaluation.answers import GenerationSettings
 from llava_lite.generation.cost import Prices
 
@@ -99,9 +100,4 @@ class EvalSettings:
 
 def settings_from(cfg: DictConfig | dict[str, Any] | EvalSettings) -> EvalSettings:
     """Validate a Hydra / dict config against :class:`EvalSettings` (types, unknown keys)."""
-    if isinstance(cfg, EvalSettings):
-        return cfg
-    merged = OmegaConf.merge(OmegaConf.structured(EvalSettings), cfg)
-    settings = OmegaConf.to_object(merged)
-    assert isinstance(settings, EvalSettings)
-    return settings
+    return validated_settings(EvalSettings, cfg)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from llava_lite.config import validated_settings
 from llava_lite.generation.base import RESPONSE_TYPES
 from llava_lite.generation.cost import Prices
 from llava_lite.generation.messages import ContextOptions
@@ -95,9 +96,4 @@ class GenerateSettings:
 
 def settings_from(cfg: DictConfig | dict[str, Any] | GenerateSettings) -> GenerateSettings:
     """Validate a Hydra / dict config against :class:`GenerateSettings` (types, unknown keys)."""
-    if isinstance(cfg, GenerateSettings):
-        return cfg
-    merged = OmegaConf.merge(OmegaConf.structured(GenerateSettings), cfg)
-    settings = OmegaConf.to_object(merged)
-    assert isinstance(settings, GenerateSettings)
-    return settings
+    return validated_settings(GenerateSettings, cfg)
