@@ -14,37 +14,24 @@ Configs come from ``conf/`` at the repository root, or from ``$LLAVA_LITE_CONF``
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-import llava_lite
+from llava_lite.cli import hydra_app
 from llava_lite.evaluation.run import run_eval
 from llava_lite.evaluation.settings import settings_from
-
-CONF_ENV = "LLAVA_LITE_CONF"
 
 
 def config_dir() -> Path:
     """``$LLAVA_LITE_CONF`` if set, else ``conf/`` at the repository root; must hold eval.yaml."""
-    env = os.environ.get(CONF_ENV)
-    path = (
-        Path(env).expanduser().resolve() if env else Path(llava_lite.__file__).resolve().parents[2] / "conf"
-    )
-    if not (path / "eval.yaml").is_file():
-        raise FileNotFoundError(f"no eval.yaml in {path}; set {CONF_ENV} to a folder holding it")
-    return path
+    return hydra_app.config_dir("eval")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate from a composed config; prints and returns the result dict."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
+    container = hydra_app.plain_config(cfg)
     result = run_eval(settings_from(container))
     print(json.dumps(result, indent=2))
     return result
@@ -52,11 +39,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main() -> None:
     """Console entry point; arguments are Hydra overrides (``key=value``)."""
-    try:
-        conf = str(config_dir())
-    except FileNotFoundError as err:
-        sys.exit(str(err))
-    hydra.main(config_path=conf, config_name="eval", version_base="1.3")(run)()
+    hydra_app.hydra_main("eval", run, config_dir)
 
 
 if __name__ == "__main__":

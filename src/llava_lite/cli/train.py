@@ -7,11 +7,10 @@ Configs come from ``conf/`` at the repository root, or from ``$LLAVA_LITE_CONF``
 from __future__ import annotations
 
 import os
-import sys
 
-import hydra
 from omegaconf import DictConfig
 
+from llava_lite.cli import hydra_app
 from llava_lite.training.run import config_dir, train
 
 
@@ -26,11 +25,7 @@ def _run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point; arguments are Hydra overrides (``key=value``, ``group=option``)."""
-    try:
-        conf = str(config_dir())
-    except FileNotFoundError as err:
-        sys.exit(str(err))
-    hydra.main(config_path=conf, config_name="train", version_base="1.3")(_run)()
+    hydra_app.hydra_main("train", _run, config_dir)
 
 
 if __name__ == "__main__":
