@@ -35,6 +35,7 @@ from transformers import (
 )
 from transformers import LlavaConfig as HFLlavaConfig
 
+from helpers import TINY_TEXT_ARCH, TINY_VISION_ARCH, tiny_llava
 from llava_lite.config import LlavaConfig
 from llava_lite.data import LlavaCollator, LlavaProcessor
 from llava_lite.modeling import LlavaModel, build_projector, build_tiny_tokenizer
@@ -43,22 +44,6 @@ from llava_lite.modeling.original_llava import import_original_llava, is_origina
 from llava_lite.modeling.tokenizer import default_corpus
 from llava_lite.training import LlavaLitModule, load_projector
 
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "image_size": 32,
-    "patch_size": 8,
-}
-TEXT = {
-    "hidden_size": 48,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-}
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -113,7 +98,7 @@ def _llava_hf_release(folder: Path) -> None:
             "rms_norm_eps": 1e-05,
             "torch_dtype": "float16",
             "vocab_size": padded_vocab,
-            **TEXT,
+            **TINY_TEXT_ARCH,
         },
         "tie_word_embeddings": False,
         "torch_dtype": "float16",
@@ -122,7 +107,7 @@ def _llava_hf_release(folder: Path) -> None:
             "model_type": "clip_vision_model",
             "projection_dim": 16,
             "vocab_size": 32000,
-            **VISION,
+            **TINY_VISION_ARCH,
         },
         "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default",
@@ -189,12 +174,12 @@ def test_llava_hf_other_families_import_with_equal_logits(
     tokenizer = build_tiny_tokenizer("bpe" if text_type == "qwen2" else "sentencepiece")
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     config = HFLlavaConfig(
-        vision_config={"model_type": vision_type, **VISION},
+        vision_config={"model_type": vision_type, **TINY_VISION_ARCH},
         text_config={
             "model_type": text_type,
             "vocab_size": len(tokenizer),
             "tie_word_embeddings": tied,
-            **TEXT,
+            **TINY_TEXT_ARCH,
         },
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy=strategy,
@@ -227,8 +212,8 @@ def test_llava_hf_default_strategy_on_a_tower_without_cls_is_refused(tmp_path) -
     tokenizer = build_tiny_tokenizer("sentencepiece")
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     config = HFLlavaConfig(
-        vision_config={"model_type": "siglip_vision_model", **VISION},
-        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TEXT},
+        vision_config={"model_type": "siglip_vision_model", **TINY_VISION_ARCH},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TINY_TEXT_ARCH},
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         image_seq_length=15,
@@ -242,16 +227,7 @@ def test_llava_hf_default_strategy_on_a_tower_without_cls_is_refused(tmp_path) -
 
 # ---- export -> transformers processor and generate ---------------------------------------------
 def _tiny() -> LlavaModel:
-    torch.manual_seed(0)
-    cfg = LlavaConfig.from_dict(
-        {
-            "vision": {"arch": VISION, "image_mean": CLIP_MEAN, "image_std": CLIP_STD},
-            "projector": {"type": "mlp2x_gelu"},
-            "llm": {"model_type": "llama", "arch": TEXT},
-            "conv_template": "vicuna_v1",
-        }
-    )
-    return LlavaModel(cfg).eval()
+    return tiny_llava(conv_template="vicuna_v1", image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
 
 def test_exported_processor_and_generate_match_ours(tmp_path) -> None:
@@ -418,7 +394,7 @@ def _clip_folder(folder: Path) -> CLIPModel:
         "num_attention_heads": 2,
         "vocab_size": 64,
     }
-    clip = CLIPModel(CLIPConfig(vision_config=VISION, text_config=text, projection_dim=8)).eval()
+    clip = CLIPModel(CLIPConfig(vision_config=TINY_VISION_ARCH, text_config=text, projection_dim=8)).eval()
     clip.save_pretrained(folder)
     CLIPImageProcessor(
         size={"shortest_edge": 32},
@@ -467,9 +443,13 @@ def _original_llava(folder: Path, clip_folder: Path, with_vision: bool, pickle: 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _vicuna_style_tokenizer(folder)  # no <image> token: the original splices at id -200
     torch.manual_seed(11)
-    llm_cfg = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **TEXT)
+    llm_cfg = LlamaConfig(
+        vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **TINY_TEXT_ARCH
+    )
     llm = LlamaForCausalLM(llm_cfg).eval()
-    projector = build_projector("mlp2x_gelu", VISION["hidden_size"], TEXT["hidden_size"]).eval()
+    projector = build_projector(
+        "mlp2x_gelu", TINY_VISION_ARCH["hidden_size"], TINY_TEXT_ARCH["hidden_size"]
+    ).eval()
     config = {
         **{
             k: v
@@ -482,7 +462,7 @@ def _original_llava(folder: Path, clip_folder: Path, with_vision: bool, pickle: 
         "torch_dtype": "float32",
         "freeze_mm_mlp_adapter": False,
         "image_aspect_ratio": "pad",
-        "mm_hidden_size": VISION["hidden_size"],
+        "mm_hidden_size": TINY_VISION_ARCH["hidden_size"],
         "mm_projector_lr": None,
         "mm_projector_type": "mlp2x_gelu",
         "mm_use_im_patch_token": False,

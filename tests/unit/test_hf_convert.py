@@ -8,26 +8,9 @@ from PIL import Image
 from transformers import AutoProcessor, CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
 from transformers import LlavaConfig as HFLlavaConfig
 
-from llava_lite.config import LlavaConfig
+from helpers import TINY_TEXT_ARCH, TINY_VISION_ARCH, tiny_llava
 from llava_lite.modeling import LlavaModel, build_tiny_tokenizer, prepare_tokenizer
 from llava_lite.modeling.hf_convert import export_to_hf_llava, import_hf_llava
-
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "image_size": 32,
-    "patch_size": 8,
-}
-TEXT = {
-    "hidden_size": 48,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-}
 
 
 def _batch(model: LlavaModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,18 +27,6 @@ def _batch(model: LlavaModel, texts: list[str]) -> tuple[torch.Tensor, torch.Ten
     return input_ids, pixels
 
 
-def _tiny(projector: str = "mlp2x_gelu", **vision: object) -> LlavaModel:
-    torch.manual_seed(0)
-    cfg = LlavaConfig.from_dict(
-        {
-            "vision": {"arch": VISION, **vision},
-            "projector": {"type": projector},
-            "llm": {"model_type": "llama", "arch": TEXT},
-        }
-    )
-    return LlavaModel(cfg).eval()
-
-
 @pytest.mark.parametrize(
     ("projector", "vision"),
     [
@@ -67,7 +38,7 @@ def _tiny(projector: str = "mlp2x_gelu", **vision: object) -> LlavaModel:
     ids=["mlp2x-clip-patch", "linear", "cls_patch-last-layer", "siglip"],
 )
 def test_export_gives_equal_logits_in_transformers(tmp_path, projector: str, vision: dict) -> None:
-    model = _tiny(projector, **vision)
+    model = tiny_llava(projector, **vision)
     export_to_hf_llava(model, tmp_path)
     hf = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
     input_ids, pixels = _batch(model, ["a red circle on the left", "two blue squares"])
@@ -83,7 +54,7 @@ def test_export_gives_equal_logits_in_transformers(tmp_path, projector: str, vis
 
 
 def test_round_trip_through_llava_hf(tmp_path) -> None:
-    model = _tiny("linear")
+    model = tiny_llava("linear")
     export_to_hf_llava(model, tmp_path)
     back = import_hf_llava(tmp_path).eval()
     assert back.config.projector.type == "linear"
@@ -99,8 +70,8 @@ def _hf_llava_folder(path) -> LlavaForConditionalGeneration:
     image_token_id = prepare_tokenizer(tokenizer, "<image>")
     torch.manual_seed(3)
     config = HFLlavaConfig(
-        vision_config={"model_type": "clip_vision_model", **VISION},
-        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TEXT},
+        vision_config={"model_type": "clip_vision_model", **TINY_VISION_ARCH},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TINY_TEXT_ARCH},
         image_token_index=image_token_id,
         image_seq_length=16,
         vision_feature_layer=-2,
@@ -139,4 +110,4 @@ def test_import_gives_equal_logits(tmp_path) -> None:
 
 def test_export_refuses_what_llava_hf_cannot_hold(tmp_path) -> None:
     with pytest.raises(ValueError, match="no llava-hf equivalent"):
-        export_to_hf_llava(_tiny("mlp3x_gelu"), tmp_path)
+        export_to_hf_llava(tiny_llava("mlp3x_gelu"), tmp_path)

@@ -6,17 +6,10 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel
 
+from helpers import TINY_VISION_ARCH
 from llava_lite.config import VisionConfig
 from llava_lite.modeling import VisionTower
 
-ARCH = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "image_size": 32,
-    "patch_size": 8,
-}
 TIMM = {"img_size": 32, "depth": 3, "embed_dim": 48, "num_heads": 3}
 
 
@@ -28,7 +21,7 @@ def _pixels(n: int = 2) -> torch.Tensor:
     ("select_feature", "tokens"), [("patch", 16), ("cls_patch", 17)], ids=["patch", "cls_patch"]
 )
 def test_clip_tower_selects_layer_and_tokens(select_feature: str, tokens: int) -> None:
-    tower = VisionTower(VisionConfig(arch=ARCH, select_feature=select_feature))
+    tower = VisionTower(VisionConfig(arch=TINY_VISION_ARCH, select_feature=select_feature))
     assert isinstance(tower.model, CLIPVisionModel)
     assert tower.num_image_tokens == tokens and tower.num_patches == 16 and tower.num_prefix_tokens == 1
     pixels = _pixels()
@@ -40,18 +33,18 @@ def test_clip_tower_selects_layer_and_tokens(select_feature: str, tokens: int) -
 
 def test_select_layer_picks_that_hidden_state() -> None:
     pixels = _pixels()
-    last = VisionTower(VisionConfig(arch=ARCH, select_layer=-1))
-    first = VisionTower(VisionConfig(arch=ARCH, select_layer=1))
+    last = VisionTower(VisionConfig(arch=TINY_VISION_ARCH, select_layer=-1))
+    first = VisionTower(VisionConfig(arch=TINY_VISION_ARCH, select_layer=1))
     first.load_state_dict(last.state_dict())
     hidden = last.model(pixel_values=pixels, output_hidden_states=True).hidden_states
     torch.testing.assert_close(last(pixels), hidden[3][:, 1:])
     torch.testing.assert_close(first(pixels), hidden[1][:, 1:])
     with pytest.raises(ValueError, match="out of range"):
-        VisionTower(VisionConfig(arch=ARCH, select_layer=-5))
+        VisionTower(VisionConfig(arch=TINY_VISION_ARCH, select_layer=-5))
 
 
 def test_siglip_tower_has_no_cls_token() -> None:
-    tower = VisionTower(VisionConfig(model_type="siglip_vision_model", arch=ARCH))
+    tower = VisionTower(VisionConfig(model_type="siglip_vision_model", arch=TINY_VISION_ARCH))
     assert tower.num_prefix_tokens == 0 and tower.num_image_tokens == 16
     assert tower(_pixels()).shape == (2, 16, 32)
     processor = tower.build_image_processor()
@@ -60,7 +53,7 @@ def test_siglip_tower_has_no_cls_token() -> None:
 
 
 def test_frozen_tower_builds_no_graph_and_stays_in_eval() -> None:
-    tower = VisionTower(VisionConfig(arch={**ARCH, "attention_dropout": 0.5}))
+    tower = VisionTower(VisionConfig(arch={**TINY_VISION_ARCH, "attention_dropout": 0.5}))
     tower.train()
     assert not tower.model.training
     assert not any(p.requires_grad for p in tower.parameters())
@@ -70,7 +63,7 @@ def test_frozen_tower_builds_no_graph_and_stays_in_eval() -> None:
 
 
 def test_unfrozen_tower_trains() -> None:
-    tower = VisionTower(VisionConfig(arch=ARCH, freeze=False))
+    tower = VisionTower(VisionConfig(arch=TINY_VISION_ARCH, freeze=False))
     tower.train()
     assert tower.model.training
     tower(_pixels()).sum().backward()
@@ -78,12 +71,14 @@ def test_unfrozen_tower_trains() -> None:
 
 
 def test_image_processor_from_config_and_overrides() -> None:
-    tower = VisionTower(VisionConfig(arch=ARCH))
+    tower = VisionTower(VisionConfig(arch=TINY_VISION_ARCH))
     processor = tower.build_image_processor()
     assert isinstance(processor, CLIPImageProcessor)
     assert processor.crop_size["height"] == 32
     overridden = VisionTower(
-        VisionConfig(arch=ARCH, image_size=48, image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25])
+        VisionConfig(
+            arch=TINY_VISION_ARCH, image_size=48, image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]
+        )
     ).build_image_processor()
     assert overridden.crop_size["height"] == 48 and overridden.size["shortest_edge"] == 48
     assert list(overridden.image_mean) == [0.5, 0.5, 0.5] and list(overridden.image_std) == [0.25, 0.25, 0.25]
@@ -91,7 +86,9 @@ def test_image_processor_from_config_and_overrides() -> None:
 
 def test_full_clip_checkpoint_folder_loads_its_vision_part(tmp_path) -> None:
     text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    clip = CLIPModel(CLIPConfig(vision_config=ARCH, text_config={**text, "vocab_size": 64}, projection_dim=8))
+    clip = CLIPModel(
+        CLIPConfig(vision_config=TINY_VISION_ARCH, text_config={**text, "vocab_size": 64}, projection_dim=8)
+    )
     clip.save_pretrained(tmp_path)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         tmp_path
@@ -106,7 +103,7 @@ def test_full_clip_checkpoint_folder_loads_its_vision_part(tmp_path) -> None:
 
 
 def test_pickle_checkpoints_need_allow_pickle(tmp_path) -> None:
-    source = VisionTower(VisionConfig(arch=ARCH)).model
+    source = VisionTower(VisionConfig(arch=TINY_VISION_ARCH)).model
     source.config.save_pretrained(tmp_path)
     torch.save(source.state_dict(), tmp_path / "pytorch_model.bin")  # an old-style pickle checkpoint
     with pytest.raises(OSError, match="safetensors"):
@@ -153,7 +150,7 @@ def test_timm_local_checkpoint(tmp_path) -> None:
 
 def test_freezing_follows_requires_grad_set_elsewhere() -> None:
     """Training code may unfreeze or freeze the tower by stage; the tower follows requires_grad."""
-    tower = VisionTower(VisionConfig(arch=ARCH))
+    tower = VisionTower(VisionConfig(arch=TINY_VISION_ARCH))
     tower.requires_grad_(True)
     tower.train()
     assert not tower.frozen and tower.model.training

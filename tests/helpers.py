@@ -1,0 +1,44 @@
+"""Builders shared by several test modules (``from helpers import ...``; ``tests/`` is on
+``sys.path`` through ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llava_lite.config import LlavaConfig
+from llava_lite.modeling import LlavaModel
+
+# A CLIP-style vision tower of 16 patches (32 px images, 8 px patches).
+TINY_VISION_ARCH: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
+# A Llama-style LLM with grouped-query attention.
+TINY_TEXT_ARCH: dict[str, Any] = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
+
+
+def tiny_llava(projector: str = "mlp2x_gelu", conv_template: str | None = None, **vision: Any) -> LlavaModel:
+    """A random CLIP + Llama :class:`LlavaModel` of the tiny archs above, seeded, in eval mode;
+    ``vision`` adds VisionConfig fields, ``conv_template`` (when given) replaces the default."""
+    torch.manual_seed(0)
+    data: dict[str, Any] = {
+        "vision": {"arch": TINY_VISION_ARCH, **vision},
+        "projector": {"type": projector},
+        "llm": {"model_type": "llama", "arch": TINY_TEXT_ARCH},
+    }
+    if conv_template is not None:
+        data["conv_template"] = conv_template
+    return LlavaModel(LlavaConfig.from_dict(data)).eval()
