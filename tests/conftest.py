@@ -60,3 +60,12 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def api():
+    """A local stand-in for the Messages / Batches API (a module may override it)."""
+    from llava_lite.generation.fake_api import FakeAnthropicAPI
+
+    with FakeAnthropicAPI() as server:
+        yield server

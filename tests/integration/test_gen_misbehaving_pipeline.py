@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from api_helpers import pipeline_settings
 from llava_lite.generation.base import TeacherReply
 from llava_lite.generation.batches import BatchError
 from llava_lite.generation.cache import RequestCache
@@ -15,7 +16,6 @@ from llava_lite.generation.client import ApiFatalError
 from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.jsonl import read_jsonl
 from llava_lite.generation.pipeline import GenerationPipeline
-from llava_lite.generation.settings import settings_from
 
 KEY = "sk-ant-test-PIPELINE-MISBEHAVE-5d1a"
 TYPES = 3
@@ -48,26 +48,14 @@ def _coco(tmp_path: Path, n_images: int) -> tuple[Path, Path]:
 
 def _settings(tmp_path: Path, n_images: int, **overrides):
     cap, inst = _coco(tmp_path, n_images)
-    cfg = {
-        "captions_file": str(cap),
-        "instances_file": str(inst),
-        "output_dir": str(tmp_path / "out"),
-        "budget_usd": None,
-        "teacher": {
-            "model": "claude-test",
-            "max_retries": 1,
-            "concurrency": 4,
-            "timeout_s": 0.5,
-            "max_retry_wait_s": 0.05,
-        },
-        "batch": {"poll_interval_s": 0.01},
+    teacher = {
+        "model": "claude-test",
+        "max_retries": 1,
+        "concurrency": 4,
+        "timeout_s": 0.5,
+        "max_retry_wait_s": 0.05,
     }
-    for k, v in overrides.items():
-        if isinstance(v, dict):
-            cfg.setdefault(k, {}).update(v)
-        else:
-            cfg[k] = v
-    return settings_from(cfg)
+    return pipeline_settings(cap, inst, tmp_path / "out", teacher, **overrides)
 
 
 def _pipeline(api, settings):
@@ -84,12 +72,6 @@ def _stored_replies(tmp_path: Path) -> int:
         return len(cache)
     finally:
         cache.close()
-
-
-@pytest.fixture
-def api():
-    with FakeAnthropicAPI() as server:
-        yield server
 
 
 def test_random_failures_under_concurrency_lose_nothing_and_pay_nothing_twice(api, tmp_path):

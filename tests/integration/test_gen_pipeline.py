@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from api_helpers import pipeline_settings
 from llava_lite.cli.generate import config_dir
 from llava_lite.cli.generate import run as cli_run
 from llava_lite.data.conversation import normalize_conversation
 from llava_lite.data.records import iter_file
-from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.jsonl import read_jsonl
 from llava_lite.generation.pipeline import GenerationPipeline, _lock_output_dir
-from llava_lite.generation.settings import settings_from
 
 KEY = "sk-ant-test-NEVER-WRITE-ME-41c2"
 N_IMAGES = 4
@@ -56,20 +55,8 @@ def _coco(tmp_path: Path) -> tuple[Path, Path]:
 
 def _settings(tmp_path: Path, **overrides):
     cap, inst = _coco(tmp_path)
-    cfg = {
-        "captions_file": str(cap),
-        "instances_file": str(inst),
-        "output_dir": str(tmp_path / "out"),
-        "budget_usd": None,
-        "teacher": {"model": "claude-test", "max_retries": 1, "concurrency": 2},
-        "batch": {"poll_interval_s": 0.01},
-    }
-    for k, v in overrides.items():
-        if isinstance(v, dict):
-            cfg.setdefault(k, {}).update(v)
-        else:
-            cfg[k] = v
-    return settings_from(cfg)
+    teacher = {"model": "claude-test", "max_retries": 1, "concurrency": 2}
+    return pipeline_settings(cap, inst, tmp_path / "out", teacher, **overrides)
 
 
 def _run(api, settings):
@@ -88,12 +75,6 @@ def _assert_complete_once(tmp_path: Path) -> None:
 def _assert_no_successful_request_repeated(api) -> None:
     bodies = [json.dumps(c["body"], sort_keys=True) for c in api.calls(status=200)]
     assert len(bodies) == len(set(bodies))
-
-
-@pytest.fixture
-def api():
-    with FakeAnthropicAPI() as server:
-        yield server
 
 
 def test_run_writes_llava_records_with_provenance_and_a_summary(api, tmp_path):

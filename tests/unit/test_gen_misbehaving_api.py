@@ -1,7 +1,6 @@
 """ClaudeTeacher against a server that misbehaves: every failure is bounded in time, counted
 with a reason, never data, never paid twice, and never shows the API key."""
 
-import asyncio
 import email.utils
 import json
 import logging
@@ -9,10 +8,10 @@ import time
 
 import pytest
 
+from api_helpers import claude_teacher, generate_once
 from llava_lite.generation.base import GenerationRequest, TeacherError
 from llava_lite.generation.cache import RequestCache
 from llava_lite.generation.client import ApiFatalError, call_deadline_s, retry_after_s
-from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.symbolic import ObjectBox, SymbolicContext
 from llava_lite.generation.teacher import ClaudeTeacher
 
@@ -33,28 +32,14 @@ def _tool(data, name="record_turns"):
     return {"type": "tool_use", "id": "toolu_1", "name": name, "input": data}
 
 
-@pytest.fixture
-def api():
-    with FakeAnthropicAPI() as server:
-        yield server
-
-
 def _teacher(api, tmp_path, **kw):
-    kw.setdefault("cache", RequestCache(tmp_path / "requests.sqlite"))
-    kw.setdefault("max_retries", 2)
-    kw.setdefault("timeout_s", 2.0)
-    kw.setdefault("max_retry_wait_s", 0.2)
-    return ClaudeTeacher("claude-test", client_kwargs={"api_key": KEY, "base_url": api.url}, **kw)
+    return claude_teacher(
+        api, tmp_path, KEY, **{"max_retries": 2, "timeout_s": 2.0, "max_retry_wait_s": 0.2, **kw}
+    )
 
 
 def _generate(teacher, request=REQUEST):
-    async def go():
-        try:
-            return await teacher.generate(request)
-        finally:
-            await teacher.aclose()
-
-    return asyncio.run(go())
+    return generate_once(teacher, request)
 
 
 def _fails(teacher, reason):

@@ -1,15 +1,13 @@
 """ClaudeTeacher against a local server speaking the Messages API, through the real AsyncAnthropic client."""
 
-import asyncio
 import logging
 
 import pytest
 
+from api_helpers import claude_teacher, generate_once
 from llava_lite.generation.base import GenerationRequest, TeacherError
-from llava_lite.generation.cache import RequestCache
 from llava_lite.generation.client import ApiFatalError
 from llava_lite.generation.cost import Budget, BudgetExceeded, Prices
-from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.symbolic import ObjectBox, SymbolicContext
 from llava_lite.generation.teacher import ClaudeTeacher, build_teacher
 
@@ -25,30 +23,12 @@ CTX = SymbolicContext(
 REQUEST = GenerationRequest(context=CTX, response_type="conversation")
 
 
-@pytest.fixture
-def api():
-    with FakeAnthropicAPI() as server:
-        yield server
-
-
 def _teacher(api, tmp_path, **kw):
-    kw.setdefault("cache", RequestCache(tmp_path / "requests.sqlite"))
-    return ClaudeTeacher(
-        "claude-test",
-        max_retries=kw.pop("max_retries", 3),
-        client_kwargs={"api_key": KEY, "base_url": api.url},
-        **kw,
-    )
+    return claude_teacher(api, tmp_path, KEY, **{"max_retries": 3, **kw})
 
 
 def _generate(teacher, request=REQUEST):
-    async def go():
-        try:
-            return await teacher.generate(request)
-        finally:
-            await teacher.aclose()
-
-    return asyncio.run(go())
+    return generate_once(teacher, request)
 
 
 def test_success_then_replayed_from_cache_without_paying(api, tmp_path):

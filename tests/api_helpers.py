@@ -1,0 +1,54 @@
+"""Builders shared by the tests that run the teacher or the generation pipeline against the
+local Messages API stand-in (the ``api`` fixture of ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from llava_lite.generation.base import GenerationRequest, TeacherReply
+from llava_lite.generation.cache import RequestCache
+from llava_lite.generation.fake_api import FakeAnthropicAPI
+from llava_lite.generation.settings import GenerateSettings, settings_from
+from llava_lite.generation.teacher import ClaudeTeacher
+
+
+def claude_teacher(api: FakeAnthropicAPI, tmp_path: Path, key: str, **kw: Any) -> ClaudeTeacher:
+    """A ``claude-test`` teacher talking to ``api`` with ``key``; its cache is
+    ``tmp_path/requests.sqlite`` unless ``cache`` is given."""
+    kw.setdefault("cache", RequestCache(tmp_path / "requests.sqlite"))
+    return ClaudeTeacher("claude-test", client_kwargs={"api_key": key, "base_url": api.url}, **kw)
+
+
+def generate_once(teacher: ClaudeTeacher, request: GenerationRequest) -> TeacherReply:
+    """``teacher.generate(request)`` in a fresh event loop; the client is closed after."""
+
+    async def go() -> TeacherReply:
+        try:
+            return await teacher.generate(request)
+        finally:
+            await teacher.aclose()
+
+    return asyncio.run(go())
+
+
+def pipeline_settings(
+    captions_file: Path, instances_file: Path, output_dir: Path, teacher: dict[str, Any], /, **overrides: Any
+) -> GenerateSettings:
+    """Settings of an uncapped run with quick batch polling; a dict override (``teacher=`` too)
+    updates that section, anything else replaces the field."""
+    cfg: dict[str, Any] = {
+        "captions_file": str(captions_file),
+        "instances_file": str(instances_file),
+        "output_dir": str(output_dir),
+        "budget_usd": None,
+        "teacher": teacher,
+        "batch": {"poll_interval_s": 0.01},
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            cfg.setdefault(k, {}).update(v)
+        else:
+            cfg[k] = v
+    return settings_from(cfg)
