@@ -78,12 +78,28 @@ def _shard(state: dict[str, torch.Tensor], folder: Path, shards: int = 2) -> Non
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
+def _image_tokenizer(kind: str = "sentencepiece"):
+    """A tiny offline tokenizer with ``<image>`` as a special token."""
+    tokenizer = build_tiny_tokenizer(kind)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    return tokenizer
+
+
+def _clip_336() -> CLIPImageProcessor:
+    """CLIP ViT-L/14-336's image processor (LLaVA v1.5): shortest edge 336, centre crop 336."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+
+
 # ---- llava-hf as released ------------------------------------------------------------------
 def _llava_hf_release(folder: Path) -> None:
     """A folder laid out like ``llava-hf/llava-1.5-7b-hf`` (tiny): legacy keys, fp16, padded vocab."""
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer("sentencepiece")
-    tokenizer.add_tokens(["<image>"], special_tokens=True)  # "<image>" already in the vocabulary
+    tokenizer = _image_tokenizer()  # "<image>" already in the vocabulary
     padded_vocab = 832  # > len(tokenizer): the released vocabulary is padded (32064 for 32002 tokens)
     config = {
         "architectures": ["LlavaForConditionalGeneration"],
@@ -171,8 +187,7 @@ def test_llava_hf_release_layout_imports_with_equal_logits(tmp_path) -> None:
 def test_llava_hf_other_families_import_with_equal_logits(
     tmp_path, vision_type: str, text_type: str, strategy: str, layer: int, tied: bool
 ) -> None:
-    tokenizer = build_tiny_tokenizer("bpe" if text_type == "qwen2" else "sentencepiece")
-    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    tokenizer = _image_tokenizer("bpe" if text_type == "qwen2" else "sentencepiece")
     config = HFLlavaConfig(
         vision_config={"model_type": vision_type, **TINY_VISION_ARCH},
         text_config={
@@ -209,8 +224,7 @@ def test_llava_hf_other_families_import_with_equal_logits(
 
 def test_llava_hf_default_strategy_on_a_tower_without_cls_is_refused(tmp_path) -> None:
     """'default' drops one token whatever the tower; a SigLIP tower has no CLS to drop."""
-    tokenizer = build_tiny_tokenizer("sentencepiece")
-    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    tokenizer = _image_tokenizer()
     config = HFLlavaConfig(
         vision_config={"model_type": "siglip_vision_model", **TINY_VISION_ARCH},
         text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TINY_TEXT_ARCH},
@@ -611,14 +625,8 @@ def _expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Ima
 
 @pytest.mark.parametrize("size", [(500, 375), (300, 480)], ids=["landscape", "portrait"])
 def test_pad_preprocessing_matches_llava_expand2square(size: tuple[int, int]) -> None:
-    clip_336 = CLIPImageProcessor(
-        size={"shortest_edge": 336},
-        crop_size={"height": 336, "width": 336},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    )
-    tok = build_tiny_tokenizer("sentencepiece")
-    tok.add_tokens(["<image>"], special_tokens=True)
+    clip_336 = _clip_336()
+    tok = _image_tokenizer()
     image = _photo(*size)
     ours = LlavaProcessor(tok, clip_336, num_image_tokens=4, image_aspect="pad").preprocess_image(image)
     square = _expand2square(image, tuple(int(m * 255) for m in CLIP_MEAN))
@@ -635,14 +643,8 @@ def test_pad_preprocessing_matches_llava_expand2square(size: tuple[int, int]) ->
 @pytest.mark.parametrize("size", [(500, 375), (300, 480)], ids=["landscape", "portrait"])
 def test_crop_preprocessing_matches_clip_processor_and_llava_hf(size: tuple[int, int]) -> None:
     """``crop`` is LLaVA's "square" path and llava-hf's processor: CLIP's resize + centre crop."""
-    clip_336 = CLIPImageProcessor(
-        size={"shortest_edge": 336},
-        crop_size={"height": 336, "width": 336},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    )
-    tok = build_tiny_tokenizer("sentencepiece")
-    tok.add_tokens(["<image>"], special_tokens=True)
+    clip_336 = _clip_336()
+    tok = _image_tokenizer()
     image = _photo(*size)
     ours = LlavaProcessor(tok, clip_336, num_image_tokens=4, image_aspect="crop").preprocess_image(image)
     torch.testing.assert_close(ours, clip_336(images=image, return_tensors="pt")["pixel_values"][0])
