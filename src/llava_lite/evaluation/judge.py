@@ -40,7 +40,6 @@ from llava_lite.generation.client import (
     ApiCallError,
     ApiFatalError,
     PaysForMessages,
-    call_deadline_s,
     usage_from_message,
 )
 from llava_lite.generation.cost import Budget, Prices
@@ -237,27 +236,20 @@ class ClaudeJudge(PaysForMessages):
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.model = model
         self.max_tokens = max_tokens
-        self.cache = cache
-        self.budget = budget or Budget(None)
-        self.prices = prices or Prices()
-        self._estimator = estimator
-        self._client = client
-        # Held only to build the client; None lets the SDK read its environment / config.
-        self._client_kwargs: dict[str, Any] = {
-            "max_retries": max_retries,
-            "timeout_s": timeout_s,
-            "max_retry_wait_s": max_retry_wait_s,
-        }
-        self.deadline_s = call_deadline_s(max_retries, timeout_s, max_retry_wait_s)
-        if api_key is not None:
-            self._client_kwargs["api_key"] = api_key
-        if base_url is not None:
-            self._client_kwargs["base_url"] = base_url
+        self._init_paying(
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            max_retry_wait_s=max_retry_wait_s,
+            cache=cache,
+            budget=budget,
+            prices=prices,
+            estimator=estimator,
+            client=client,
+            # None lets the SDK read its environment / config.
+            client_kwargs={k: v for k, v in (("api_key", api_key), ("base_url", base_url)) if v is not None},
+        )
         self._concurrency = concurrency
         self._fatal: ApiFatalError | None = None  # once the API refuses this client, send nothing more
-        self.paid_requests = 0
-        self.cache_hits = 0
-        self.usage = Usage()  # billed in this run; cache replays cost nothing
 
     def __repr__(self) -> str:  # never shows the key
         return f"ClaudeJudge(model={self.model!r}, max_tokens={self.max_tokens})"

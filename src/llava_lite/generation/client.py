@@ -30,11 +30,11 @@ import anthropic
 import httpx2
 
 from llava_lite.generation.base import Usage
+from llava_lite.generation.cost import Budget, Prices
 from llava_lite.generation.estimate import TokenEstimator
 
 if TYPE_CHECKING:
     from llava_lite.generation.cache import RequestCache
-    from llava_lite.generation.cost import Budget, Prices
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,9 @@ class PaysForMessages:
     """What the teacher and the judge share about paying for one reply: the client built on
     first use, the token estimator, the worst-case price, and :meth:`paid_message`.
 
-    A subclass sets in its constructor ``cache``, ``budget``, ``prices``, ``deadline_s``,
-    ``paid_requests``, ``usage``, ``_client``, ``_client_kwargs`` and ``_estimator``, and maps
-    the :class:`ApiCallError` / :class:`ApiFatalError` that :meth:`paid_message` lets through
-    to its own errors.
+    A subclass calls :meth:`_init_paying` in its constructor and maps the
+    :class:`ApiCallError` / :class:`ApiFatalError` that :meth:`paid_message` lets through to
+    its own errors.
     """
 
     reply_label = "reply"  # names a reply in the log
@@ -241,10 +240,44 @@ class PaysForMessages:
     prices: Prices
     deadline_s: float
     paid_requests: int
-    usage: Usage  # billed tokens of this run (replays from the cache cost nothing)
+    cache_hits: int
+    usage: Usage
     _client: anthropic.AsyncAnthropic | None
     _client_kwargs: dict[str, Any]
     _estimator: TokenEstimator | None
+
+    def _init_paying(
+        self,
+        *,
+        max_retries: int,
+        timeout_s: float,
+        max_retry_wait_s: float,
+        cache: RequestCache | None,
+        budget: Budget | None,
+        prices: Prices | None,
+        estimator: TokenEstimator | None,
+        client: anthropic.AsyncAnthropic | None,
+        client_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Sets the attributes above; ``ValueError`` for limits that bound nothing
+        (:func:`call_deadline_s`). No budget: no cap; no prices: the default ones."""
+        self.cache = cache
+        self.budget = budget or Budget(None)
+        self.prices = prices or Prices()
+        self._estimator = estimator
+        self._client = client
+        # Held only to build the client: the SDK's limits, and base_url / api_key for tests and
+        # proxies (without api_key the SDK reads its environment / config).
+        self._client_kwargs = {
+            "max_retries": max_retries,
+            "timeout_s": timeout_s,
+            "max_retry_wait_s": max_retry_wait_s,
+            **(client_kwargs or {}),
+        }
+        self.deadline_s = call_deadline_s(max_retries, timeout_s, max_retry_wait_s)
+        self.paid_requests = 0
+        self.cache_hits = 0
+        self.usage = Usage()  # billed tokens of this run (replays from the cache cost nothing)
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:

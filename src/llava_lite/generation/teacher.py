@@ -30,7 +30,7 @@ from llava_lite.generation.base import (
     Usage,
 )
 from llava_lite.generation.cache import RequestCache, request_key
-from llava_lite.generation.client import ApiCallError, PaysForMessages, call_deadline_s, usage_from_message
+from llava_lite.generation.client import ApiCallError, PaysForMessages, usage_from_message
 from llava_lite.generation.cost import Budget, Prices
 from llava_lite.generation.estimate import TokenEstimator
 from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
@@ -74,24 +74,19 @@ class ClaudeTeacher(PaysForMessages):
         self.prompt_version = prompt_version
         self.prompt_caching = prompt_caching
         self.prompts: dict[str, PromptSet] = {t: load_prompt_set(t, prompt_version) for t in RESPONSE_TYPES}
-        self.cache = cache
-        self.budget = budget or Budget(None)
-        self.prices = prices or Prices()
-        self._estimator = estimator
         self.replay_only = replay_only  # batch mode: never fall back to a full-price live call
-        self._client = client
-        # client_kwargs: base_url / api_key for tests and proxies; held only to build the client.
-        self._client_kwargs = {
-            "max_retries": max_retries,
-            "timeout_s": timeout_s,
-            "max_retry_wait_s": max_retry_wait_s,
-            **(client_kwargs or {}),
-        }
-        self.deadline_s = call_deadline_s(max_retries, timeout_s, max_retry_wait_s)
+        self._init_paying(
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            max_retry_wait_s=max_retry_wait_s,
+            cache=cache,
+            budget=budget,
+            prices=prices,
+            estimator=estimator,
+            client=client,
+            client_kwargs=client_kwargs,  # base_url / api_key for tests and proxies
+        )
         self._semaphore = asyncio.Semaphore(concurrency)
-        self.paid_requests = 0
-        self.usage = Usage()  # billed tokens of this run (replays from the cache cost nothing)
-        self.cache_hits = 0
 
     # ---- request identity ------------------------------------------------------------
     def body(self, request: GenerationRequest) -> dict[str, Any]:
