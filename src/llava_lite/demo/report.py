@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
 def sample_conversation(
     model: Any, processor: Any, world: WorldPaths, eval_records: list[dict[str, Any]], k: int, path: Path
 ) -> dict[str, Any]:
-    """Chat about the k-th held-out image (its closed-form questions, then a description); save a PNG."""
+    """Chat about the k-th held-out image (a description, then its closed-form questions); save a PNG."""
     images = list(dict.fromkeys(r["image"] for r in eval_records))
     image = images[k % len(images)]
     # The closed-form question without its short-answer instruction: the chat asks freely.
@@ -67,14 +68,16 @@ def sample_conversation(
         for r in eval_records
         if r["image"] == image
     ][:3]
-    questions.append(DETAIL_INSTRUCTIONS[k % len(DETAIL_INSTRUCTIONS)])
+    questions.insert(0, DETAIL_INSTRUCTIONS[k % len(DETAIL_INSTRUCTIONS)])  # first, as in the training data
     session = ChatSession(model, processor, world.image_root / image, GenerationSettings(max_new_tokens=96))
     turns = [(q, session.ask(q)) for q in questions]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
     left.imshow(Image.open(world.image_root / image).convert("RGB"), interpolation="nearest")
     left.set_title(image, fontsize=8)
     left.axis("off")
-    text = "\n\n".join(f"USER: {q}\nASSISTANT: {a}" for q, a in turns)
+    text = "\n\n".join(
+        textwrap.fill(f"USER: {q}", 90) + "\n" + textwrap.fill(f"ASSISTANT: {a}", 90) for q, a in turns
+    )
     right.text(0, 1, text, va="top", ha="left", wrap=True, fontsize=8, family="monospace")
     right.axis("off")
     fig.tight_layout()

@@ -53,18 +53,34 @@ class LLMWarmupResult:
     seconds: float
 
 
-def text_only(conversations: list[dict[str, str]], image_token: str = "<image>") -> list[dict[str, str]]:
-    """A LLaVA conversation with the image marker removed from its turns."""
-    return [{**turn, "value": turn["value"].replace(image_token, "").strip()} for turn in conversations]
+def text_only(
+    conversations: list[dict[str, str]], in_place_of_image: str = "", image_token: str = "<image>"
+) -> list[dict[str, str]]:
+    """A LLaVA conversation with the image marker replaced by ``in_place_of_image`` (text)."""
+    return [
+        {**turn, "value": turn["value"].replace(image_token, in_place_of_image).strip()}
+        for turn in conversations
+    ]
 
 
 def build_documents(
-    records: list[dict[str, Any]], captions: list[str], tokenizer, template: str
+    records: list[dict[str, Any]],
+    captions: list[str],
+    tokenizer,
+    template: str,
+    image_text: dict[str, str] | None = None,
 ) -> list[list[int]]:
-    """Token ids of every text document: templated conversations and bare captions."""
+    """Token ids of every text document: templated conversations and bare captions.
+
+    ``image_text`` maps a record's ``image`` to a text put where the image was (a caption
+    of it): the warm-up then teaches answering from what precedes the question, the skill
+    stage 2 needs once image tokens take the caption's place.
+    """
+    image_text = image_text or {}
     docs = []
     for record in records:
-        messages = normalize_conversation(text_only(record["conversations"]))
+        scene = image_text.get(str(record.get("image")), "")
+        messages = normalize_conversation(text_only(record["conversations"], scene))
         try:
             docs.append(encode_conversation(messages, tokenizer, template).input_ids)
         except BadSampleError as e:  # teacher output always encodes; say which record did not
@@ -82,8 +98,12 @@ def warmup_llm(
     out_dir: str | Path,
     settings: LLMWarmupSettings,
     progress: Callable[[int, float], None] | None = None,
+    image_text: dict[str, str] | None = None,
 ) -> LLMWarmupResult:
-    """Train the tiny LLM (and its tokenizer) on the world's text; save both to ``out_dir``."""
+    """Train the tiny LLM (and its tokenizer) on the world's text; save both to ``out_dir``.
+
+    ``image_text``: see :func:`build_documents`.
+    """
     s = settings
     start = time.perf_counter()
     torch.manual_seed(s.seed)
@@ -94,7 +114,7 @@ def warmup_llm(
     turns = [t["value"] for r in records[:3000] for t in text_only(r["conversations"])]
     sample_texts = turns + captions[:3000] + fixed
     tokenizer = build_tiny_tokenizer("sentencepiece", vocab_size=s.vocab_size, extra_texts=sample_texts)
-    docs = build_documents(records, captions, tokenizer, s.template)
+    docs = build_documents(records, captions, tokenizer, s.template, image_text)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=s.hidden_size,
