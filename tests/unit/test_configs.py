@@ -34,8 +34,6 @@ TRAIN_GROUPS = (
     "paths",
     "experiment",
 )
-# Groups that belong to another primary config (and its owners' tests).
-OTHER_GROUPS = {"teacher": "generate"}
 _HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
@@ -94,7 +92,7 @@ def _instantiate_trainer(trainer_node) -> None:
 
 
 def test_every_config_file_is_covered() -> None:
-    known = set(TRAIN_GROUPS) | set(OTHER_GROUPS)
+    known = set(TRAIN_GROUPS)
     groups = {str(p.parent.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF}
     assert groups <= known, (
         f"config groups {sorted(groups - known)} are not tested: add them to test_configs.py"
@@ -107,13 +105,6 @@ def test_primary_configs_compose(primary: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=primary)
     assert len(cfg) > 0
-
-
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, p in OTHER_GROUPS.items() for o in _options(g)])
-def test_other_primaries_groups_compose(group: str, option: str) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=OTHER_GROUPS[group], overrides=[f"{group}={option}"])
-    assert group in cfg
 
 
 @pytest.mark.parametrize("option", _options("model"))
