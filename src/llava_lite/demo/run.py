@@ -63,7 +63,7 @@ class DemoSettings:
     vision: VisionPretrainSettings = field(default_factory=VisionPretrainSettings)
     llm: LLMWarmupSettings = field(default_factory=LLMWarmupSettings)
     stage1: StageSettings = field(default_factory=lambda: StageSettings(steps=150, lr=1e-3))
-    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=600, lr=5e-4))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=800, lr=1e-3))
     model_max_length: int = 320
     eval_batch_size: int = 50
     chat_images: int = 2

@@ -36,10 +36,10 @@ class LLMWarmupSettings:
     num_heads: int = 4
     vocab_size: int = 512
     max_position_embeddings: int = 512
-    steps: int = 150
+    steps: int = 120
     batch_size: int = 32
     lr: float = 2e-3
-    warmup_steps: int = 15
+    warmup_steps: int = 12
     weight_decay: float = 0.0
     template: str = "vicuna_v1"
     seed: int = 0
