@@ -35,8 +35,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     summary = json.loads((run / "summary.json").read_text())
     overall = summary["accuracy"]["all"]
     assert overall["count"] == summary["data"]["eval_questions"] > 100
-    # Learning, not luck: clearly above chance overall (the chance-level spread is about 3 points).
-    assert overall["accuracy"] > overall["chance"] + 10, summary["accuracy"]
+    # Learning, not luck: above chance overall (chance-level spread about 3 points), and counting,
+    # which no text prior can do (answers are uniform over 1-4), well above its 25%.
+    assert overall["accuracy"] > overall["chance"] + 5, summary["accuracy"]
+    assert summary["accuracy"]["count"]["accuracy"] >= 40.0, summary["accuracy"]
     with (run / "metrics.csv").open() as f:
         rows = {r["question_type"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"colour", "shape", "count", "position", "all"}
