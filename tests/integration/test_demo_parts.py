@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llava_lite.config import VisionConfig
 from llava_lite.demo.evaluate import normalize_answer
 from llava_lite.demo.run import DemoSettings
-from llava_lite.demo.text import LLMWarmupSettings, warmup_llm
+from llava_lite.demo.text import LLMWarmupSettings, build_documents, scene_words, warmup_llm
 from llava_lite.demo.vision import (
     NOTHING,
     WHAT_PHRASES,
@@ -24,6 +24,7 @@ from llava_lite.generation.symbolic import load_coco
 from llava_lite.modeling import VisionTower
 from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.language import article
+from llava_lite.synthetic.questions import HORIZONTAL, VERTICAL
 from llava_lite.synthetic.tasks import caption_records
 
 
@@ -70,21 +71,48 @@ def test_vision_pretraining_learns_and_loads_as_a_llava_tower(world, tmp_path) -
     assert list(processor.image_mean) == pixel_statistics(world)["image_mean"]
 
 
+def _scenes(world) -> dict[str, list[str]]:
+    return {c.file_name: scene_words(c) for c in load_coco(world.captions("train"), world.instances("train"))}
+
+
 def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> None:
+    scenes = _scenes(world)
     records = [
-        {"id": str(i), "image": "x.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat color is the circle?"}, {"from": "gpt", "value": c}]}
-        for i, c in enumerate(["red", "blue", "green", "yellow"] * 8)
+        {"id": str(i), "image": image, "conversations": [
+            {"from": "human", "value": "<image>\nWhat is in the image?"}, {"from": "gpt", "value": words[0]}]}
+        for i, (image, words) in enumerate(scenes.items())
     ]  # fmt: skip
-    captions = [r["conversations"][1]["value"] for r in caption_records(world, "train", 2)]
+    captions = caption_records(world, "train", 2)
     settings = LLMWarmupSettings(hidden_size=64, intermediate_size=128, num_layers=2, steps=30, batch_size=8)
-    result = warmup_llm(records, captions, tmp_path / "llm", settings)
+    result = warmup_llm(records, captions, scenes, tmp_path / "llm", settings)
     assert result.documents == len(records) + len(captions)
     assert result.losses[-1][1] < 0.7 * result.losses[0][1]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "llm")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llm")
     assert model.config.vocab_size == len(tokenizer)
+    assert "<image>" in tokenizer.all_special_tokens  # LLaVA reuses it: no embedding resize
     assert json.loads((tmp_path / "llm" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_llm_warmup_names_a_record_without_scene_words(world, tmp_path) -> None:
+    record = {"id": "lost-7", "image": "nowhere.png", "conversations": [
+        {"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}]}  # fmt: skip
+    settings = LLMWarmupSettings(hidden_size=32, intermediate_size=64, num_layers=1, steps=1, batch_size=1)
+    with pytest.raises(ValueError, match=r"lost-7.*nowhere\.png"):
+        warmup_llm([record], [], _scenes(world), tmp_path / "llm", settings)
+
+
+def test_scene_words_describe_every_cell_from_captions_and_boxes(world) -> None:
+    truth = {s.image_id: s for s in load_scenes(world, "train")}
+    for ctx in load_coco(world.captions("train"), world.instances("train"))[:20]:
+        words = scene_words(ctx)
+        assert len(words) == 9
+        by_cell = {o.cell: o for o in truth[ctx.image_id].objects}
+        for k, text in enumerate(words):
+            row, col = divmod(k, 3)
+            obj = by_cell.get((row, col))
+            what = "nothing" if obj is None else f"{obj.size} {obj.color} {obj.shape}"
+            assert text == f"{what} {VERTICAL[row]} {HORIZONTAL[col]}"
 
 
 def test_quick_settings_are_smaller_than_full() -> None:
@@ -93,18 +121,22 @@ def test_quick_settings_are_smaller_than_full() -> None:
     assert quick.vision.steps < full.vision.steps and quick.llm.steps < full.llm.steps
 
 
-def test_warmup_documents_put_a_caption_where_the_image_was(world) -> None:
-    from llava_lite.demo.run import scene_captions
-    from llava_lite.demo.text import build_documents
+def test_warmup_documents_put_one_image_position_per_cell(world) -> None:
+    from llava_lite.modeling.llm import prepare_tokenizer
     from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer("sentencepiece")
-    texts = scene_captions(world)
-    image = next(iter(texts))
+    image_id = prepare_tokenizer(tokenizer, "<image>")
+    scenes = _scenes(world)
+    image = next(iter(scenes))
     record = {"id": "r", "image": image, "conversations": [
-        {"from": "human", "value": "<image>\nHow many objects?"}, {"from": "gpt", "value": "2"}]}  # fmt: skip
-    with_scene, without = (
-        tokenizer.decode(build_documents([record], [], tokenizer, "vicuna_v1", m)[0]) for m in (texts, None)
-    )
-    assert f"USER: {texts[image]}\nHow many objects? ASSISTANT: 2" in with_scene
-    assert "USER: How many objects? ASSISTANT: 2" in without and "<image>" not in with_scene + without
+        {"from": "human", "value": "How many objects? <image>"}, {"from": "gpt", "value": "2"}]}  # fmt: skip
+    (doc,) = build_documents([(record, "vicuna_v1")], scenes, tokenizer)
+    slots = [i for i, t in enumerate(doc.input_ids) if t == image_id]
+    assert len(slots) == 9 and slots == list(range(slots[0], slots[0] + 9))  # one run, image first
+    assert all(doc.labels[i] == -100 for i in slots)
+    assert [tokenizer.decode(w) for w in doc.cells] == scenes[image]
+    text = tokenizer.decode([t for t in doc.input_ids if t != image_id])
+    assert text.endswith("USER: \nHow many objects? ASSISTANT: 2</s>")
+    trained = tokenizer.decode([t for t in doc.labels if t != -100])
+    assert "How many objects?" in trained and "2</s>" in trained  # next-token loss on all text

@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 
-from llava_lite.demo.text import LLMWarmupSettings, warmup_llm
+from llava_lite.demo.text import LLMWarmupSettings, scene_words, warmup_llm
 from llava_lite.demo.vision import VisionPretrainSettings, pretrain_vision
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
 from llava_lite.generation.settings import settings_from
-from llava_lite.synthetic import WorldPaths, build_world
+from llava_lite.generation.symbolic import load_coco
+from llava_lite.synthetic import build_world
 from llava_lite.synthetic.tasks import caption_records, eval_questions, write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class DemoSettings:
     vision: VisionPretrainSettings = field(default_factory=VisionPretrainSettings)
     llm: LLMWarmupSettings = field(default_factory=LLMWarmupSettings)
     stage1: StageSettings = field(default_factory=lambda: StageSettings(steps=150, lr=1e-3))
-    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=800, lr=1e-3))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=400, lr=1e-3))
     model_max_length: int = 320
     eval_batch_size: int = 50
     chat_images: int = 2
@@ -83,15 +84,6 @@ class DemoSettings:
             stage2=StageSettings(steps=200, lr=1e-3, batch_size=16),
             chat_images=1,
         )
-
-
-def scene_captions(world: WorldPaths, split: str = "train") -> dict[str, str]:
-    """Each training image's first caption (it lists every object), by file name."""
-    data = json.loads(world.captions(split).read_text())
-    first: dict[int, str] = {}
-    for ann in data["annotations"]:
-        first.setdefault(int(ann["image_id"]), str(ann["caption"]))
-    return {im["file_name"]: first[int(im["id"])] for im in data["images"] if int(im["id"]) in first}
 
 
 class Clock:
@@ -221,20 +213,18 @@ def run_demo(
         f"  held-out cells with an object: what {100 * vision.object_accuracy:.1f}%, "
         f"where {100 * vision.position_accuracy:.1f}%"
     )
-    captions = [r["conversations"][1]["value"] for r in caption_records(world, "train", 5, s.seed)]
+    scenes = {
+        c.file_name: scene_words(c) for c in load_coco(world.captions("train"), world.instances("train"))
+    }
+    stage1_records = json.loads(stage1_file.read_text())
 
     def llm_progress(step: int, loss: float) -> None:
         clock.say(f"  LLM step {step}/{s.llm.steps}: loss {loss:.3f}")
 
     llm = clock.step(
-        "LLM text warm-up",
+        "LLM warm-up (text: scene words in the image's place)",
         lambda: warmup_llm(
-            instruct,
-            captions,
-            out / "pretrained" / "llm",
-            s.llm,
-            _every(50, llm_progress),
-            scene_captions(world),
+            instruct, stage1_records, scenes, out / "pretrained" / "llm", s.llm, _every(100, llm_progress)
         ),
     )
 

@@ -1,12 +1,23 @@
-"""Make a tiny "pretrained LLM" offline: a short text-only warm-up on the world's language.
+"""Make a tiny "pretrained LLM" offline: a text-only warm-up on the world's language.
 
-LLaVA starts from Vicuna, which already speaks; a random Llama does not. The warm-up trains
-a small ``LlamaForCausalLM`` (next-token loss on every token) on the training split's
-captions and instruction conversations rendered in the chat template, with the image
-marker removed: the model learns the template, the vocabulary and what answers look like,
-but nothing about any particular image (it never sees one), so answering still has to come
-from the visual tokens in stage 2. Saved like a hub checkpoint (model + tokenizer), so the
-LLaVA config names the folder as ``llm.name_or_path``.
+LLaVA starts from Vicuna, which already reads, refers and answers; a random Llama does not,
+and a 4-layer model learns to find "the circle" among several objects and report its colour
+only after about a thousand steps of seeing such questions (measured: with perfect symbolic
+inputs, held-out accuracy sits near 65% for 600 steps, then climbs past 85%). Stage 2 alone
+cannot pay for that on two CPU cores, so the warm-up teaches it, in words only:
+
+* the image's place holds **scene words**: one position per grid cell (the nine positions
+  the vision tower's nine patch tokens will take), whose input embedding is the mean of the
+  LLM's own word embeddings for what is there and where ("small red circle top left",
+  "nothing middle center"), read from the same captions and boxes a teacher sees;
+* documents are the instruction conversations (chat template) and the stage-1 caption pairs
+  (``plain`` template) with scene words where ``<image>``'s tokens go; next-token loss on
+  every text token.
+
+The model never sees a pixel. LLaVA's stage 1 then does what the paper says it does, train
+the projector to turn visual features into something the frozen LLM reads as words, and
+stage 2 tunes both on images. Saved like a hub checkpoint (model + tokenizer with the image
+token), so the LLaVA config names the folder as ``llm.name_or_path``.
 """
 
 from __future__ import annotations
@@ -19,13 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.conversation import encode_conversation, get_template, normalize_conversation
+from llava_lite.generation.offline import parse_context
+from llava_lite.generation.symbolic import SymbolicContext
+from llava_lite.modeling.llm import prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
+from llava_lite.synthetic.questions import HORIZONTAL, VERTICAL
+from llava_lite.synthetic.scene import GRID
 
 IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
 
 
 @dataclass
@@ -36,10 +54,10 @@ class LLMWarmupSettings:
     num_heads: int = 4
     vocab_size: int = 512
     max_position_embeddings: int = 512
-    steps: int = 120
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 12
+    steps: int = 1600
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 30
     weight_decay: float = 0.0
     template: str = "vicuna_v1"
     seed: int = 0
@@ -53,8 +71,29 @@ class LLMWarmupResult:
     seconds: float
 
 
+@dataclass
+class Document:
+    input_ids: list[int]  # one IMAGE_TOKEN id per grid cell where the image goes
+    labels: list[int]  # IGNORE_INDEX on the cells
+    cells: list[list[int]]  # word ids of each cell's scene words, row-major
+
+
+def scene_words(context: SymbolicContext) -> list[str]:
+    """What is in each of the 9 grid cells and where it is, row-major, read from captions + boxes.
+
+    E.g. ``"small red circle top left"``, ``"nothing middle center"``: the row and column words
+    are the ones position answers use.
+    """
+    by_cell = {o.cell: f"{o.size} {o.color} {o.shape}" for o in parse_context(context).objects}
+    return [
+        f"{by_cell.get((r, c), 'nothing')} {VERTICAL[r]} {HORIZONTAL[c]}"
+        for r in range(GRID)
+        for c in range(GRID)
+    ]
+
+
 def text_only(
-    conversations: list[dict[str, str]], in_place_of_image: str = "", image_token: str = "<image>"
+    conversations: list[dict[str, str]], in_place_of_image: str = "", image_token: str = IMAGE_TOKEN
 ) -> list[dict[str, str]]:
     """A LLaVA conversation with the image marker replaced by ``in_place_of_image`` (text)."""
     return [
@@ -64,45 +103,54 @@ def text_only(
 
 
 def build_documents(
-    records: list[dict[str, Any]],
-    captions: list[str],
-    tokenizer,
-    template: str,
-    image_text: dict[str, str] | None = None,
-) -> list[list[int]]:
-    """Token ids of every text document: templated conversations and bare captions.
+    records: list[tuple[dict[str, Any], str]], scenes: dict[str, list[str]], tokenizer
+) -> list[Document]:
+    """Encode ``(record, template)`` pairs with one image position per cell of the record's scene.
 
-    ``image_text`` maps a record's ``image`` to a text put where the image was (a caption
-    of it): the warm-up then teaches answering from what precedes the question, the skill
-    stage 2 needs once image tokens take the caption's place.
+    ``scenes`` maps a record's ``image`` to its 9 cells' scene words (:func:`scene_words`);
+    the tokenizer must know ``IMAGE_TOKEN``.
     """
-    image_text = image_text or {}
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     docs = []
-    for record in records:
-        scene = image_text.get(str(record.get("image")), "")
-        messages = normalize_conversation(text_only(record["conversations"], scene))
+    for record, template in records:
+        name = str(record.get("image"))
+        if name not in scenes:
+            raise ValueError(f"record {record.get('id')}: no scene words for image {name!r}")
+        cells = [tokenizer(w, add_special_tokens=False).input_ids for w in scenes[name]]
         try:
-            docs.append(encode_conversation(messages, tokenizer, template).input_ids)
+            messages = normalize_conversation(record["conversations"], IMAGE_TOKEN, has_image=True)
+            encoded = encode_conversation(messages, tokenizer, template, IMAGE_TOKEN)
         except BadSampleError as e:  # teacher output always encodes; say which record did not
             raise ValueError(f"record {record.get('id')}: {e}") from e
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    docs += [
-        bos + tokenizer(c, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for c in captions
-    ]
+        at = encoded.input_ids.index(image_id)
+        ids = encoded.input_ids[:at] + [image_id] * len(cells) + encoded.input_ids[at + 1 :]
+        labels = [IGNORE_INDEX if t == image_id else t for t in ids]
+        docs.append(Document(ids, labels, cells))
     return docs
 
 
+def _embed(model: LlamaForCausalLM, ids: Tensor, docs: list[Document], image_id: int) -> Tensor:
+    """Token embeddings with each image position replaced by the mean embedding of its scene words."""
+    table = model.get_input_embeddings()
+    x = table(ids)  # [B, T, D]
+    for b, doc in enumerate(docs):
+        slots = (ids[b] == image_id).nonzero().flatten()  # [9]
+        x[b, slots] = torch.stack([table(torch.tensor(words)).mean(0) for words in doc.cells])  # [9, D]
+    return x
+
+
 def warmup_llm(
-    records: list[dict[str, Any]],
-    captions: list[str],
+    conversations: list[dict[str, Any]],
+    captions: list[dict[str, Any]],
+    scenes: dict[str, list[str]],
     out_dir: str | Path,
     settings: LLMWarmupSettings,
     progress: Callable[[int, float], None] | None = None,
-    image_text: dict[str, str] | None = None,
 ) -> LLMWarmupResult:
     """Train the tiny LLM (and its tokenizer) on the world's text; save both to ``out_dir``.
 
-    ``image_text``: see :func:`build_documents`.
+    ``conversations``: instruction records (``settings.template``); ``captions``: stage-1
+    caption records (``plain``); ``scenes``: scene words per image (:func:`scene_words`).
     """
     s = settings
     start = time.perf_counter()
@@ -111,10 +159,17 @@ def warmup_llm(
     # The template's fixed text is in every document: show it to the tokenizer often enough
     # that its words become single tokens.
     fixed = [get_template(s.template).default_system or "", "USER: ASSISTANT:"] * 200
-    turns = [t["value"] for r in records[:3000] for t in text_only(r["conversations"])]
-    sample_texts = turns + captions[:3000] + fixed
-    tokenizer = build_tiny_tokenizer("sentencepiece", vocab_size=s.vocab_size, extra_texts=sample_texts)
-    docs = build_documents(records, captions, tokenizer, s.template, image_text)
+    texts = [
+        t["value"] for r in (conversations[:3000] + captions[:3000]) for t in text_only(r["conversations"])
+    ]
+    words = [w for cells in list(scenes.values())[:500] for w in cells]
+    tokenizer = build_tiny_tokenizer(
+        "sentencepiece", vocab_size=s.vocab_size, extra_texts=texts + words + fixed
+    )
+    image_id = prepare_tokenizer(tokenizer, IMAGE_TOKEN)
+    docs = build_documents(
+        [(r, s.template) for r in conversations] + [(r, "plain") for r in captions], scenes, tokenizer
+    )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=s.hidden_size,
@@ -134,18 +189,19 @@ def warmup_llm(
     losses: list[tuple[int, float]] = []
     model.train()
     for step in range(1, s.steps + 1):
-        batch = [
-            docs[i][: s.max_position_embeddings]
-            for i in rng.sample(range(len(docs)), min(s.batch_size, len(docs)))
-        ]
-        width = max(len(d) for d in batch)
+        batch = [docs[i] for i in rng.sample(range(len(docs)), min(s.batch_size, len(docs)))]
+        width = min(max(len(d.input_ids) for d in batch), s.max_position_embeddings)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
+        labels = torch.full_like(ids, IGNORE_INDEX)
         mask = torch.zeros_like(ids)
         for i, d in enumerate(batch):
-            ids[i, : len(d)] = torch.tensor(d)
-            mask[i, : len(d)] = 1
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)  # [B, T]
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            n = min(len(d.input_ids), width)
+            ids[i, :n] = torch.tensor(d.input_ids[:n])
+            labels[i, :n] = torch.tensor(d.labels[:n])
+            mask[i, :n] = 1
+        loss = model(
+            inputs_embeds=_embed(model, ids, batch, image_id), attention_mask=mask, labels=labels
+        ).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
