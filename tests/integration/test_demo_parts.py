@@ -83,7 +83,9 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
         for i, (image, words) in enumerate(scenes.items())
     ]  # fmt: skip
     captions = caption_records(world, "train", 2)
-    settings = LLMWarmupSettings(hidden_size=64, intermediate_size=128, num_layers=2, steps=30, batch_size=8)
+    settings = LLMWarmupSettings(
+        hidden_size=64, intermediate_size=128, num_layers=2, steps=60, batch_size=8, lr=3e-3, warmup_steps=3
+    )
     result = warmup_llm(records, captions, scenes, tmp_path / "llm", settings)
     assert result.documents == len(records) + len(captions)
     assert result.losses[-1][1] < 0.7 * result.losses[0][1]

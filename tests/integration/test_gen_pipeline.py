@@ -261,7 +261,12 @@ def test_cli_dry_run_needs_no_credentials(tmp_path, monkeypatch, capsys):
     for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     cap, inst = _coco(tmp_path)
-    overrides = [f"captions_file={cap}", f"instances_file={inst}", f"output_dir={tmp_path / 'dry'}", "dry_run=true"]
+    overrides = [
+        f"captions_file={cap}",
+        f"instances_file={inst}",
+        f"output_dir={tmp_path / 'dry'}",
+        "dry_run=true",
+    ]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         summary = cli_run(compose(config_name="generate", overrides=overrides))
     assert summary["estimate"]["requests"] == N_JOBS and summary["estimate"]["expected_usd"] > 0

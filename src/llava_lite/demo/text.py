@@ -22,9 +22,10 @@ token), so the LLaVA config names the folder as ``llm.name_or_path``.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with
 
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.conversation import encode_conversation, get_template, normalize_conversation
+from llava_lite.data.sampler import ModalityLengthGroupedSampler
 from llava_lite.generation.offline import parse_context
 from llava_lite.generation.symbolic import SymbolicContext
 from llava_lite.modeling.llm import prepare_tokenizer
@@ -54,12 +56,13 @@ class LLMWarmupSettings:
     num_heads: int = 4
     vocab_size: int = 512
     max_position_embeddings: int = 512
-    steps: int = 1600
-    batch_size: int = 16
+    steps: int = 1300
+    batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 30
     weight_decay: float = 0.0
     template: str = "vicuna_v1"
+    group_by_length: bool = True  # half the padding: 0.25 s a step instead of 0.5 at batch 32
     seed: int = 0
 
 
@@ -139,6 +142,21 @@ def _embed(model: LlamaForCausalLM, ids: Tensor, docs: list[Document], image_id:
     return x
 
 
+def _batches(docs: list[Document], batch_size: int, seed: int, by_length: bool) -> Iterator[list[int]]:
+    """Endless batches: random, or of similar-length documents (a caption is a quarter of a
+    conversation), which pads less, as LLaVA's length grouping does."""
+    if not by_length:
+        rng = random.Random(seed)
+        while True:
+            yield rng.sample(range(len(docs)), min(batch_size, len(docs)))
+    sampler = ModalityLengthGroupedSampler(
+        [len(d.input_ids) for d in docs], [True] * len(docs), batch_size, seed=seed
+    )
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        yield from sampler.global_batches()
+
+
 def warmup_llm(
     conversations: list[dict[str, Any]],
     captions: list[dict[str, Any]],
@@ -155,7 +173,6 @@ def warmup_llm(
     s = settings
     start = time.perf_counter()
     torch.manual_seed(s.seed)
-    rng = random.Random(s.seed)
     # The template's fixed text is in every document: show it to the tokenizer often enough
     # that its words become single tokens.
     fixed = [get_template(s.template).default_system or "", "USER: ASSISTANT:"] * 200
@@ -188,8 +205,9 @@ def warmup_llm(
     schedule = get_cosine_schedule_with_warmup(optimizer, s.warmup_steps, s.steps)
     losses: list[tuple[int, float]] = []
     model.train()
+    batches = _batches(docs, s.batch_size, s.seed, s.group_by_length)
     for step in range(1, s.steps + 1):
-        batch = [docs[i] for i in rng.sample(range(len(docs)), min(s.batch_size, len(docs)))]
+        batch = [docs[i] for i in next(batches)]
         width = min(max(len(d.input_ids) for d in batch), s.max_position_embeddings)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
         labels = torch.full_like(ids, IGNORE_INDEX)
