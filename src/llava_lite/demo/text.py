@@ -35,7 +35,13 @@ from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.conversation import encode_conversation, get_template, normalize_conversation
+from llava_lite.data.collate import LlavaCollator
+from llava_lite.data.conversation import (
+    IGNORE_INDEX,
+    encode_conversation,
+    get_template,
+    normalize_conversation,
+)
 from llava_lite.data.sampler import ModalityLengthGroupedSampler
 from llava_lite.generation.offline import parse_context
 from llava_lite.generation.symbolic import SymbolicContext
@@ -43,9 +49,7 @@ from llava_lite.modeling.llm import prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.synthetic.questions import HORIZONTAL, VERTICAL
 from llava_lite.synthetic.scene import GRID
-
-IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image>"
+from llava_lite.synthetic.tasks import IMAGE_TOKEN
 
 
 @dataclass
@@ -76,9 +80,15 @@ class LLMWarmupResult:
 
 @dataclass
 class Document:
+    id: str
     input_ids: list[int]  # one IMAGE_TOKEN id per grid cell where the image goes
-    labels: list[int]  # IGNORE_INDEX on the cells
     cells: list[list[int]]  # word ids of each cell's scene words, row-major
+    image_id: int  # IMAGE_TOKEN's id
+
+    @property
+    def labels(self) -> list[int]:
+        """Next-token targets: every text token, never the cells."""
+        return [IGNORE_INDEX if t == self.image_id else t for t in self.input_ids]
 
 
 def scene_words(context: SymbolicContext) -> list[str]:
@@ -95,14 +105,9 @@ def scene_words(context: SymbolicContext) -> list[str]:
     ]
 
 
-def text_only(
-    conversations: list[dict[str, str]], in_place_of_image: str = "", image_token: str = IMAGE_TOKEN
-) -> list[dict[str, str]]:
-    """A LLaVA conversation with the image marker replaced by ``in_place_of_image`` (text)."""
-    return [
-        {**turn, "value": turn["value"].replace(image_token, in_place_of_image).strip()}
-        for turn in conversations
-    ]
+def turn_texts(records: list[dict[str, Any]]) -> list[str]:
+    """Every turn's text without the image marker (to train the tokenizer on)."""
+    return [t["value"].replace(IMAGE_TOKEN, "").strip() for r in records for t in r["conversations"]]
 
 
 def build_documents(
@@ -127,8 +132,7 @@ def build_documents(
             raise ValueError(f"record {record.get('id')}: {e}") from e
         at = encoded.input_ids.index(image_id)
         ids = encoded.input_ids[:at] + [image_id] * len(cells) + encoded.input_ids[at + 1 :]
-        labels = [IGNORE_INDEX if t == image_id else t for t in ids]
-        docs.append(Document(ids, labels, cells))
+        docs.append(Document(str(record.get("id")), ids, cells, image_id))
     return docs
 
 
@@ -176,9 +180,7 @@ def warmup_llm(
     # The template's fixed text is in every document: show it to the tokenizer often enough
     # that its words become single tokens.
     fixed = [get_template(s.template).default_system or "", "USER: ASSISTANT:"] * 200
-    texts = [
-        t["value"] for r in (conversations[:3000] + captions[:3000]) for t in text_only(r["conversations"])
-    ]
+    texts = turn_texts(conversations[:3000] + captions[:3000])
     words = [w for cells in list(scenes.values())[:500] for w in cells]
     tokenizer = build_tiny_tokenizer(
         "sentencepiece", vocab_size=s.vocab_size, extra_texts=texts + words + fixed
@@ -205,20 +207,23 @@ def warmup_llm(
     schedule = get_cosine_schedule_with_warmup(optimizer, s.warmup_steps, s.steps)
     losses: list[tuple[int, float]] = []
     model.train()
+    collate = LlavaCollator(tokenizer.pad_token_id, s.max_position_embeddings, image_token_id=image_id)
     batches = _batches(docs, s.batch_size, s.seed, s.group_by_length)
     for step in range(1, s.steps + 1):
         batch = [docs[i] for i in next(batches)]
-        width = min(max(len(d.input_ids) for d in batch), s.max_position_embeddings)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        mask = torch.zeros_like(ids)
-        for i, d in enumerate(batch):
-            n = min(len(d.input_ids), width)
-            ids[i, :n] = torch.tensor(d.input_ids[:n])
-            labels[i, :n] = torch.tensor(d.labels[:n])
-            mask[i, :n] = 1
+        padded = collate(
+            [
+                {"id": d.id, "input_ids": torch.tensor(d.input_ids), "labels": torch.tensor(d.labels)}
+                for d in batch
+            ]
+        )
+        if padded["skipped"]:
+            raise ValueError(f"LLM warm-up: {padded['skipped'][0]}")
+        ids = padded["input_ids"]  # [B, T]
         loss = model(
-            inputs_embeds=_embed(model, ids, batch, image_id), attention_mask=mask, labels=labels
+            inputs_embeds=_embed(model, ids, batch, image_id),
+            attention_mask=padded["attention_mask"],
+            labels=padded["labels"],
         ).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
