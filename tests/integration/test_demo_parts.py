@@ -11,7 +11,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llava_lite.config import VisionConfig
 from llava_lite.demo.evaluate import normalize_answer
 from llava_lite.demo.run import DemoSettings
-from llava_lite.demo.text import LLMWarmupSettings, build_documents, scene_words, warmup_llm
+from llava_lite.demo.text import (
+    LOOKS,
+    LLMWarmupSettings,
+    SceneEmbedding,
+    build_documents,
+    scene_cells,
+    warmup_llm,
+)
 from llava_lite.demo.vision import (
     NOTHING,
     WHAT_PHRASES,
@@ -24,7 +31,6 @@ from llava_lite.generation.symbolic import load_coco
 from llava_lite.modeling import VisionTower
 from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.language import article
-from llava_lite.synthetic.questions import HORIZONTAL, VERTICAL
 from llava_lite.synthetic.tasks import caption_records
 
 
@@ -71,16 +77,17 @@ def test_vision_pretraining_learns_and_loads_as_a_llava_tower(world, tmp_path) -
     assert list(processor.image_mean) == pixel_statistics(world)["image_mean"]
 
 
-def _scenes(world) -> dict[str, list[str]]:
-    return {c.file_name: scene_words(c) for c in load_coco(world.captions("train"), world.instances("train"))}
+def _scenes(world) -> dict[str, list[int]]:
+    return {c.file_name: scene_cells(c) for c in load_coco(world.captions("train"), world.instances("train"))}
 
 
 def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> None:
     scenes = _scenes(world)
     records = [
         {"id": str(i), "image": image, "conversations": [
-            {"from": "human", "value": "<image>\nWhat is in the image?"}, {"from": "gpt", "value": words[0]}]}
-        for i, (image, words) in enumerate(scenes.items())
+            {"from": "human", "value": "<image>\nWhat is in the top left?"},
+            {"from": "gpt", "value": " ".join(LOOKS[cells[0]] or ("nothing",))}]}
+        for i, (image, cells) in enumerate(scenes.items())
     ]  # fmt: skip
     captions = caption_records(world, "train", 2)
     settings = LLMWarmupSettings(
@@ -96,7 +103,7 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
     assert json.loads((tmp_path / "llm" / "config.json").read_text())["model_type"] == "llama"
 
 
-def test_llm_warmup_names_a_record_without_scene_words(world, tmp_path) -> None:
+def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
     record = {"id": "lost-7", "image": "nowhere.png", "conversations": [
         {"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}]}  # fmt: skip
     settings = LLMWarmupSettings(hidden_size=32, intermediate_size=64, num_layers=1, steps=1, batch_size=1)
@@ -104,17 +111,24 @@ def test_llm_warmup_names_a_record_without_scene_words(world, tmp_path) -> None:
         warmup_llm([record], [], _scenes(world), tmp_path / "llm", settings)
 
 
-def test_scene_words_describe_every_cell_from_captions_and_boxes(world) -> None:
+def test_scene_cells_describe_every_cell_from_captions_and_boxes(world) -> None:
     truth = {s.image_id: s for s in load_scenes(world, "train")}
     for ctx in load_coco(world.captions("train"), world.instances("train"))[:20]:
-        words = scene_words(ctx)
-        assert len(words) == 9
+        cells = scene_cells(ctx)
+        assert len(cells) == 9
         by_cell = {o.cell: o for o in truth[ctx.image_id].objects}
-        for k, text in enumerate(words):
-            row, col = divmod(k, 3)
-            obj = by_cell.get((row, col))
-            what = "nothing" if obj is None else f"{obj.size} {obj.color} {obj.shape}"
-            assert text == f"{what} {VERTICAL[row]} {HORIZONTAL[col]}"
+        for k, look in enumerate(cells):
+            obj = by_cell.get(divmod(k, 3))
+            assert LOOKS[look] == (None if obj is None else (obj.size, obj.color, obj.shape))
+
+
+def test_scene_embedding_adds_size_colour_and_shape() -> None:
+    scene = SceneEmbedding(16)
+    idx = {look: i for i, look in enumerate(LOOKS)}
+    e = scene(torch.tensor([idx[("small", "red", "circle")], idx[("large", "red", "circle")],
+                            idx[("small", "blue", "cross")], idx[("large", "blue", "cross")], 0, 0]))  # fmt: skip
+    assert torch.allclose(e[0] - e[1], e[2] - e[3], atol=1e-6)  # the size difference is one vector
+    assert not torch.allclose(e[0], e[2]) and torch.equal(e[4], e[5]) and torch.equal(e[4], scene.nothing)
 
 
 def test_quick_settings_are_smaller_than_full() -> None:
@@ -137,7 +151,7 @@ def test_warmup_documents_put_one_image_position_per_cell(world) -> None:
     slots = [i for i, t in enumerate(doc.input_ids) if t == image_id]
     assert len(slots) == 9 and slots == list(range(slots[0], slots[0] + 9))  # one run, image first
     assert all(doc.labels[i] == -100 for i in slots)
-    assert [tokenizer.decode(w) for w in doc.cells] == scenes[image]
+    assert doc.cells == scenes[image]
     text = tokenizer.decode([t for t in doc.input_ids if t != image_id])
     assert text.endswith("USER: \nHow many objects? ASSISTANT: 2</s>")
     trained = tokenizer.decode([t for t in doc.labels if t != -100])

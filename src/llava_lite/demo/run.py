@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from llava_lite.demo.text import LLMWarmupSettings, scene_words, warmup_llm
+from llava_lite.demo.text import LLMWarmupSettings, scene_cells, warmup_llm
 from llava_lite.demo.vision import VisionPretrainSettings, pretrain_vision
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
@@ -215,7 +215,7 @@ def run_demo(
         f"where {100 * vision.position_accuracy:.1f}%"
     )
     scenes = {
-        c.file_name: scene_words(c) for c in load_coco(world.captions("train"), world.instances("train"))
+        c.file_name: scene_cells(c) for c in load_coco(world.captions("train"), world.instances("train"))
     }
     stage1_records = json.loads(stage1_file.read_text())
 
@@ -223,7 +223,7 @@ def run_demo(
         clock.say(f"  LLM step {step}/{s.llm.steps}: loss {loss:.3f}")
 
     llm = clock.step(
-        "LLM warm-up (text: scene words in the image's place)",
+        "LLM warm-up (text: scene cells in the image's place)",
         lambda: warmup_llm(
             instruct, stage1_records, scenes, out / "pretrained" / "llm", s.llm, _every(100, llm_progress)
         ),
