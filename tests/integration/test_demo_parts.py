@@ -12,14 +12,13 @@ from llava_lite.config import VisionConfig
 from llava_lite.demo.evaluate import normalize_answer
 from llava_lite.demo.run import DemoSettings
 from llava_lite.demo.text import (
-    LOOKS,
     LLMWarmupSettings,
     SceneEmbedding,
     build_documents,
-    scene_cells,
     warmup_llm,
 )
 from llava_lite.demo.vision import (
+    LOOKS,
     NOTHING,
     WHAT_PHRASES,
     VisionPretrainSettings,
@@ -78,7 +77,9 @@ def test_vision_pretraining_learns_and_loads_as_a_llava_tower(world, tmp_path) -
 
 
 def _scenes(world) -> dict[str, list[int]]:
-    return {c.file_name: scene_cells(c) for c in load_coco(world.captions("train"), world.instances("train"))}
+    return {
+        c.file_name: cell_targets(c) for c in load_coco(world.captions("train"), world.instances("train"))
+    }
 
 
 def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> None:
@@ -111,10 +112,10 @@ def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
         warmup_llm([record], [], _scenes(world), tmp_path / "llm", settings)
 
 
-def test_scene_cells_describe_every_cell_from_captions_and_boxes(world) -> None:
+def test_cell_looks_describe_every_cell_from_captions_and_boxes(world) -> None:
     truth = {s.image_id: s for s in load_scenes(world, "train")}
     for ctx in load_coco(world.captions("train"), world.instances("train"))[:20]:
-        cells = scene_cells(ctx)
+        cells = cell_targets(ctx)
         assert len(cells) == 9
         by_cell = {o.cell: o for o in truth[ctx.image_id].objects}
         for k, look in enumerate(cells):

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from llava_lite.demo.text import LLMWarmupSettings, scene_cells, warmup_llm
-from llava_lite.demo.vision import VisionPretrainSettings, pretrain_vision
+from llava_lite.demo.text import LLMWarmupSettings, warmup_llm
+from llava_lite.demo.vision import VisionPretrainSettings, cell_targets, pretrain_vision
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
 from llava_lite.generation.settings import settings_from
@@ -215,7 +215,7 @@ def run_demo(
         f"where {100 * vision.position_accuracy:.1f}%"
     )
     scenes = {
-        c.file_name: scene_cells(c) for c in load_coco(world.captions("train"), world.instances("train"))
+        c.file_name: cell_targets(c) for c in load_coco(world.captions("train"), world.instances("train"))
     }
     stage1_records = json.loads(stage1_file.read_text())
 

@@ -45,11 +45,10 @@ from llava_lite.data.conversation import (
     normalize_conversation,
 )
 from llava_lite.data.sampler import ModalityLengthGroupedSampler
-from llava_lite.generation.offline import parse_context
-from llava_lite.generation.symbolic import SymbolicContext
+from llava_lite.demo.vision import LOOKS
 from llava_lite.modeling.llm import prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
-from llava_lite.synthetic.scene import COLORS, GRID, SHAPES, SIZES
+from llava_lite.synthetic.scene import COLORS, SHAPES, SIZES
 from llava_lite.synthetic.tasks import IMAGE_TOKEN
 
 
@@ -83,26 +82,13 @@ class LLMWarmupResult:
 class Document:
     id: str
     input_ids: list[int]  # one IMAGE_TOKEN id per grid cell where the image goes
-    cells: list[int]  # index into LOOKS of each cell, row-major
+    cells: list[int]  # index into LOOKS of each cell, row-major (demo.vision.cell_targets)
     image_id: int  # IMAGE_TOKEN's id
 
     @property
     def labels(self) -> list[int]:
         """Next-token targets: every text token, never the cells."""
         return [IGNORE_INDEX if t == self.image_id else t for t in self.input_ids]
-
-
-# What can fill a cell: nothing, or one (size, colour, shape).
-LOOKS: tuple[tuple[str, str, str] | None, ...] = (
-    None,
-    *((size, color, shape) for size in SIZES for color in COLORS for shape in SHAPES),
-)
-
-
-def scene_cells(context: SymbolicContext) -> list[int]:
-    """Index into :data:`LOOKS` of each of the 9 grid cells, row-major, read from captions + boxes."""
-    by_cell = {o.cell: (o.size, o.color, o.shape) for o in parse_context(context).objects}
-    return [LOOKS.index(by_cell.get((r, c))) for r in range(GRID) for c in range(GRID)]
 
 
 class SceneEmbedding(nn.Module):
@@ -143,7 +129,7 @@ def build_documents(
 ) -> list[Document]:
     """Encode ``(record, template)`` pairs with one image position per cell of the record's scene.
 
-    ``scenes`` maps a record's ``image`` to its 9 cells (:func:`scene_cells`); the tokenizer
+    ``scenes`` maps a record's ``image`` to its 9 cells (``demo.vision.cell_targets``); the tokenizer
     must know ``IMAGE_TOKEN``.
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -199,7 +185,7 @@ def warmup_llm(
     """Train the tiny LLM (and its tokenizer) on the world's text; save both to ``out_dir``.
 
     ``conversations``: instruction records (``settings.template``); ``captions``: stage-1
-    caption records (``plain``); ``scenes``: scene cells per image (:func:`scene_cells`).
+    caption records (``plain``); ``scenes``: scene cells per image (``demo.vision.cell_targets``).
     """
     s = settings
     start = time.perf_counter()

@@ -48,11 +48,13 @@ from llava_lite.synthetic.world import WorldPaths
 log = logging.getLogger(__name__)
 
 NOTHING = "nothing"
-# What can fill a cell, and where each cell is (row-major, the order of the patch grid).
-WHAT_PHRASES: tuple[str, ...] = (
-    NOTHING,
-    *(article(f"{s} {c} {h}") for s in SIZES for c in COLORS for h in SHAPES),
+# What can fill a cell: nothing, or one (size, colour, shape); cell targets index this.
+LOOKS: tuple[tuple[str, str, str] | None, ...] = (
+    None,
+    *((size, color, shape) for size in SIZES for color in COLORS for shape in SHAPES),
 )
+# The same looks in words, and where each cell is (row-major, the order of the patch grid).
+WHAT_PHRASES: tuple[str, ...] = tuple(NOTHING if look is None else article(" ".join(look)) for look in LOOKS)
 WHERE_PHRASES: tuple[str, ...] = tuple(located(cell_phrase((r, c))) for r in range(GRID) for c in range(GRID))
 
 
