@@ -104,6 +104,24 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
     assert json.loads((tmp_path / "llm" / "config.json").read_text())["model_type"] == "llama"
 
 
+def test_llm_warmup_micro_batches_keep_the_batch_gradient(world, tmp_path) -> None:
+    """Cutting a batch into length-sorted micro-batches only saves padding: same losses, same weights."""
+    scenes = _scenes(world)
+    captions = caption_records(world, "train", 2)
+    runs = {}
+    for micro in (1, 3):
+        settings = LLMWarmupSettings(
+            hidden_size=32, intermediate_size=64, num_layers=1, steps=4, batch_size=6, lr=3e-3,
+            warmup_steps=1, micro_batches=micro,
+        )  # fmt: skip
+        result = warmup_llm(captions[:8], captions[8:], scenes, tmp_path / f"llm{micro}", settings)
+        weights = AutoModelForCausalLM.from_pretrained(result.path).lm_head.weight
+        runs[micro] = ([loss for _, loss in result.losses], weights)
+    assert runs[1][0] == pytest.approx(runs[3][0], rel=1e-4)
+    assert torch.allclose(runs[1][1], runs[3][1], atol=1e-5)
+    assert len(set(runs[1][0])) == 4  # it trained: four different losses
+
+
 def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
     record = {"id": "lost-7", "image": "nowhere.png", "conversations": [
         {"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}]}  # fmt: skip
@@ -130,6 +148,12 @@ def test_scene_embedding_adds_size_colour_and_shape() -> None:
                             idx[("small", "blue", "cross")], idx[("large", "blue", "cross")], 0, 0]))  # fmt: skip
     assert torch.allclose(e[0] - e[1], e[2] - e[3], atol=1e-6)  # the size difference is one vector
     assert not torch.allclose(e[0], e[2]) and torch.equal(e[4], e[5]) and torch.equal(e[4], scene.nothing)
+
+
+def test_demo_seed_reaches_every_step() -> None:
+    for settings in (DemoSettings.full(3), DemoSettings.quick(3)):
+        assert settings.seed == settings.vision.seed == settings.llm.seed == 3
+    assert DemoSettings.full() == DemoSettings()
 
 
 def test_quick_settings_are_smaller_than_full() -> None:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads or idle_cores())
-    settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
+    settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings.full(args.seed)
     out = args.out or Path("runs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_demo(out, settings)
 

@@ -70,6 +70,11 @@ class DemoSettings:
     chat_images: int = 2
 
     @classmethod
+    def full(cls, seed: int = 0) -> DemoSettings:
+        """The default sizes, with ``seed`` for every step (world, data, both tiny parts, stages)."""
+        return cls(seed=seed, vision=VisionPretrainSettings(seed=seed), llm=LLMWarmupSettings(seed=seed))
+
+    @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
         """Under two minutes on two idle CPU cores: fewer images and steps, same recipe."""
         return cls(

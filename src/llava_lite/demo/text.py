@@ -14,7 +14,12 @@ cannot pay for that on two CPU cores, so the warm-up teaches it, without pixels:
   measured about 2.5 points lower overall, with colour questions near 55% against 66-73%);
 * documents are the instruction conversations (chat template) and the stage-1 caption pairs
   (``plain`` template) with scene cells where ``<image>``'s tokens go; next-token loss on
-  every text token.
+  every text token;
+* batches are drawn at random, so every step mixes captions, descriptions and conversations
+  (length-grouped batches pad less but measured lower: 78.3% for the whole demo after 1,800
+  grouped steps, 79.9% after 1,200 random ones), and each is cut into length-sorted
+  micro-batches whose summed loss is the batch's token mean, so the gradient is the random
+  batch's at close to the grouped batches' cost.
 
 The cell embeddings are dropped afterwards. LLaVA's stage 1 then does what the paper says it
 does, train the projector to turn visual features into vectors the frozen LLM reads, and
@@ -60,13 +65,17 @@ class LLMWarmupSettings:
     num_heads: int = 4
     vocab_size: int = 512
     max_position_embeddings: int = 512
-    steps: int = 1300
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 30
     weight_decay: float = 0.0
     template: str = "vicuna_v1"
-    group_by_length: bool = True  # half the padding: 0.25 s a step instead of 0.5 at batch 32
+    # Random batches (every step mixes captions, descriptions and conversations) measured
+    # better than length-grouped ones; cutting each into length-sorted micro-batches keeps
+    # its gradient and pads less: 0.5 s a step at batch 32 in one piece, 0.28 s in four.
+    group_by_length: bool = False
+    micro_batches: int = 4
     seed: int = 0
 
 
@@ -174,6 +183,15 @@ def _batches(docs: list[Document], batch_size: int, seed: int, by_length: bool) 
         yield from sampler.global_batches()
 
 
+def _collate(collate: LlavaCollator, docs: list[Document]) -> dict[str, Any]:
+    padded = collate(
+        [{"id": d.id, "input_ids": torch.tensor(d.input_ids), "labels": torch.tensor(d.labels)} for d in docs]
+    )
+    if padded["skipped"]:
+        raise ValueError(f"LLM warm-up: {padded['skipped'][0]}")
+    return padded
+
+
 def warmup_llm(
     conversations: list[dict[str, Any]],
     captions: list[dict[str, Any]],
@@ -222,29 +240,30 @@ def warmup_llm(
     collate = LlavaCollator(tokenizer.pad_token_id, s.max_position_embeddings, image_token_id=image_id)
     batches = _batches(docs, s.batch_size, s.seed, s.group_by_length)
     for step in range(1, s.steps + 1):
-        batch = [docs[i] for i in next(batches)]
-        padded = collate(
-            [
-                {"id": d.id, "input_ids": torch.tensor(d.input_ids), "labels": torch.tensor(d.labels)}
-                for d in batch
-            ]
-        )
-        if padded["skipped"]:
-            raise ValueError(f"LLM warm-up: {padded['skipped'][0]}")
-        ids = padded["input_ids"]  # [B, T]
-        loss = model(
-            inputs_embeds=_embed(model, scene, ids, batch),
-            attention_mask=padded["attention_mask"],
-            labels=padded["labels"],
-        ).loss
+        # Sorted by length and cut into micro-batches: a random batch's gradient with less padding.
+        batch = sorted((docs[i] for i in next(batches)), key=lambda d: len(d.input_ids))
+        size = -(-len(batch) // s.micro_batches)
+        chunks = [batch[k : k + size] for k in range(0, len(batch), size)]
+        padded = [_collate(collate, chunk) for chunk in chunks]
+        targets = sum(int((p["labels"][:, 1:] != IGNORE_INDEX).sum()) for p in padded)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for chunk, p in zip(chunks, padded, strict=True):
+            ids = p["input_ids"]  # [b, T]
+            part = model(
+                inputs_embeds=_embed(model, scene, ids, chunk),
+                attention_mask=p["attention_mask"],
+                labels=p["labels"],
+                num_items_in_batch=targets,  # token mean over the whole batch, not per chunk
+            ).loss
+            part.backward()
+            loss += part.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        losses.append((step, loss.item()))
+        losses.append((step, loss))
         if progress is not None:
-            progress(step, loss.item())
+            progress(step, loss)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
