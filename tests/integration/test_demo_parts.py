@@ -120,6 +120,8 @@ def test_llm_warmup_micro_batches_keep_the_batch_gradient(world, tmp_path) -> No
     assert runs[1][0] == pytest.approx(runs[3][0], rel=1e-4)
     assert torch.allclose(runs[1][1], runs[3][1], atol=1e-5)
     assert len(set(runs[1][0])) == 4  # it trained: four different losses
+    with pytest.raises(ValueError, match="micro_batches must be at least 1"):
+        warmup_llm(captions, [], scenes, tmp_path / "llm0", LLMWarmupSettings(micro_batches=0))
 
 
 def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:

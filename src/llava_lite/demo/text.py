@@ -184,6 +184,7 @@ def _batches(docs: list[Document], batch_size: int, seed: int, by_length: bool) 
 
 
 def _collate(collate: LlavaCollator, docs: list[Document]) -> dict[str, Any]:
+    """Pad documents into one batch; an over-long one raises, naming the record."""
     padded = collate(
         [{"id": d.id, "input_ids": torch.tensor(d.input_ids), "labels": torch.tensor(d.labels)} for d in docs]
     )
@@ -206,6 +207,8 @@ def warmup_llm(
     caption records (``plain``); ``scenes``: scene cells per image (``demo.vision.cell_targets``).
     """
     s = settings
+    if s.micro_batches < 1:
+        raise ValueError(f"micro_batches must be at least 1, got {s.micro_batches}")
     start = time.perf_counter()
     torch.manual_seed(s.seed)
     # The template's fixed text is in every document: show it to the tokenizer often enough
