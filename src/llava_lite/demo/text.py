@@ -56,6 +56,8 @@ from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.synthetic.scene import COLORS, SHAPES, SIZES
 from llava_lite.synthetic.tasks import IMAGE_TOKEN
 
+NOTHING_LOOK = LOOKS.index(None)  # an empty cell's index
+
 
 @dataclass
 class LLMWarmupSettings:
@@ -125,7 +127,7 @@ class SceneEmbedding(nn.Module):
             + self.color(self.color_of[cells])
             + self.shape(self.shape_of[cells])
         )
-        return torch.where((cells == 0).unsqueeze(-1), self.nothing, x)
+        return torch.where((cells == NOTHING_LOOK).unsqueeze(-1), self.nothing, x)
 
 
 def turn_texts(records: list[dict[str, Any]]) -> list[str]:
