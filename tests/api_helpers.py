@@ -7,9 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from fakes.anthropic_api import FakeAnthropicAPI
+from llava_lite.claude.cache import RequestCache
 from llava_lite.generation.base import GenerationRequest, TeacherReply
-from llava_lite.generation.cache import RequestCache
-from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.generation.settings import GenerateSettings, settings_from
 from llava_lite.generation.teacher import ClaudeTeacher
 

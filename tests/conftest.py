@@ -65,7 +65,7 @@ def _seed_everything() -> None:
 @pytest.fixture
 def api():
     """A local stand-in for the Messages / Batches API (a module may override it)."""
-    from llava_lite.generation.fake_api import FakeAnthropicAPI
+    from fakes.anthropic_api import FakeAnthropicAPI
 
     with FakeAnthropicAPI() as server:
         yield server

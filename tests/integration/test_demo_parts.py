@@ -26,8 +26,8 @@ from llava_lite.demo.vision import (
     pixel_statistics,
     pretrain_vision,
 )
-from llava_lite.generation.symbolic import load_coco
 from llava_lite.modeling import VisionTower
+from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.language import article
 from llava_lite.synthetic.tasks import caption_records

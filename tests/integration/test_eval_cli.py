@@ -7,9 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from fakes.anthropic_api import FakeAnthropicAPI
 from llava_lite.cli import evaluate as eval_cli
 from llava_lite.config import LlavaConfig
-from llava_lite.generation.fake_api import FakeAnthropicAPI
 from llava_lite.modeling import LlavaModel
 
 KEY = "sk-ant-eval-cli-test-3b1d"

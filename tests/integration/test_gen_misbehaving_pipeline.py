@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from api_helpers import pipeline_settings
+from fakes.anthropic_api import FakeAnthropicAPI
+from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.client import ApiFatalError
 from llava_lite.generation.base import TeacherReply
 from llava_lite.generation.batches import BatchError
-from llava_lite.generation.cache import RequestCache
-from llava_lite.generation.client import ApiFatalError
-from llava_lite.generation.fake_api import FakeAnthropicAPI
-from llava_lite.generation.jsonl import read_jsonl
 from llava_lite.generation.pipeline import GenerationPipeline
+from llava_lite.io import read_jsonl
 
 KEY = "sk-ant-test-PIPELINE-MISBEHAVE-5d1a"
 TYPES = 3

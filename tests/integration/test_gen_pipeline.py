@@ -18,8 +18,8 @@ from llava_lite.cli.generate import config_dir
 from llava_lite.cli.generate import run as cli_run
 from llava_lite.data.conversation import normalize_conversation
 from llava_lite.data.records import iter_file
-from llava_lite.generation.jsonl import read_jsonl
 from llava_lite.generation.pipeline import GenerationPipeline, _lock_output_dir
+from llava_lite.io import read_jsonl
 
 KEY = "sk-ant-test-NEVER-WRITE-ME-41c2"
 N_IMAGES = 4

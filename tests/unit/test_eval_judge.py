@@ -10,6 +10,10 @@ import time
 
 import pytest
 
+from fakes.anthropic_api import FakeAnthropicAPI
+from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.client import ApiFatalError
+from llava_lite.claude.prices import Budget, BudgetExceeded
 from llava_lite.evaluation import llava_bench
 from llava_lite.evaluation.answers import Question
 from llava_lite.evaluation.judge import (
@@ -21,10 +25,6 @@ from llava_lite.evaluation.judge import (
     parse_reply,
     parse_score_line,
 )
-from llava_lite.generation.cache import RequestCache
-from llava_lite.generation.client import ApiFatalError
-from llava_lite.generation.cost import Budget, BudgetExceeded
-from llava_lite.generation.fake_api import FakeAnthropicAPI
 
 KEY = "sk-ant-judge-test-NEVER-LOG-91c2"
 

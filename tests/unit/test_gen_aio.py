@@ -2,7 +2,7 @@
 
 import asyncio
 
-from llava_lite.generation.aio import run_sync
+from llava_lite.claude.aio import run_sync
 
 
 async def _answer() -> int:

@@ -2,11 +2,11 @@
 
 import pytest
 
-from llava_lite.generation import estimate
+from llava_lite.claude import estimate
+from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.prices import Budget, BudgetExceeded, Prices
 from llava_lite.generation.base import Usage
-from llava_lite.generation.cache import RequestCache
-from llava_lite.generation.cost import Budget, BudgetExceeded, Prices
-from llava_lite.generation.jsonl import JsonlAppender, read_jsonl, repair_torn_tail, write_json_atomic
+from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail, write_json_atomic
 
 
 def test_cost_counts_every_usage_field_and_the_batch_discount():

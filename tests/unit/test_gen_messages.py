@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from llava_lite.claude.cache import request_key
 from llava_lite.generation.base import RESPONSE_TYPES, GenerationRequest, TeacherError
-from llava_lite.generation.cache import request_key
 from llava_lite.generation.messages import (
     PAPER_CONTEXT,
     ContextOptions,
@@ -19,7 +19,7 @@ from llava_lite.generation.prompts import (
     load_detail_instructions,
     load_prompt_set,
 )
-from llava_lite.generation.symbolic import ObjectBox, SymbolicContext
+from llava_lite.symbolic import ObjectBox, SymbolicContext
 
 CTX = SymbolicContext(
     image_id=42,

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from api_helpers import claude_teacher, generate_once
+from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.client import ApiFatalError, call_deadline_s, retry_after_s
 from llava_lite.generation.base import GenerationRequest, TeacherError
-from llava_lite.generation.cache import RequestCache
-from llava_lite.generation.client import ApiFatalError, call_deadline_s, retry_after_s
-from llava_lite.generation.symbolic import ObjectBox, SymbolicContext
 from llava_lite.generation.teacher import ClaudeTeacher
+from llava_lite.symbolic import ObjectBox, SymbolicContext
 
 KEY = "sk-ant-test-MISBEHAVE-0b7e55"
 CTX = SymbolicContext(

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llava_lite.generation.symbolic import load_coco
+from llava_lite.symbolic import load_coco
 
 
 def _write(tmp_path, captions, instances=None):

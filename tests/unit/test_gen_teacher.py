@@ -5,11 +5,11 @@ import logging
 import pytest
 
 from api_helpers import claude_teacher, generate_once
+from llava_lite.claude.client import ApiFatalError
+from llava_lite.claude.prices import Budget, BudgetExceeded, Prices
 from llava_lite.generation.base import GenerationRequest, TeacherError
-from llava_lite.generation.client import ApiFatalError
-from llava_lite.generation.cost import Budget, BudgetExceeded, Prices
-from llava_lite.generation.symbolic import ObjectBox, SymbolicContext
 from llava_lite.generation.teacher import ClaudeTeacher, build_teacher
+from llava_lite.symbolic import ObjectBox, SymbolicContext
 
 KEY = "sk-ant-test-DO-NOT-LEAK-7f3a9c"
 CTX = SymbolicContext(

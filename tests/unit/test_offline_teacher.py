@@ -10,7 +10,7 @@ import pytest
 
 from llava_lite.generation.base import RESPONSE_TYPES, GenerationRequest, Teacher, TeacherError
 from llava_lite.generation.offline import DETAIL_INSTRUCTIONS, OfflineTeacher, parse_context
-from llava_lite.generation.symbolic import load_coco
+from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.checker import check_turns
 from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT

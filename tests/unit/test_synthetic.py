@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava_lite.generation.symbolic import load_coco
+from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import COLORS, SHAPES, SPLITS, build_world, load_scenes
 from llava_lite.synthetic.checker import check_turns
 from llava_lite.synthetic.render import visible_areas

@@ -32,7 +32,7 @@ from llava_lite.demo.vision import VisionPretrainSettings, cell_targets, pretrai
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
 from llava_lite.generation.settings import settings_from
-from llava_lite.generation.symbolic import load_coco
+from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import build_world
 from llava_lite.synthetic.tasks import caption_records, eval_questions, write_json
 

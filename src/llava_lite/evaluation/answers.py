@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from llava_lite.data.collate import LlavaCollator
-from llava_lite.generation.jsonl import JsonlAppender, read_jsonl, repair_torn_tail
+from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ numbers. Anything else is a :class:`JudgeError` with a reason that the caller co
 failed judgement is never scored as 0.
 
 Paying for replies reuses the generation package
-(:class:`~llava_lite.generation.client.PaysForMessages`, as the teacher does): one bounded call
-(:func:`~llava_lite.generation.client.create_message`: the SDK's retries, a capped
+(:class:`~llava_lite.claude.client.PaysForMessages`, as the teacher does): one bounded call
+(:func:`~llava_lite.claude.client.create_message`: the SDK's retries, a capped
 ``retry-after`` wait, a deadline), replies stored in its
-:class:`~llava_lite.generation.cache.RequestCache` before parsing (a rerun replays them for
-free), the :class:`~llava_lite.generation.cost.Budget` reserving each request's worst case
+:class:`~llava_lite.claude.cache.RequestCache` before parsing (a rerun replays them for
+free), the :class:`~llava_lite.claude.prices.Budget` reserving each request's worst case
 before sending (and charging it when a reply reports no usage), and
-:class:`~llava_lite.generation.cost.Prices` turning usage into dollars. Only a finished
+:class:`~llava_lite.claude.prices.Prices` turning usage into dollars. Only a finished
 reply (``end_turn`` / ``tool_use`` / ``stop_sequence``) with one call of the tool, or a
 text fallback, is scored.
 The API key is passed to the SDK only (explicitly, or read by the SDK from
@@ -34,16 +34,16 @@ from typing import Any
 
 import anthropic
 
-from llava_lite.generation.base import Usage
-from llava_lite.generation.cache import RequestCache
-from llava_lite.generation.client import (
+from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.client import (
     ApiCallError,
     ApiFatalError,
     PaysForMessages,
     usage_from_message,
 )
-from llava_lite.generation.cost import Budget, Prices
-from llava_lite.generation.estimate import TokenEstimator
+from llava_lite.claude.estimate import TokenEstimator
+from llava_lite.claude.prices import Budget, Prices
+from llava_lite.generation.base import Usage
 from llava_lite.generation.messages import FINISHED_STOPS
 
 log = logging.getLogger(__name__)

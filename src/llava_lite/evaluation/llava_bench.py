@@ -7,7 +7,7 @@ Files, as the original LLaVA release ships them:
 - context, keyed by ``image``: LLaVA-Bench (In-the-Wild) ``context.jsonl`` lines
   ``{"id", "image", "caption"}``, or the COCO set's ``{"image", "captions": [...],
   "instances": [{"category", "bbox"}]}``; or, for COCO-format data (the synthetic world),
-  the symbolic context (captions + normalised boxes) of ``llava_lite.generation.symbolic``;
+  the symbolic context (captions + normalised boxes) of ``llava_lite.symbolic``;
 - reference answers (``answers_gpt4.jsonl``) and model answers: ``{"question_id", "text"}``.
 
 Questions are joined to answers by ``question_id`` (not by line order). A question whose
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llava_lite.claude.aio import run_sync
 from llava_lite.evaluation.answers import Question, read_answers, read_questions
 from llava_lite.evaluation.judge import ClaudeJudge, Judgement, JudgeRequest
 from llava_lite.evaluation.metrics import GroupedRelativeScore
-from llava_lite.generation.aio import run_sync
-from llava_lite.generation.jsonl import read_jsonl
-from llava_lite.generation.symbolic import load_coco
+from llava_lite.io import read_jsonl
+from llava_lite.symbolic import load_coco
 
 CATEGORIES = {
     "conv": "conversation",

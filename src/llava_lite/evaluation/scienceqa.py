@@ -24,7 +24,7 @@ from typing import Any
 
 from llava_lite.evaluation.answers import Question
 from llava_lite.evaluation.metrics import GroupedAccuracy
-from llava_lite.generation.jsonl import write_json_atomic
+from llava_lite.io import write_json_atomic
 
 OPTIONS = ("A", "B", "C", "D", "E")
 INSTRUCTION = "Answer with the option's letter from the given choices directly."

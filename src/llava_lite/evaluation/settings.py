@@ -11,9 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from llava_lite.claude.prices import Prices
 from llava_lite.config import validated_settings
 from llava_lite.evaluation.answers import GenerationSettings
-from llava_lite.generation.cost import Prices
 
 TASKS = ("answers", "scienceqa", "scienceqa_convert", "llava_bench")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llava_lite.generation.symbolic import SymbolicContext
+from llava_lite.claude.prices import Usage
+from llava_lite.symbolic import SymbolicContext
 
 RESPONSE_TYPES = ("conversation", "detail", "complex_reasoning")
 
@@ -21,22 +22,6 @@ class GenerationRequest:
     sample_index: int = 0  # several samples of one type per image get different indices
     instruction: str | None = None  # the fixed question for "detail" (drawn by the pipeline)
     attempt: int = 0  # retries after a rejected reply are new requests with their own cache key
-
-
-@dataclass
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
-            self.cache_read_input_tokens + other.cache_read_input_tokens,
-        )
 
 
 @dataclass

@@ -32,15 +32,15 @@ from typing import Any
 import anthropic
 import httpx2
 
-from llava_lite.generation.base import GenerationRequest
-from llava_lite.generation.client import (
+from llava_lite.claude.client import (
     ApiCallError,
     RetryOnlyUnprocessed,
     describe_error,
     message_problem,
     usage_from_message,
 )
-from llava_lite.generation.cost import BudgetExceeded
+from llava_lite.claude.prices import BudgetExceeded
+from llava_lite.generation.base import GenerationRequest
 from llava_lite.generation.teacher import ClaudeTeacher
 
 log = logging.getLogger(__name__)

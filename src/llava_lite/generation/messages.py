@@ -21,7 +21,7 @@ from typing import Any
 
 from llava_lite.generation.base import GenerationRequest, TeacherError
 from llava_lite.generation.prompts import PromptSet
-from llava_lite.generation.symbolic import SymbolicContext
+from llava_lite.symbolic import SymbolicContext
 
 TURNS_TOOL: dict[str, Any] = {
     "name": "record_turns",

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from llava_lite.generation.base import GenerationRequest, TeacherError, TeacherReply, Usage
-from llava_lite.generation.symbolic import SymbolicContext
+from llava_lite.symbolic import SymbolicContext
 from llava_lite.synthetic.language import (
     article,
     capitalize,

@@ -26,19 +26,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from llava_lite.generation.aio import run_sync
+from llava_lite.claude.aio import run_sync
+from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.client import ApiFatalError
+from llava_lite.claude.estimate import TokenEstimator
+from llava_lite.claude.prices import Budget, BudgetExceeded
 from llava_lite.generation.base import GenerationRequest, Teacher, TeacherError, Usage
 from llava_lite.generation.batches import BatchRunner
-from llava_lite.generation.cache import RequestCache
-from llava_lite.generation.client import ApiFatalError
-from llava_lite.generation.cost import Budget, BudgetExceeded
-from llava_lite.generation.estimate import TokenEstimator
-from llava_lite.generation.jsonl import JsonlAppender, read_jsonl, repair_torn_tail, write_json_atomic
 from llava_lite.generation.prompts import load_detail_instructions
 from llava_lite.generation.settings import GenerateSettings
-from llava_lite.generation.symbolic import SymbolicContext, load_coco
 from llava_lite.generation.teacher import ClaudeTeacher, build_teacher
 from llava_lite.generation.validation import SampleRejected, SampleValidator, dedupe_turns, to_conversations
+from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail, write_json_atomic
+from llava_lite.symbolic import SymbolicContext, load_coco
 
 log = logging.getLogger(__name__)
 

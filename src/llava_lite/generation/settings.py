@@ -12,9 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from llava_lite.claude.prices import Prices
 from llava_lite.config import validated_settings
 from llava_lite.generation.base import RESPONSE_TYPES
-from llava_lite.generation.cost import Prices
 from llava_lite.generation.messages import ContextOptions
 from llava_lite.generation.prompts import PROMPT_VERSION
 from llava_lite.generation.validation import ValidationConfig

@@ -2,10 +2,10 @@
 
 The teacher owns everything about paying for a reply: the request body, the cache lookup
 (a stored reply is replayed, never bought twice), the budget reservation, the bounded
-number of requests in flight, and one bounded call (:mod:`~llava_lite.generation.client`:
+number of requests in flight, and one bounded call (:mod:`~llava_lite.claude.client`:
 the SDK's retries, a capped ``retry-after`` wait, a deadline on the whole call). A failed
 call is a counted :class:`TeacherError`; an API that refuses the client (401 / 402 / 403 /
-404) raises :class:`~llava_lite.generation.client.ApiFatalError` for the run to stop on. A
+404) raises :class:`~llava_lite.claude.client.ApiFatalError` for the run to stop on. A
 reply that does not report its usage is charged its reserved worst case, so the budget cap
 holds. The API key is never passed around by this code: the SDK reads it from the
 environment or its own configuration unless a caller (a test) passes one explicitly, and
@@ -21,6 +21,10 @@ from typing import Any
 
 import anthropic
 
+from llava_lite.claude.cache import RequestCache, request_key
+from llava_lite.claude.client import ApiCallError, PaysForMessages, usage_from_message
+from llava_lite.claude.estimate import TokenEstimator
+from llava_lite.claude.prices import Budget, Prices
 from llava_lite.generation.base import (
     RESPONSE_TYPES,
     GenerationRequest,
@@ -29,10 +33,6 @@ from llava_lite.generation.base import (
     TeacherReply,
     Usage,
 )
-from llava_lite.generation.cache import RequestCache, request_key
-from llava_lite.generation.client import ApiCallError, PaysForMessages, usage_from_message
-from llava_lite.generation.cost import Budget, Prices
-from llava_lite.generation.estimate import TokenEstimator
 from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
 from llava_lite.generation.prompts import PROMPT_VERSION, PromptSet, load_prompt_set
 from llava_lite.generation.validation import is_clean_text

@@ -3,7 +3,7 @@
 Each object sits in its own cell of a 3x3 grid (with jitter), so "top left" or "center"
 names exactly one object and relative positions are never ambiguous. Sizes are fractions
 of a cell, so the world scales with the image size. This module is the hidden truth:
-teachers never read it, they read captions and boxes (see ``llava_lite.generation.symbolic``).
+teachers never read it, they read captions and boxes (see ``llava_lite.symbolic``).
 """
 
 from __future__ import annotations

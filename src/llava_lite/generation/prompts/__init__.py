@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from llava_lite.generation.base import RESPONSE_TYPES
-from llava_lite.generation.symbolic import ObjectBox, SymbolicContext
+from llava_lite.symbolic import ObjectBox, SymbolicContext
 
 PROMPT_VERSION = "v1"
 

@@ -9,7 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llava_lite.generation.base import Usage
+
+@dataclass
+class Usage:
+    """Billed tokens of one reply or a run, as the Messages API reports them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
+        )
 
 
 @dataclass

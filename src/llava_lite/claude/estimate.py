@@ -20,7 +20,7 @@ from typing import Any
 
 import tiktoken
 
-from llava_lite.generation.base import Usage
+from llava_lite.claude.prices import Usage
 
 _BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 _DEFAULT_CACHE = Path.home() / ".cache" / "llava_lite" / "tiktoken"

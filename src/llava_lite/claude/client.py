@@ -29,12 +29,11 @@ from typing import TYPE_CHECKING, Any
 import anthropic
 import httpx2
 
-from llava_lite.generation.base import Usage
-from llava_lite.generation.cost import Budget, Prices
-from llava_lite.generation.estimate import TokenEstimator
+from llava_lite.claude.estimate import TokenEstimator
+from llava_lite.claude.prices import Budget, Prices, Usage
 
 if TYPE_CHECKING:
-    from llava_lite.generation.cache import RequestCache
+    from llava_lite.claude.cache import RequestCache
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Test doubles: local stand-ins for services the library talks to."""
