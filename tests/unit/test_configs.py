@@ -226,3 +226,19 @@ def test_stage1_uses_the_plain_template_and_stage2_the_models_own(train_file: Pa
     stage2 = _llava_config(_cfg(train_file, "model=tiny", "experiment=finetune").model)
     assert stage1.conv_template == "plain"
     assert stage2.conv_template == LlavaConfig.from_name("tiny").conv_template == "vicuna_v1"
+
+
+def test_data_configs_name_only_real_bad_sample_policies() -> None:
+    """The comment beside ``on_bad_sample`` documents the policies that exist, and only those."""
+    import re
+
+    from llava_lite.data.bad_samples import BAD_SAMPLE_POLICIES
+
+    for path in sorted((CONF / "data").glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            if not line.startswith("on_bad_sample:"):
+                continue
+            value, _, comment = line.removeprefix("on_bad_sample:").partition("#")
+            assert value.strip() in BAD_SAMPLE_POLICIES, path
+            named = set(re.findall(r"(\w+):", comment)) | set(re.findall(r'"(\w+)"', comment))
+            assert named == set(BAD_SAMPLE_POLICIES), f"{path}: {line}"

@@ -147,3 +147,29 @@ def test_collator_truncation_never_cuts_an_image_block() -> None:
     assert batch["input_ids"].shape == (1, 6) and batch["ids"] == ["s10"]
     assert [r.reason for r in batch["skipped"]] == ["too_long"]
     assert batch["pixel_values"].shape[0] == 1
+
+
+class _Raises(torch.utils.data.Dataset):
+    """Every item is a bad record, as a worker's ``build_sample`` would report it."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise BadSampleError("too_long", "900 tokens > model_max_length=512", f"r{index}", "train.jsonl")
+
+
+def test_bad_sample_error_keeps_its_type_and_message_across_processes() -> None:
+    import pickle
+
+    err = BadSampleError("empty_answer", "turn 1 is empty", "r7", "f.jsonl")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is BadSampleError and str(back) == str(err)
+    assert (back.reason, back.record_id, back.source) == ("empty_answer", "r7", "f.jsonl")
+    loader = torch.utils.data.DataLoader(_Raises(), num_workers=1, collate_fn=list)
+    with pytest.raises(BadSampleError) as caught:
+        next(iter(loader))
+    assert caught.value.reason == "too_long"
+    assert "record 'r0' in train.jsonl: 900 tokens > model_max_length=512" in str(caught.value)
+    with pytest.raises(ValueError, match="unknown bad-sample reason 'nonsense'"):
+        BadSampleError("nonsense")

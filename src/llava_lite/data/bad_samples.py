@@ -9,6 +9,7 @@ processes) and is counted once per distinct record in the main process; with ``"
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -24,9 +25,14 @@ BAD_SAMPLE_REASONS = (
     "missing_image",  # image file not found
     "unreadable_image",  # corrupt, truncated or not an image
     "label_mismatch",  # the template's turn boundaries do not survive tokenisation
-    "too_long",  # over model_max_length and cannot be truncated without cutting an image block
+    "empty_answer",  # an assistant turn with no text
+    "special_token_text",  # a turn's text spells a special token or template marker ("</s>", "[/INST]")
+    "too_long",  # over model_max_length (policy "skip" / "raise"), or the cut would split an image block
     "no_trained_tokens",  # after truncation no assistant token is left to train on
 )
+# How torch's DataLoader re-raises a worker's exception: ``type(message)``, the message ending
+# with the original "...BadSampleError: <reason>: ..." line.
+_RERAISED = re.compile(r"BadSampleError: ([a-z_]+): ")
 
 
 def check_policy(on_bad_sample: str) -> str:
@@ -42,12 +48,23 @@ class BadSampleError(ValueError):
         self, reason: str, detail: str = "", record_id: str | None = None, source: str | None = None
     ):
         if reason not in BAD_SAMPLE_REASONS:
-            raise ValueError(f"unknown bad-sample reason {reason!r}; valid: {list(BAD_SAMPLE_REASONS)}")
+            # A DataLoader worker's error comes back as BadSampleError(<worker traceback>): keep
+            # its type (so ``except BadSampleError`` works) and its whole message.
+            found = _RERAISED.findall(reason) if not (detail or record_id or source) else []
+            if not found or found[-1] not in BAD_SAMPLE_REASONS:
+                raise ValueError(f"unknown bad-sample reason {reason!r}; valid: {list(BAD_SAMPLE_REASONS)}")
+            self.reason, self.detail, self.record_id, self.source = found[-1], reason, None, None
+            super().__init__(reason)
+            return
         self.reason = reason
         self.detail = detail
         self.record_id = record_id
         self.source = source
         super().__init__(self._message())
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None, str | None]]:
+        # Exceptions pickle as type(*args); ours rebuild from their fields instead.
+        return (type(self), (self.reason, self.detail, self.record_id, self.source))
 
     def _message(self) -> str:
         where = f"record {self.record_id!r} in {self.source}" if self.source else f"record {self.record_id!r}"
