@@ -48,3 +48,13 @@ def test_load_tokenizer_builds_tiny_without_a_path_and_reads_a_folder(tmp_path) 
     tok.save_pretrained(tmp_path)
     again = load_tokenizer(LLMConfig(name_or_path=str(tmp_path)))
     assert again("a <image> b").input_ids == tok("a <image> b").input_ids
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
+def test_non_ascii_text_survives_decoding_without_special_tokens(kind: str) -> None:
+    """Chat and answers decode with ``skip_special_tokens=True``; byte pieces are not special."""
+    tok = build_tiny_tokenizer(kind)
+    text = "café ünïcode 東京"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert not any(t.startswith("<0x") for t in tok.all_special_tokens)

@@ -8,6 +8,7 @@ both families real LLMs use: ``sentencepiece`` (Llama-style: metaspace, byte fal
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from importlib import resources
 
@@ -23,6 +24,17 @@ def default_corpus() -> list[str]:
     """The built-in training text: chat phrasing, colours, shapes, counts, positions."""
     text = resources.files("llava_lite.modeling").joinpath("tiny_corpus.txt").read_text()
     return [line for line in text.splitlines() if line.strip()]
+
+
+def _bytes_as_pieces(tok: Tokenizer, byte_tokens: set[str]) -> Tokenizer:
+    """Keep the byte-fallback pieces in the vocabulary but not among the special tokens.
+
+    The trainer only reserves ids for what it is given as special tokens; left special,
+    ``decode(..., skip_special_tokens=True)`` would drop every non-ASCII character.
+    """
+    data = json.loads(tok.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in byte_tokens]
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def build_tiny_tokenizer(
@@ -52,6 +64,7 @@ def build_tiny_tokenizer(
             show_progress=False,
         )
         tok.train_from_iterator(corpus * repeats, trainer)
+        tok = _bytes_as_pieces(tok, set(byte_tokens))
         bos_id = tok.token_to_id("<s>")
         # Llama prepends <s>; it never appends </s> on its own.
         tok.post_processor = processors.TemplateProcessing(
