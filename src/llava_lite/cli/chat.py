@@ -18,6 +18,7 @@ from typing import TextIO
 
 import torch
 
+from llava_lite.cli.errors import run_cli
 from llava_lite.data import LlavaProcessor
 from llava_lite.evaluation.answers import GenerationSettings
 from llava_lite.evaluation.chat import ChatSession
@@ -79,11 +80,13 @@ def interact(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point; a bad model folder or image is one error line (exit 1)."""
     args = build_parser().parse_args(argv)
-    try:
-        session = session_from_args(args)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"llava-lite-chat: {err}")
+    run_cli("llava-lite-chat", lambda: _chat(args))
+
+
+def _chat(args: argparse.Namespace) -> None:
+    session = session_from_args(args)
     if args.question is not None:
         print(session.ask(args.question))
         return

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from llava_lite.cli.errors import run_cli
 from llava_lite.demo.run import DemoSettings, run_demo
 
 
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         help="torch CPU threads (default: the cores other processes leave idle)",
     )
     args = parser.parse_args(argv)
+    run_cli("llava-lite-demo", lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The demo prints its own progress; keep the libraries' per-load reports out of it.
     transformers.utils.logging.set_verbosity_error()

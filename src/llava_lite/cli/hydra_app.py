@@ -1,4 +1,5 @@
-"""What the Hydra entry points share: the config folder, the plain config dict, ``main``."""
+"""What the Hydra entry points share: the config folder, the plain config dict, ``main`` (with
+the shared error report of :mod:`llava_lite.cli.errors`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import llava_lite
+from llava_lite.cli.errors import reporting_task, run_cli
 
 CONF_ENV = "LLAVA_LITE_CONF"
 
@@ -35,11 +37,18 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
-def hydra_main(config_name: str, run: Callable[[DictConfig], Any], folder: Callable[[], Path]) -> None:
-    """Run ``run`` under Hydra on ``config_name`` from ``folder()`` (command-line overrides apply);
-    a missing config folder exits with its message instead of a traceback."""
-    try:
-        conf = str(folder())
-    except FileNotFoundError as err:
-        sys.exit(str(err))
-    hydra.main(config_path=conf, config_name=config_name, version_base="1.3")(run)()
+def hydra_main(
+    config_name: str, run: Callable[[DictConfig], Any], folder: Callable[[], Path], prog: str | None = None
+) -> None:
+    """Run ``run`` under Hydra on ``config_name`` from ``folder()`` (command-line overrides apply).
+
+    A mistake the user can fix (missing config folder or file, unknown key, bad value) prints one
+    error line and a hint and exits 1; see :mod:`llava_lite.cli.errors`.
+    """
+    prog = prog or Path(sys.argv[0]).name
+
+    def body() -> None:
+        task = reporting_task(prog, run)
+        hydra.main(config_path=str(folder()), config_name=config_name, version_base="1.3")(task)()
+
+    run_cli(prog, body)
