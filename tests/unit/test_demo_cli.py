@@ -1,0 +1,34 @@
+"""llava-lite-demo's thread count: the cores the process may run on, not how idle they look."""
+
+from __future__ import annotations
+
+import pytest
+
+from llava_lite.cli import demo as demo_cli
+
+
+def test_default_threads_are_the_affinity_cores_whatever_the_load(monkeypatch) -> None:
+    monkeypatch.setattr(demo_cli.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    monkeypatch.setattr(demo_cli.os, "getloadavg", lambda: (40.0, 40.0, 40.0))  # just after a busy job
+    monkeypatch.setattr(demo_cli.os, "cpu_count", lambda: 64)  # more cores exist than this process may use
+    assert demo_cli.thread_count() == 3
+
+
+def test_threads_flag_wins_and_must_be_positive(monkeypatch) -> None:
+    monkeypatch.setattr(demo_cli.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert demo_cli.thread_count(1) == 1
+    with pytest.raises(ValueError, match=r"--threads=0; valid: 1 or more"):
+        demo_cli.thread_count(0)
+
+
+def test_main_sets_the_chosen_threads_before_the_demo_runs(monkeypatch, tmp_path) -> None:
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(demo_cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(demo_cli.os, "getloadavg", lambda: (3.9, 3.9, 3.9))
+    monkeypatch.setattr(demo_cli.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(demo_cli, "run_demo", lambda out, settings: calls.append(("run", out)))
+    demo_cli.main(["--quick", "--out", str(tmp_path)])
+    assert calls == [("threads", 4), ("run", tmp_path)]
+    calls.clear()
+    demo_cli.main(["--quick", "--out", str(tmp_path), "--threads", "2"])
+    assert calls[0] == ("threads", 2)
