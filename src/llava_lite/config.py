@@ -22,7 +22,12 @@ S = TypeVar("S")
 
 VISION_BACKENDS = ("hf", "timm")
 SELECT_FEATURES = ("patch", "cls_patch")
+# How an image becomes a square before the tower's processor (see llava_lite.data.images.make_square).
 IMAGE_ASPECTS = ("pad", "resize", "crop")
+# The text marker of an image in a conversation; one special token of the tokenizer.
+IMAGE_TOKEN = "<image>"
+# The label of a position the loss ignores (transformers' and PyTorch's default).
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -95,7 +100,7 @@ class LlavaConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
-    image_token: str = "<image>"
+    image_token: str = IMAGE_TOKEN
     image_aspect: str = "pad"
     model_max_length: int = 2048
     conv_template: str = "vicuna_v1"

@@ -18,8 +18,14 @@ from omegaconf import OmegaConf, open_dict
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from llava_lite.config import PRESETS, LlavaConfig
-from llava_lite.modeling import build_projector
-from llava_lite.training import LlavaLitModule, accumulation_steps, compose_config, config_dir
+from llava_lite.modeling import LlavaModel, build_projector
+from llava_lite.training import (
+    LlavaLitModule,
+    accumulation_steps,
+    build_datamodule,
+    compose_config,
+    config_dir,
+)
 
 CONF = config_dir()
 TRAIN_GROUPS = (
@@ -52,6 +58,11 @@ def train_file(tmp_path_factory) -> Path:
         '{"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n'
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> LlavaModel:
+    return LlavaModel(LlavaConfig.from_name("tiny"))
 
 
 def _cfg(train_file: Path, *overrides: str):
@@ -137,10 +148,11 @@ def test_model_parts(group: str, option: str, train_file: Path) -> None:
 
 
 @pytest.mark.parametrize("option", _options("data"))
-def test_data_configs(option: str, train_file: Path) -> None:
+def test_data_configs(option: str, train_file: Path, tiny_model: LlavaModel) -> None:
     cfg = _cfg(train_file, f"data={option}", f"data.train_files={train_file}")
-    dm = instantiate(cfg.data)
+    dm = build_datamodule(cfg.data, tiny_model)
     assert dm.train_files == [str(train_file)] and dm.batch_size == cfg.data.batch_size
+    assert dm.processor.overlong == cfg.data.overlong == "skip"
     if option != "llava":  # named datasets live under paths.data_dir
         assert compose_config([f"data={option}"]).data.train_files.startswith("./data/")
 
@@ -175,7 +187,7 @@ def test_paths(option: str, train_file: Path) -> None:
 
 
 @pytest.mark.parametrize("option", _options("experiment"))
-def test_experiments(option: str, train_file: Path) -> None:
+def test_experiments(option: str, train_file: Path, tiny_model: LlavaModel) -> None:
     cfg = _cfg(train_file, f"experiment={option}", f"data.train_files={train_file}")
     OmegaConf.to_container(cfg, resolve=True)  # no dangling interpolation
     assert cfg.module.stage in ("pretrain", "finetune")
@@ -185,7 +197,7 @@ def test_experiments(option: str, train_file: Path) -> None:
         instantiate(cfg.module)
     else:
         assert config.llm.name_or_path
-    instantiate(cfg.data)
+    build_datamodule(cfg.data, tiny_model)
     for group in ("callbacks", "logger"):
         [instantiate(node) for node in cfg[group].values() if node is not None]
     _instantiate_trainer(cfg.trainer)
@@ -242,3 +254,10 @@ def test_data_configs_name_only_real_bad_sample_policies() -> None:
             assert value.strip() in BAD_SAMPLE_POLICIES, path
             named = set(re.findall(r"(\w+):", comment)) | set(re.findall(r'"(\w+)"', comment))
             assert named == set(BAD_SAMPLE_POLICIES), f"{path}: {line}"
+
+
+def test_overlong_policy_is_set_from_the_data_config(train_file: Path, tiny_model: LlavaModel) -> None:
+    cfg = _cfg(train_file, "data.overlong=truncate")
+    assert build_datamodule(cfg.data, tiny_model).processor.overlong == "truncate"
+    with pytest.raises(ValueError, match=r"overlong='cut'; valid"):
+        build_datamodule(_cfg(train_file, "data.overlong=cut").data, tiny_model)

@@ -7,18 +7,11 @@ from functools import cache
 
 import pytest
 
+from llava_lite.config import IGNORE_INDEX
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.conversation import (
-    IGNORE_INDEX,
-    TEMPLATES,
-    ChatTemplate,
-    Segment,
-    encode_conversation,
-    get_template,
-    normalize_conversation,
-    prompt_for_generation,
-)
+from llava_lite.data.conversation import encode_conversation, normalize_conversation
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer, default_corpus
+from llava_lite.templates import TEMPLATES, ChatTemplate, Segment, get_template, prompt_for_generation
 
 CHATML_JINJA = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

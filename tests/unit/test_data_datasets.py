@@ -25,6 +25,7 @@ from llava_lite.data import (
     read_records,
 )
 from llava_lite.data.loader import ResumableLoader
+from llava_lite.data.packing import PackingCollator
 from llava_lite.data.wds_shards import convert_to_wds
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 
@@ -34,7 +35,8 @@ def processor(model_max_length: int = 256) -> LlavaProcessor:
     tok = build_tiny_tokenizer("sentencepiece")
     tok.add_tokens(["<image>"], special_tokens=True)
     ip = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    return LlavaProcessor(tok, ip, num_image_tokens=4, model_max_length=model_max_length)
+    # truncate: the cut-dependent rejections (image block cut, nothing trained left) stay reachable.
+    return LlavaProcessor(tok, ip, num_image_tokens=4, model_max_length=model_max_length, overlong="truncate")
 
 
 def text_record(i: int) -> dict:
@@ -129,6 +131,8 @@ def test_ranks_times_workers_see_every_sample_exactly_once(
     for k in range(files):
         write_jsonl(tmp_path / f"s{k}.jsonl", records[k::files])
     seen: list[str] = []
+    packed: list[str] = []
+    pack = PackingCollator(processor().pad_token_id, 64, processor().image_token_id)
     for rank in range(world_size):
         ds = LlavaStreamingDataset(
             str(tmp_path / "s*.jsonl"),
@@ -140,7 +144,13 @@ def test_ranks_times_workers_see_every_sample_exactly_once(
         )
         loader = DataLoader(ds, batch_size=4, num_workers=num_workers, collate_fn=lambda b: b)
         seen += [s["id"] for batch in loader for s in batch]
+        packed += [
+            i
+            for batch in DataLoader(ds, batch_size=4, num_workers=num_workers, collate_fn=pack)
+            for i in batch["ids"]
+        ]
     assert sorted(seen) == sorted(r["id"] for r in records)
+    assert sorted(packed) == sorted(seen)  # packing keeps every sample, once
 
 
 def _run(ds: LlavaStreamingDataset, num_workers: int, stop_after: int | None = None) -> list[str]:
@@ -386,19 +396,23 @@ def test_grouped_sampler_gives_each_rank_homogeneous_batches() -> None:
             assert len({has_image[i] for i in mine[b : b + 4]}) == 1
 
 
-@pytest.mark.parametrize("group", [False, True])
-def test_map_style_sampler_resumes_mid_epoch(tmp_path: Path, image_root: Path, group: bool) -> None:
+@pytest.mark.parametrize(("group", "packing"), [(False, False), (True, False), (True, True)])
+def test_map_style_sampler_resumes_mid_epoch(
+    tmp_path: Path, image_root: Path, group: bool, packing: bool
+) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", mixed_records(30))
 
     def dm() -> LlavaDataModule:
-        return LlavaDataModule(
+        module = LlavaDataModule(
             path,
             image_root=str(image_root),
             batch_size=4,
             group_by_modality_length=group,
             seed=5,
-            processor=processor(),
+            packing={"enabled": packing, "max_tokens_per_row": 64},
         )
+        module.attach_processor(processor())
+        return module
 
     def run(module: LlavaDataModule, stop_after: int | None = None) -> list[str]:
         module.setup("fit")
@@ -440,3 +454,38 @@ def test_resumable_sampler_splits_ranks_and_resumes_each() -> None:
         resumed.load_state_dict({"epoch": 0, "consumed": 8, "num_replicas": 2})
         assert list(resumed) == per_rank[r][8:]
         assert len(resumed) == 20
+
+
+def test_packing_datamodule_packs_rows_and_limits_samples_to_the_row_budget(tmp_path: Path) -> None:
+    long_answer = {
+        "id": "long",
+        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "word " * 80}],
+    }
+    path = write_jsonl(tmp_path / "d.jsonl", [text_record(i) for i in range(7)] + [long_answer])
+    module = LlavaDataModule(
+        path, batch_size=8, shuffle=False, packing={"enabled": True, "max_tokens_per_row": 40}
+    )
+    module.attach_processor(processor(model_max_length=256))
+    assert module.processor.model_max_length == 40 and processor().model_max_length == 256  # a copy
+    module.setup("fit")
+    batch = module.observe_batch(next(iter(module.train_dataloader())))
+    assert "attention_mask" not in batch and batch["input_ids"].shape[1] <= 40
+    assert batch["input_ids"].shape[0] < len(batch["ids"])  # several samples per row
+    assert len(batch["ids"]) == 8  # the long one truncated at the row budget (processor policy)
+    with pytest.raises(ValueError, match="max_tokens_per_row=4 is smaller than one image block"):
+        LlavaDataModule(path, packing={"enabled": True, "max_tokens_per_row": 4}).attach_processor(
+            processor()
+        )
+
+
+def test_loader_tells_each_batch_the_trained_tokens_of_its_optimiser_step(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [text_record(i) for i in range(10)])
+    collate = LlavaCollator(processor().pad_token_id, image_token_id=processor().image_token_id)
+    loader = ResumableLoader(LlavaDataset(path, processor()), batch_size=2, collate_fn=collate)
+    loader.accumulate = 3
+    batches = list(loader)
+    windows = [batches[0:3], batches[3:5]]  # the epoch's last window is shorter
+    for window in windows:
+        total = sum(b["trained_tokens"] for b in window)
+        assert [b["step_trained_tokens"] for b in window] == [total] * len(window)
+    assert windows[0][0]["step_trained_tokens"] != windows[1][0]["step_trained_tokens"]

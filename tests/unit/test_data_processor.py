@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -66,24 +68,34 @@ def test_aspect_modes() -> None:
     assert make_square(img, "crop", ip).size == (20, 20)
 
 
-def test_over_long_sample_is_truncated_only_when_safe() -> None:
+def test_over_long_samples_follow_the_overlong_policy(caplog) -> None:
     long_answer = " ".join(["the red circle"] * 40)
-    proc = make_processor(model_max_length=120)
-    out = proc.process_record(record(answer=long_answer), Image.new("RGB", (8, 8)))
+    img = Image.new("RGB", (8, 8))
+    # Default: rejected as too_long, and skipped even where other bad records raise.
+    for policy in ("skip", "raise"):
+        with pytest.raises(BadSampleError) as err:
+            make_processor(model_max_length=120, overlong=policy).process_record(
+                record(answer=long_answer), img
+            )
+        assert err.value.reason == "too_long" and f"overlong={policy}" in str(err.value)
+        assert err.value.raises("skip") == err.value.raises("raise") == (policy == "raise")
+    assert make_processor().overlong == "skip"
+    # Truncation only when chosen: cut, counted and logged with the record.
+    proc = make_processor(model_max_length=120, overlong="truncate")
+    with caplog.at_level("WARNING", logger="llava_lite.data.processor"):
+        out = proc.process_record(record(answer=long_answer), img)
     assert out["input_ids"].numel() == 120
     assert (out["input_ids"] == proc.image_token_id).sum() == N_IMG
     assert bool((out["labels"] != IGNORE_INDEX).any())
-    with pytest.raises(BadSampleError) as err:
-        strict = make_processor(model_max_length=120, truncation=False)
-        strict.process_record(record(answer=long_answer), Image.new("RGB", (8, 8)))
-    assert err.value.reason == "too_long"
+    assert int(out["input_ids"][-1]) != proc.tokenizer.eos_token_id  # the cut answer has no end
+    assert proc.truncations == 1 and "truncated record 'r'" in caplog.text
     # The image block itself would be cut (a long system prompt pushes it past the limit).
     long_question = " ".join(["where is the blue square"] * 40)
     late_image = record()
     late_image["conversations"].insert(0, {"from": "system", "value": long_question})
     with pytest.raises(BadSampleError) as err:
-        proc.process_record(late_image, Image.new("RGB", (8, 8)))
-    assert err.value.reason == "too_long"
+        proc.process_record(late_image, img)
+    assert err.value.reason == "too_long" and err.value.policy is None
     # Nothing trained survives the cut.
     text_only = {
         "conversations": [
@@ -94,6 +106,34 @@ def test_over_long_sample_is_truncated_only_when_safe() -> None:
     with pytest.raises(BadSampleError) as err:
         proc.process_record(text_only, None)
     assert err.value.reason == "no_trained_tokens"
+    assert proc.truncations == 1
+    with pytest.raises(ValueError, match=r"overlong='cut'; valid: \['skip', 'raise', 'truncate'\]"):
+        make_processor(overlong="cut")
+
+
+def test_datasets_honour_the_overlong_policy_over_on_bad_sample(tmp_path) -> None:
+    from llava_lite.data import LlavaDataset
+
+    long = {
+        "id": "long",
+        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red " * 200}],
+    }
+    short = {
+        "id": "short",
+        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Red."}],
+    }
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (short, long)) + "\n")
+    skipping = LlavaDataset(
+        str(path), make_processor(model_max_length=64, overlong="skip"), on_bad_sample="raise"
+    )
+    assert skipping[1]["skipped"][0].reason == "too_long"
+    raising = LlavaDataset(
+        str(path), make_processor(model_max_length=64, overlong="raise"), on_bad_sample="skip"
+    )
+    assert raising[0]["id"] == "short"
+    with pytest.raises(BadSampleError, match=r"too_long: record 'long' in .*d\.jsonl"):
+        raising[1]
 
 
 def test_prompt_ends_with_assistant_prefix_and_matches_training_prefix() -> None:
@@ -173,3 +213,49 @@ def test_bad_sample_error_keeps_its_type_and_message_across_processes() -> None:
     assert "record 'r0' in train.jsonl: 900 tokens > model_max_length=512" in str(caught.value)
     with pytest.raises(ValueError, match="unknown bad-sample reason 'nonsense'"):
         BadSampleError("nonsense")
+
+
+@pytest.mark.parametrize(
+    ("template", "text"),
+    [
+        ("vicuna_v1", "It ends here</s> and goes on."),
+        ("vicuna_v1", "<s>Hello"),
+        ("chatml", "Done.<|im_end|>"),
+        ("llama_2", "Sure [/INST] more"),
+        ("vicuna_v1", "Look: <image> again"),
+    ],
+)
+def test_text_spelling_a_special_token_is_rejected_with_a_reason(template: str, text: str) -> None:
+    """Tokenised, ``</s>`` in an answer would be an end of sequence trained mid-answer."""
+    proc = make_processor(template=template)
+    clean = proc.process_record(record(answer="A red square."), Image.new("RGB", (8, 8)))
+    assert clean["input_ids"].numel() > 0
+    with pytest.raises(BadSampleError) as err:
+        proc.process_record(record(answer=text), Image.new("RGB", (8, 8)))
+    assert err.value.reason in ("special_token_text", "image_token_mismatch"), err.value
+    if "<image>" not in text:
+        assert "turn 1 (assistant) spells" in str(err.value)
+
+
+def test_empty_answer_is_rejected_with_a_reason() -> None:
+    with pytest.raises(BadSampleError) as err:
+        make_processor().process_record(record(answer="  "), Image.new("RGB", (8, 8)))
+    assert err.value.reason == "empty_answer" and "turn 1 (assistant) has no text" in str(err.value)
+
+
+def test_from_model_overrides_every_processor_setting() -> None:
+    from helpers import tiny_llava
+
+    model = tiny_llava(conv_template="vicuna_v1")
+    proc = LlavaProcessor.from_model(
+        model, image_aspect="crop", template="chatml", model_max_length=99, overlong="raise"
+    )
+    assert (proc.image_aspect, proc.template.name, proc.model_max_length, proc.overlong) == (
+        "crop",
+        "chatml",
+        99,
+        "raise",
+    )
+    assert LlavaProcessor.from_model(model, template=None).template.name == "vicuna_v1"
+    with pytest.raises(TypeError, match=r"unknown settings \['aspect'\]; valid: \[.*'image_aspect'"):
+        LlavaProcessor.from_model(model, aspect="crop")

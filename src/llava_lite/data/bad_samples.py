@@ -45,7 +45,12 @@ class BadSampleError(ValueError):
     """A record that cannot become a training sample; ``reason`` is one of ``BAD_SAMPLE_REASONS``."""
 
     def __init__(
-        self, reason: str, detail: str = "", record_id: str | None = None, source: str | None = None
+        self,
+        reason: str,
+        detail: str = "",
+        record_id: str | None = None,
+        source: str | None = None,
+        policy: str | None = None,
     ):
         if reason not in BAD_SAMPLE_REASONS:
             # A DataLoader worker's error comes back as BadSampleError(<worker traceback>): keep
@@ -54,17 +59,26 @@ class BadSampleError(ValueError):
             if not found or found[-1] not in BAD_SAMPLE_REASONS:
                 raise ValueError(f"unknown bad-sample reason {reason!r}; valid: {list(BAD_SAMPLE_REASONS)}")
             self.reason, self.detail, self.record_id, self.source = found[-1], reason, None, None
+            self.policy = "raise"  # it was raised
             super().__init__(reason)
             return
+        if policy is not None:
+            check_policy(policy)
         self.reason = reason
         self.detail = detail
         self.record_id = record_id
         self.source = source
+        self.policy = policy
         super().__init__(self._message())
 
-    def __reduce__(self) -> tuple[type, tuple[str, str, str | None, str | None]]:
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None, str | None, str | None]]:
         # Exceptions pickle as type(*args); ours rebuild from their fields instead.
-        return (type(self), (self.reason, self.detail, self.record_id, self.source))
+        return (type(self), (self.reason, self.detail, self.record_id, self.source, self.policy))
+
+    def raises(self, on_bad_sample: str) -> bool:
+        """Whether this rejection stops the run: its own ``policy`` (over-long samples follow
+        ``data.overlong``), else the dataset's ``on_bad_sample``."""
+        return (self.policy or on_bad_sample) == "raise"
 
     def _message(self) -> str:
         where = f"record {self.record_id!r} in {self.source}" if self.source else f"record {self.record_id!r}"
@@ -72,7 +86,9 @@ class BadSampleError(ValueError):
 
     def located(self, record_id: str | None, source: str | None) -> BadSampleError:
         """The same error with the record id and file filled in where they were unknown."""
-        return BadSampleError(self.reason, self.detail, self.record_id or record_id, self.source or source)
+        return BadSampleError(
+            self.reason, self.detail, self.record_id or record_id, self.source or source, self.policy
+        )
 
     def report(self) -> SkipReport:
         return SkipReport(self.reason, str(self.record_id), str(self.source), self.detail)

@@ -31,6 +31,7 @@ from typing import Any
 import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, SkipReport, check_policy
 from llava_lite.data.conversation import approx_length
 from llava_lite.data.processor import LlavaProcessor
@@ -82,7 +83,7 @@ class LlavaDataset(Dataset):
         processor: LlavaProcessor | None = None,
         image_root: str | None = None,
         on_bad_sample: str = "skip",
-        image_token: str = "<image>",
+        image_token: str = IMAGE_TOKEN,
     ) -> None:
         self.processor = processor
         self.image_root = image_root
@@ -112,7 +113,7 @@ class LlavaDataset(Dataset):
         try:
             return build_sample(self.records[index], _require(self.processor), self.image_root)
         except BadSampleError as err:
-            if self.on_bad_sample == "raise":
+            if err.raises(self.on_bad_sample):
                 raise
             return {"skipped": [err.report()]}
 
@@ -294,7 +295,7 @@ class LlavaStreamingDataset(IterableDataset):
             try:
                 sample = build_sample(raw, processor, self.image_root)
             except BadSampleError as err:
-                if self.on_bad_sample == "raise":
+                if err.raises(self.on_bad_sample):
                     raise
                 if held is not None:
                     held["skipped"].append(err.report())

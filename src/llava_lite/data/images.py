@@ -14,9 +14,8 @@ from typing import Any
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
+from llava_lite.config import IMAGE_ASPECTS
 from llava_lite.data.bad_samples import BadSampleError
-
-IMAGE_ASPECTS = ("pad", "resize", "crop")
 
 
 def resolve_image_path(image: str, image_root: str | None) -> str:

@@ -7,31 +7,36 @@ inputs the same way: ``LlavaProcessor.from_model(model)``.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
+from llava_lite.config import IGNORE_INDEX, IMAGE_ASPECTS, IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.conversation import (
-    IGNORE_INDEX,
-    Message,
-    encode_conversation,
-    get_template,
-    normalize_conversation,
-    prompt_for_generation,
-)
-from llava_lite.data.images import IMAGE_ASPECTS, make_square, open_image
+from llava_lite.data.conversation import check_reserved_text, encode_conversation, normalize_conversation
+from llava_lite.data.images import make_square, open_image
+from llava_lite.templates import Message, get_template, prompt_for_generation
+
+log = logging.getLogger(__name__)
+
+# What happens to a sample longer than model_max_length (the data config's ``overlong``).
+OVERLONG_POLICIES = ("skip", "raise", "truncate")
 
 
 class LlavaProcessor:
     """Tokenises conversations with a template and expands ``<image>`` into image slots.
 
-    Over-long samples: with ``truncation=True`` (LLaVA's behaviour) the end is cut at
-    ``model_max_length`` if the cut leaves the image block whole and at least one trained
-    token; otherwise the sample is rejected as ``too_long`` (or ``no_trained_tokens``).
-    With ``truncation=False`` every over-long sample is rejected as ``too_long``.
+    Over-long samples follow ``overlong``: ``skip`` (the default) counts and logs them as
+    ``too_long`` and trains without them, whatever ``on_bad_sample`` says; ``raise`` stops at
+    the first, naming it; ``truncate`` (LLaVA's behaviour, chosen explicitly) cuts the end at
+    ``model_max_length`` and trains the cut answer without its end-of-turn token. Every
+    truncation is logged with its record and token counts and counted in ``truncations``
+    (per process). A cut through the image block, or one that leaves nothing trained, is a
+    ``too_long`` / ``no_trained_tokens`` bad sample under any policy.
     """
 
     def __init__(
@@ -39,14 +44,16 @@ class LlavaProcessor:
         tokenizer: Any,
         image_processor: Any,
         num_image_tokens: int,
-        image_token: str = "<image>",
+        image_token: str = IMAGE_TOKEN,
         template: str = "vicuna_v1",
         image_aspect: str = "pad",
         model_max_length: int = 2048,
-        truncation: bool = True,
+        overlong: str = "skip",
     ) -> None:
         if image_aspect not in IMAGE_ASPECTS:
             raise ValueError(f"image_aspect={image_aspect!r}; valid: {list(IMAGE_ASPECTS)}")
+        if overlong not in OVERLONG_POLICIES:
+            raise ValueError(f"overlong={overlong!r}; valid: {list(OVERLONG_POLICIES)}")
         if num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
         self.template = get_template(template)
@@ -66,22 +73,31 @@ class LlavaProcessor:
         self.image_token_id: int = token_id
         self.image_aspect = image_aspect
         self.model_max_length = model_max_length
-        self.truncation = truncation
+        self.overlong = overlong
+        self.truncations = 0
+        self.reserved_text = self.template.reserved_text(tokenizer)
 
     @classmethod
-    def from_model(cls, model: Any, template: str | None = None, **kwargs: Any) -> LlavaProcessor:
-        """The processor matching a ``LlavaModel``: its tokenizer, image processor and config."""
+    def from_model(cls, model: Any, **overrides: Any) -> LlavaProcessor:
+        """The processor matching a ``LlavaModel`` (its tokenizer, image processor and config);
+        any constructor argument may be overridden, e.g. ``template="plain"``, ``overlong="raise"``."""
         cfg = model.config
-        return cls(
-            tokenizer=model.tokenizer,
-            image_processor=model.image_processor,
-            num_image_tokens=model.num_image_tokens,
-            image_token=cfg.image_token,
-            template=template or cfg.conv_template,
-            image_aspect=cfg.image_aspect,
-            model_max_length=cfg.model_max_length,
-            **kwargs,
-        )
+        settings: dict[str, Any] = {
+            "tokenizer": model.tokenizer,
+            "image_processor": model.image_processor,
+            "num_image_tokens": model.num_image_tokens,
+            "image_token": cfg.image_token,
+            "template": cfg.conv_template,
+            "image_aspect": cfg.image_aspect,
+            "model_max_length": cfg.model_max_length,
+        }
+        valid = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise TypeError(f"LlavaProcessor.from_model: unknown settings {unknown}; valid: {valid}")
+        # None means "the model's own" (e.g. a command line's unset --template).
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**settings)
 
     @property
     def pad_token_id(self) -> int:
@@ -90,7 +106,7 @@ class LlavaProcessor:
     @property
     def stop_token_ids(self) -> list[int]:
         """Ids that end an assistant turn under this template (pass to ``generate``)."""
-        return [self.tokenizer.convert_tokens_to_ids(s) for s in self.template.stop_strings(self.tokenizer)]
+        return self.template.stop_token_ids(self.tokenizer)
 
     # ---- images ---------------------------------------------------------------------
     def load_image(self, source: str | bytes | Image.Image, image_root: str | None = None) -> torch.Tensor:
@@ -113,9 +129,10 @@ class LlavaProcessor:
         """
         has_image = image is not None
         messages = normalize_conversation(record.get("conversations"), self.image_token, has_image)
+        check_reserved_text(messages, self.reserved_text, self.image_token)
         enc = encode_conversation(messages, self.tokenizer, self.template, self.image_token)
         input_ids, labels = self._expand_image(enc.input_ids, enc.labels, 1 if has_image else 0)
-        input_ids, labels = self._fit_length(input_ids, labels)
+        input_ids, labels = self._fit_length(input_ids, labels, str(record.get("id", "")))
         pixel_values = None
         if has_image:
             pixel_values = image if isinstance(image, torch.Tensor) else self.preprocess_image(image)
@@ -144,16 +161,27 @@ class LlavaProcessor:
                 out_labels.append(lab)
         return out_ids, out_labels
 
-    def _fit_length(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    def _fit_length(self, ids: list[int], labels: list[int], record_id: str) -> tuple[list[int], list[int]]:
         limit = self.model_max_length
         if len(ids) <= limit:
             return ids, labels
+        why = f"{len(ids)} tokens > model_max_length={limit}"
+        if self.overlong != "truncate":  # "skip" / "raise": the policy of this rejection
+            raise BadSampleError("too_long", f"{why} (overlong={self.overlong})", policy=self.overlong)
         image_end = max((i + 1 for i, t in enumerate(ids) if t == self.image_token_id), default=0)
-        if not self.truncation or image_end > limit:
-            raise BadSampleError("too_long", f"{len(ids)} tokens > model_max_length={limit}")
+        if image_end > limit:
+            raise BadSampleError("too_long", f"{why}; truncating would cut the image block")
+        cut = sum(lab != IGNORE_INDEX for lab in labels[limit:])
         ids, labels = ids[:limit], labels[:limit]
         if all(lab == IGNORE_INDEX for lab in labels):
             raise BadSampleError("no_trained_tokens", f"nothing to train in the first {limit} tokens")
+        self.truncations += 1
+        log.warning(
+            "truncated record %r (overlong=truncate): %s; %d trained tokens cut, the answer is trained without its end",
+            record_id,
+            why,
+            cut,
+        )
         return ids, labels
 
     # ---- generation prompts ---------------------------------------------------------

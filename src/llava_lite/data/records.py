@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 
+from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.conversation import normalize_conversation
 
@@ -147,7 +148,7 @@ def read_records(paths: str | Sequence[str]) -> Iterator[RawRecord]:
         yield from iter_file(path)
 
 
-def check_record(raw: RawRecord, image_token: str = "<image>") -> None:
+def check_record(raw: RawRecord, image_token: str = IMAGE_TOKEN) -> None:
     """Structural checks that need no tokenizer; raises a located ``BadSampleError``."""
     try:
         if raw.error is not None:

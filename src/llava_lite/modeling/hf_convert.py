@@ -27,9 +27,10 @@ from transformers import (
 )
 from transformers import LlavaConfig as HFLlavaConfig
 
-from llava_lite.config import LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
+from llava_lite.config import IMAGE_TOKEN, LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
 from llava_lite.modeling.hf_config import config_to_arch
 from llava_lite.modeling.llava import LlavaModel
+from llava_lite.templates import get_template
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +140,8 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     return out
 
 
-def chat_template_for(template: str, tokenizer: Any, image_token: str = "<image>") -> str | None:
+def chat_template_for(template: str, tokenizer: Any, image_token: str = IMAGE_TOKEN) -> str | None:
     """The Jinja chat template rendering conversation ``template`` as our processor does (or None)."""
-    # Imported here: llava_lite.data pulls in Lightning, which llava_lite.modeling never imports.
-    from llava_lite.data.conversation import get_template
-
     jinja = get_template(template).jinja(tokenizer, image_token)
     if jinja is None:
         log.info("no chat_template for conversation template %r; the exported processor has none", template)

@@ -13,7 +13,7 @@ from llava_lite.training.freeze import (
 from llava_lite.training.module import LlavaLitModule
 from llava_lite.training.optim import build_adamw, build_cosine_schedule, param_groups
 from llava_lite.training.projector import PROJECTOR_FILE, load_projector, save_projector
-from llava_lite.training.run import accumulation_steps, compose_config, config_dir, train
+from llava_lite.training.run import accumulation_steps, build_datamodule, compose_config, config_dir, train
 
 __all__ = [
     "PROJECTOR_FILE",
@@ -26,6 +26,7 @@ __all__ = [
     "apply_stage",
     "build_adamw",
     "build_cosine_schedule",
+    "build_datamodule",
     "compose_config",
     "config_dir",
     "count_parameters",

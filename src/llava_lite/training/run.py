@@ -16,10 +16,11 @@ from typing import Any
 import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import llava_lite
-from llava_lite.data import LlavaProcessor
+from llava_lite.data import LlavaDataModule, LlavaProcessor
+from llava_lite.modeling import LlavaModel
 from llava_lite.training.callbacks import ProjectorCheckpoint
 from llava_lite.training.module import LlavaLitModule
 
@@ -69,6 +70,21 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in node.values() if c is not None and "_target_" in c]
 
 
+# Keys of the data config that are LlavaProcessor settings, not LlavaDataModule arguments.
+PROCESSOR_KEYS = ("overlong",)
+
+
+def build_datamodule(data_cfg: DictConfig, model: LlavaModel) -> LlavaDataModule:
+    """The data config's ``LlavaDataModule`` with the processor of ``model``; the config's
+    processor settings (``data.overlong``) go to the processor, the rest to the DataModule."""
+    data_cfg = data_cfg.copy()
+    with open_dict(data_cfg):
+        settings = {k: data_cfg.pop(k) for k in PROCESSOR_KEYS if k in data_cfg}
+    datamodule = instantiate(data_cfg)
+    datamodule.attach_processor(LlavaProcessor.from_model(model, **settings))
+    return datamodule
+
+
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Build module, data and trainer from ``cfg``, fit, and return metrics and artefact paths.
 
@@ -87,8 +103,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         L.seed_everything(cfg.seed, workers=True)
 
     module = instantiate(cfg.module)
-    datamodule = instantiate(cfg.data)
-    datamodule.attach_processor(LlavaProcessor.from_model(module.model))
+    datamodule = build_datamodule(cfg.data, module.model)
     callbacks = [*_instantiate_all(cfg.get("callbacks")), *callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
