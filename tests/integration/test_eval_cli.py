@@ -10,6 +10,7 @@ from PIL import Image
 from fakes.anthropic_api import FakeAnthropicAPI
 from llava_lite.cli import evaluate as eval_cli
 from llava_lite.config import LlavaConfig
+from llava_lite.hydra_conf import config_dir
 from llava_lite.modeling import LlavaModel
 
 KEY = "sk-ant-eval-cli-test-3b1d"
@@ -72,7 +73,7 @@ def model_dir(tmp_path_factory):
 
 
 def _compose(*overrides):
-    with initialize_config_dir(config_dir=str(eval_cli.config_dir()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir("eval")), version_base="1.3"):
         return compose(config_name="eval", overrides=list(overrides))
 
 

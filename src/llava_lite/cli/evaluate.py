@@ -8,13 +8,12 @@ Examples::
         llava_bench.questions_file=bench/questions.jsonl llava_bench.context_file=bench/context.jsonl \\
         llava_bench.references_file=bench/answers_gpt4.jsonl
 
-Configs come from ``conf/`` at the repository root, or from ``$LLAVA_LITE_CONF``.
+Configs: the packaged ``conf/`` (``llava_lite.hydra_conf.config_dir``), or ``$LLAVA_LITE_CONF``.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -22,11 +21,6 @@ from omegaconf import DictConfig
 from llava_lite.cli import hydra_app
 from llava_lite.evaluation.run import run_eval
 from llava_lite.evaluation.settings import settings_from
-
-
-def config_dir() -> Path:
-    """``$LLAVA_LITE_CONF`` if set, else ``conf/`` at the repository root; must hold eval.yaml."""
-    return hydra_app.config_dir("eval")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -39,7 +33,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main() -> None:
     """Console entry point; arguments are Hydra overrides (``key=value``)."""
-    hydra_app.hydra_main("eval", run, config_dir)
+    hydra_app.hydra_main("eval", run)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
-"""What the Hydra entry points share: the config folder, the plain config dict, ``main`` (with
-the shared error report of :mod:`llava_lite.cli.errors`)."""
+"""What the Hydra entry points share: the plain config dict and ``main`` (with the shared error
+report of :mod:`llava_lite.cli.errors`); ``config_dir`` is :func:`llava_lite.hydra_conf.config_dir`."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,21 +11,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import llava_lite
 from llava_lite.cli.errors import reporting_task, run_cli
+from llava_lite.hydra_conf import config_dir
 
-CONF_ENV = "LLAVA_LITE_CONF"
-
-
-def config_dir(config_name: str) -> Path:
-    """``$LLAVA_LITE_CONF`` if set, else ``conf/`` at the repository root; must hold ``<config_name>.yaml``."""
-    env = os.environ.get(CONF_ENV)
-    path = (
-        Path(env).expanduser().resolve() if env else Path(llava_lite.__file__).resolve().parents[2] / "conf"
-    )
-    if not (path / f"{config_name}.yaml").is_file():
-        raise FileNotFoundError(f"no {config_name}.yaml in {path}; set {CONF_ENV} to a folder holding it")
-    return path
+__all__ = ["config_dir", "hydra_main", "plain_config"]
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
@@ -38,9 +26,13 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def hydra_main(
-    config_name: str, run: Callable[[DictConfig], Any], folder: Callable[[], Path], prog: str | None = None
+    config_name: str,
+    run: Callable[[DictConfig], Any],
+    folder: Callable[[], Path] | None = None,
+    prog: str | None = None,
 ) -> None:
-    """Run ``run`` under Hydra on ``config_name`` from ``folder()`` (command-line overrides apply).
+    """Run ``run`` under Hydra on ``config_name`` from ``folder()``, by default
+    :func:`llava_lite.hydra_conf.config_dir` (command-line overrides apply).
 
     A mistake the user can fix (missing config folder or file, unknown key, bad value) prints one
     error line and a hint and exits 1; see :mod:`llava_lite.cli.errors`.
@@ -48,7 +40,8 @@ def hydra_main(
     prog = prog or Path(sys.argv[0]).name
 
     def body() -> None:
+        conf = folder() if folder is not None else config_dir(config_name)
         task = reporting_task(prog, run)
-        hydra.main(config_path=str(folder()), config_name=config_name, version_base="1.3")(task)()
+        hydra.main(config_path=str(conf), config_name=config_name, version_base="1.3")(task)()
 
     run_cli(prog, body)

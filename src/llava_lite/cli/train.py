@@ -1,7 +1,7 @@
 """``llava-lite-train``: Hydra front end of ``llava_lite.training.train``.
 
 Example: ``llava-lite-train experiment=tiny_pretrain data.train_files=data/train.jsonl``.
-Configs come from ``conf/`` at the repository root, or from ``$LLAVA_LITE_CONF``.
+Configs: the packaged ``conf/`` (``llava_lite.hydra_conf.config_dir``), or ``$LLAVA_LITE_CONF``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from omegaconf import DictConfig
 
 from llava_lite.cli import hydra_app
-from llava_lite.training.run import config_dir, train
+from llava_lite.training.run import train
 
 
 def _run(cfg: DictConfig) -> None:
@@ -25,7 +25,7 @@ def _run(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point; arguments are Hydra overrides (``key=value``, ``group=option``)."""
-    hydra_app.hydra_main("train", _run, config_dir)
+    hydra_app.hydra_main("train", _run)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ only in config (``experiment=pretrain`` / ``experiment=finetune``).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,37 +17,17 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import llava_lite
 from llava_lite.data import LlavaDataModule, LlavaProcessor
+from llava_lite.hydra_conf import config_dir
 from llava_lite.modeling import LlavaModel
 from llava_lite.training.callbacks import ProjectorCheckpoint
 from llava_lite.training.module import LlavaLitModule
 
 log = logging.getLogger(__name__)
 
-CONF_ENV = "LLAVA_LITE_CONF"
-
-
-def config_dir() -> Path:
-    """The Hydra config folder: ``$LLAVA_LITE_CONF`` if set, else ``conf/`` at the repository root."""
-    if env := os.environ.get(CONF_ENV):
-        path = Path(env).expanduser().resolve()
-        if not (path / "train.yaml").is_file():
-            raise FileNotFoundError(f"${CONF_ENV}={env}: no train.yaml in {path}")
-        return path
-    # src/llava_lite/__init__.py -> repository root (editable install or source checkout).
-    path = Path(llava_lite.__file__).resolve().parents[2] / "conf"
-    if not (path / "train.yaml").is_file():
-        raise FileNotFoundError(
-            f"no Hydra configs at {path} (llava_lite installed without its repository?); "
-            f"set {CONF_ENV} to a folder holding train.yaml"
-        )
-    return path
-
-
 def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with command-line style overrides (for notebooks and tests)."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir(config_name)), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
