@@ -84,7 +84,15 @@ def test_trainer_resumes_mid_epoch(tmp_path: Path, streaming: bool, group: bool,
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     first, dm1 = TinyLM(len(processor.tokenizer)), datamodule()
     trainer(tmp_path, max_steps=4, callbacks=[ckpt]).fit(first, datamodule=dm1)
-    assert first.keys == {"input_ids", "attention_mask", "labels", "pixel_values", "ids"}
+    assert first.keys == {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "pixel_values",
+        "ids",
+        "trained_tokens",
+        "step_trained_tokens",
+    }
     assert len(first.seen) == 12
 
     second, dm2 = TinyLM(len(processor.tokenizer)), datamodule()

@@ -132,7 +132,7 @@ def test_ranks_times_workers_see_every_sample_exactly_once(
         write_jsonl(tmp_path / f"s{k}.jsonl", records[k::files])
     seen: list[str] = []
     packed: list[str] = []
-    pack = PackingCollator(processor().pad_token_id, 64, processor().image_token_id)
+    pack = PackingCollator(processor().pad_token_id, 128, processor().image_token_id)
     for rank in range(world_size):
         ds = LlavaStreamingDataset(
             str(tmp_path / "s*.jsonl"),
@@ -409,7 +409,7 @@ def test_map_style_sampler_resumes_mid_epoch(
             batch_size=4,
             group_by_modality_length=group,
             seed=5,
-            packing={"enabled": packing, "max_tokens_per_row": 64},
+            packing={"enabled": packing, "max_tokens_per_row": 128},
         )
         module.attach_processor(processor())
         return module
@@ -463,13 +463,13 @@ def test_packing_datamodule_packs_rows_and_limits_samples_to_the_row_budget(tmp_
     }
     path = write_jsonl(tmp_path / "d.jsonl", [text_record(i) for i in range(7)] + [long_answer])
     module = LlavaDataModule(
-        path, batch_size=8, shuffle=False, packing={"enabled": True, "max_tokens_per_row": 40}
+        path, batch_size=8, shuffle=False, packing={"enabled": True, "max_tokens_per_row": 120}
     )
     module.attach_processor(processor(model_max_length=256))
-    assert module.processor.model_max_length == 40 and processor().model_max_length == 256  # a copy
+    assert module.processor.model_max_length == 120 and processor().model_max_length == 256  # a copy
     module.setup("fit")
     batch = module.observe_batch(next(iter(module.train_dataloader())))
-    assert "attention_mask" not in batch and batch["input_ids"].shape[1] <= 40
+    assert "attention_mask" not in batch and batch["input_ids"].shape[1] <= 120
     assert batch["input_ids"].shape[0] < len(batch["ids"])  # several samples per row
     assert len(batch["ids"]) == 8  # the long one truncated at the row budget (processor policy)
     with pytest.raises(ValueError, match="max_tokens_per_row=4 is smaller than one image block"):

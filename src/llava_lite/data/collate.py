@@ -17,6 +17,15 @@ from llava_lite.data.conversation import IGNORE_INDEX
 PADDING_SIDES = ("right", "left")
 
 
+def trained_tokens(labels: torch.Tensor, input_ids: torch.Tensor, image_token_id: int | None = None) -> int:
+    """Tokens the next-token loss trains in a ``[B, T]`` batch: shifted labels that are not
+    ignored and not image slots (``LlavaModel.loss_terms`` counts the same way)."""
+    trained = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
+    if image_token_id is not None:
+        trained &= input_ids[:, 1:] != image_token_id
+    return int(trained.sum())
+
+
 class LlavaCollator:
     """Pads to the longest sample (right for training, left for generation).
 
@@ -25,9 +34,10 @@ class LlavaCollator:
     token, is dropped from the batch and reported (``too_long`` / ``no_trained_tokens``).
     ``LlavaProcessor`` already enforces the limit, so this only acts on foreign samples.
 
-    Output: ``input_ids [B, T]``, ``attention_mask [B, T]``, ``labels [B, T]`` (when samples
-    have labels), ``pixel_values [N, 3, H, W]`` or None (images in row order), ``ids``,
-    ``skipped`` (list of ``SkipReport``), and ``stream_positions`` for streaming datasets.
+    Output: ``input_ids [B, T]``, ``attention_mask [B, T]``, ``labels [B, T]`` and
+    ``trained_tokens`` (when samples have labels), ``pixel_values [N, 3, H, W]`` or None (images
+    in row order), ``ids``, ``skipped`` (list of ``SkipReport``), and ``stream_positions`` for
+    streaming datasets.
     """
 
     def __init__(
@@ -62,7 +72,9 @@ class LlavaCollator:
             else:
                 kept.append(fitted)
         batch = self._pad(kept)
-        batch["ids"] = [str(s.get("id", "")) for s in kept]
+        batch.setdefault("ids", [str(s.get("id", "")) for s in kept])
+        if "labels" in batch:
+            batch["trained_tokens"] = trained_tokens(batch["labels"], batch["input_ids"], self.image_token_id)
         batch["skipped"] = skipped
         if positions:
             batch["stream_positions"] = positions

@@ -6,12 +6,14 @@ The model is built before the data can be tokenised, so the processor arrives la
 Every batch the Trainer consumes passes :meth:`on_before_batch_transfer` (in the main
 process, after DataLoader workers), which takes out the skip reports and stream positions
 and counts / records them; the batch that reaches the LightningModule holds only
-``input_ids``, ``attention_mask``, ``labels``, ``pixel_values`` and ``ids``. Outside a Trainer,
-call :meth:`observe_batch` on each batch yourself.
+``input_ids``, ``attention_mask`` (padded) or ``position_ids`` (packed), ``labels``,
+``pixel_values``, ``ids``, ``trained_tokens`` and ``step_trained_tokens`` (the trained tokens of
+the batch's whole optimiser step). Outside a Trainer, call :meth:`observe_batch` on each batch yourself.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from llava_lite.data.bad_samples import BadSampleCounter, SkipReport, check_poli
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset
 from llava_lite.data.loader import ResumableLoader
+from llava_lite.data.packing import PackingCollator, PackingConfig
 from llava_lite.data.processor import LlavaProcessor
 from llava_lite.data.records import read_records
 from llava_lite.data.sampler import ModalityLengthGroupedSampler, ResumableSampler
@@ -38,6 +41,9 @@ class LlavaDataModule(L.LightningDataModule):
     URLs. Without ``val_files``, ``val_fraction`` of the training records is held out
     (a seeded permutation for map-style data, a per-record hash when streaming).
     ``shard_by`` ("record" | "file") is how streaming data is divided among ranks and workers.
+    ``packing`` (``{enabled, max_tokens_per_row}``) packs each training batch's samples into
+    rows (``llava_lite.data.packing``); the processor's length limit becomes the row budget
+    when that is smaller, so over-long samples follow the processor's policy there.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class LlavaDataModule(L.LightningDataModule):
         seed: int = 0,
         processor: LlavaProcessor | None = None,
         shard_by: str = "record",
+        packing: PackingConfig | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -78,6 +85,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.seed = seed
         self.processor = processor
         self.shard_by = shard_by
+        self.packing = PackingConfig.from_value(packing)
         self.train_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.val_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.counters = {"train": BadSampleCounter(), "val": BadSampleCounter()}
@@ -86,6 +94,16 @@ class LlavaDataModule(L.LightningDataModule):
         self._pending_sampler_state: dict[str, Any] | None = None
 
     def attach_processor(self, processor: LlavaProcessor) -> None:
+        if self.packing.enabled:
+            self.packing.check_budget(processor.num_image_tokens)
+            if self.packing.max_tokens_per_row < processor.model_max_length:
+                log.info(
+                    "packing: samples are limited to data.packing.max_tokens_per_row=%d (model_max_length %d)",
+                    self.packing.max_tokens_per_row,
+                    processor.model_max_length,
+                )
+                processor = copy.copy(processor)
+                processor.model_max_length = self.packing.max_tokens_per_row
         self.processor = processor
         for ds in (self.train_dataset, self.val_dataset):
             if ds is not None:
@@ -160,6 +178,15 @@ class LlavaDataModule(L.LightningDataModule):
             image_token_id=processor.image_token_id,
         )
 
+    def train_collator(self) -> LlavaCollator:
+        """Padded batches, or packed rows when ``packing.enabled``."""
+        if not self.packing.enabled:
+            return self.collator()
+        processor = self._processor()
+        return PackingCollator(
+            processor.pad_token_id, self.packing.max_tokens_per_row, processor.image_token_id
+        )
+
     def train_dataloader(self) -> DataLoader:
         self._processor()
         if self.train_dataset is None:
@@ -168,14 +195,18 @@ class LlavaDataModule(L.LightningDataModule):
         common = {
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
-            "collate_fn": self.collator(),
+            "collate_fn": self.train_collator(),
         }
         if self.num_workers:
             common["persistent_workers"] = False
         if isinstance(ds, LlavaStreamingDataset):
-            return ResumableLoader(ds, **common)
-        assert ds is not None
-        return ResumableLoader(ds, sampler=self._sampler(ds), **common)
+            loader = ResumableLoader(ds, **common)
+        else:
+            assert ds is not None
+            loader = ResumableLoader(ds, sampler=self._sampler(ds), **common)
+        trainer = getattr(self, "trainer", None)
+        loader.accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        return loader
 
     def _sampler(self, ds: LlavaDataset) -> ResumableSampler:
         """One sampler for the whole run (its position must survive ``train_dataloader`` reloads)."""

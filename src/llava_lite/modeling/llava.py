@@ -13,7 +13,7 @@ import json
 import logging
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -23,7 +23,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling.hf_config import config_from_dict
-from llava_lite.modeling.llm import build_llm, load_tokenizer, prepare_tokenizer
+from llava_lite.modeling.llm import (
+    build_llm,
+    last_hidden_state,
+    load_tokenizer,
+    plain_lm_head,
+    prepare_tokenizer,
+)
 from llava_lite.modeling.projector import build_projector
 from llava_lite.modeling.vision import VisionTower
 
@@ -34,6 +40,14 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 __version__ = version("llava_lite")
+
+
+class LossTerms(NamedTuple):
+    """What :meth:`LlavaModel.loss_terms` returns: the summed loss, its token count, the logits used."""
+
+    loss_sum: Tensor  # [] summed cross-entropy over trained tokens
+    num_tokens: int  # trained tokens (labels != -100 after the shift, image slots excluded)
+    logits: Tensor  # [N, V] logits at the trained positions only
 
 
 class LlavaModel(nn.Module):
@@ -107,16 +121,53 @@ class LlavaModel(nn.Module):
         pixel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
+        position_ids: Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Logits ``[B, T, V]`` and, with ``labels`` ``[B, T]``, the mean next-token loss.
+        """Full logits ``[B, T, V]`` and, with ``labels`` ``[B, T]``, the mean next-token loss.
 
-        Image slots never count in the loss, whatever ``labels`` says there.
+        Image slots never count in the loss, whatever ``labels`` says there. For training,
+        :meth:`loss_terms` gives the same loss without computing logits nobody trains on.
+        Packed rows pass ``position_ids`` that restart at 0 per sample and no ``attention_mask``.
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         if labels is not None:
             labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        kwargs.setdefault("use_cache", False)  # a cache here is never read, and disables packed masking
+        return self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            **kwargs,
+        )
+
+    def loss_terms(
+        self,
+        input_ids: Tensor,
+        labels: Tensor,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> LossTerms:
+        """Summed next-token cross-entropy over the trained positions, their count and their logits.
+
+        The LM head runs only where a shifted label is trained (one gather of hidden states
+        before the head), so image slots, prompts and padding cost no logits: the same loss
+        and gradients as the full forward, with logits ``[N, V]`` instead of ``[B, T, V]``.
+        Callers divide ``loss_sum`` by the trained tokens of a whole optimiser step.
+        """
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values)  # [B, T, D]
+        targets = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)[:, 1:]  # [B, T-1]
+        trained = targets != IGNORE_INDEX  # [B, T-1]
+        mask_kw = {"attention_mask": attention_mask, "position_ids": position_ids}
+        if plain_lm_head(self.llm):
+            hidden = last_hidden_state(self.llm, inputs_embeds, **mask_kw)  # [B, T, D]
+            logits = self.llm.get_output_embeddings()(hidden[:, :-1][trained])  # [N, V]
+        else:
+            logits = self.llm(inputs_embeds=inputs_embeds, use_cache=False, **mask_kw).logits[:, :-1][trained]
+        loss_sum = nn.functional.cross_entropy(logits.float(), targets[trained], reduction="sum")
+        return LossTerms(loss_sum, int(trained.sum()), logits)
 
     @torch.no_grad()
     def generate(

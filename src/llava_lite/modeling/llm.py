@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from llava_lite.config import LLMConfig
@@ -89,3 +90,74 @@ def resize_for_tokenizer(llm: PreTrainedModel, tokenizer: Any, multiple_of: int 
     target = _round_up(len(tokenizer), multiple_of)
     log.info("resizing LLM embeddings %d -> %d for %d tokenizer entries", current, target, len(tokenizer))
     llm.resize_token_embeddings(target, mean_resizing=True)
+
+
+# Config fields that post-process logits after the LM head; a model with any of them set
+# gets its logits from its own forward, so losses stay exactly those of the model.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def plain_lm_head(llm: PreTrainedModel) -> bool:
+    """Whether logits are exactly ``get_output_embeddings()(last_hidden_state)`` for this LLM."""
+    cfg = llm.config
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return llm.get_output_embeddings() is not None and not any(
+        getattr(text_cfg, name, None) not in (None, 1.0) for name in _LOGIT_POSTPROCESSING
+    )
+
+
+def last_hidden_state(llm: PreTrainedModel, inputs_embeds: Any, **kwargs: Any) -> Any:
+    """The decoder's final hidden states ``[B, T, D]`` (final norm applied), without the LM head.
+
+    ``use_cache=False``: a cache created in training would also switch off transformers'
+    packed-sequence masking.
+    """
+    decoder = llm.get_decoder()
+    return decoder(inputs_embeds=inputs_embeds, use_cache=False, **kwargs).last_hidden_state
+
+
+# Attention implementations that take transformers' packed-sequence path (position ids that
+# restart at 0, no attention mask, no cache); check_packed_attention still verifies each model.
+PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_packed_attention(llm: PreTrainedModel, setting: str = "data.packing.enabled") -> None:
+    """Raise unless packed samples stay apart in ``llm``: proved on the model, not assumed.
+
+    A probe row packs a 5-token sample before a 7-token one. The second sample's hidden states
+    must equal its states alone (positions restart) and must not change when the first
+    sample's tokens change (no attention across samples).
+    """
+    impl = getattr(llm.config, "_attn_implementation", None)
+    model_type = getattr(llm.config, "model_type", "?")
+    if impl not in PACKING_ATTENTION:
+        raise ValueError(
+            f"{setting}=true needs an attention implementation that keeps packed samples apart; "
+            f"model.llm.attn_implementation={impl!r} (model_type={model_type}); valid: {list(PACKING_ATTENTION)}"
+        )
+    embed = llm.get_input_embeddings()
+    device = embed.weight.device
+    gen = torch.Generator().manual_seed(0)
+    first, other, probe = (torch.randint(0, embed.weight.shape[0], (n,), generator=gen) for n in (5, 5, 7))
+    positions = torch.cat([torch.arange(5), torch.arange(7)])[None].to(device)  # [1, 12]
+
+    def states(ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return last_hidden_state(llm, embed(ids[None].to(device)), position_ids=pos).float()  # [1, T, D]
+
+    was_training = llm.training
+    llm.eval()
+    try:
+        with torch.no_grad():
+            alone = states(probe, torch.arange(7)[None].to(device))[0]  # [7, D]
+            packed = states(torch.cat([first, probe]), positions)[0, 5:]  # [7, D]
+            swapped = states(torch.cat([other, probe]), positions)[0, 5:]  # [7, D]
+    finally:
+        llm.train(was_training)
+    tol = (1e-4 if embed.weight.dtype == torch.float32 else 3e-2) * float(alone.abs().max())
+    leak, drift = float((packed - swapped).abs().max()), float((packed - alone).abs().max())
+    if leak > tol or drift > tol:
+        raise ValueError(
+            f"{setting}=true but this LLM (model_type={model_type}, attn_implementation={impl}) does not keep "
+            f"packed samples apart: a sample's states change by {leak:.3g} with its neighbour and by "
+            f"{drift:.3g} against the sample alone (tolerance {tol:.3g}); turn packing off or use another LLM"
+        )

@@ -1,7 +1,14 @@
 """``LlavaLitModule``: the thin Lightning wrapper around ``LlavaModel``.
 
 It owns what only training needs: freezing by stage, optimiser groups and schedule,
-logging. Hyperparameters are plain config dicts (never modules), so
+the loss normalisation, logging.
+
+The loss of an optimiser step is the mean over all trained tokens of that step, across
+micro-batches (gradient accumulation) and ranks: each micro-batch contributes its summed
+token loss divided by the step's trained tokens (``step_trained_tokens``, counted by the
+loader a window ahead, summed over ranks), so short micro-batches weigh no more per token
+than long ones. ``train/loss`` is that step loss; ``train/trained_tokens`` and
+``train/samples`` are per optimiser step. Hyperparameters are plain config dicts (never modules), so
 ``LlavaLitModule.load_from_checkpoint(path)`` rebuilds the same model.
 """
 
@@ -18,6 +25,7 @@ import torch
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
+from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.training.freeze import (
     apply_lora,
     apply_stage,
@@ -99,9 +107,14 @@ class LlavaLitModule(L.LightningModule):
                     p.data = p.data.float()
         self.empty_batches = 0
         self._batch_start = 0.0
+        self._step_loss: torch.Tensor | float = 0.0  # summed token loss of this optimiser step (local)
+        self._step_counts = [0, 0]  # trained tokens, samples of this optimiser step (local)
 
     # ---- lifecycle -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and getattr(getattr(datamodule, "packing", None), "enabled", False):
+            check_packed_attention(self.model.llm)  # before any step: never silent cross-sample attention
         # A resumed run takes every weight from its checkpoint, so the stage-1 file is only
         # read when starting fresh.
         if stage == "fit" and self.init_projector_from and self.trainer.ckpt_path is None:
@@ -147,14 +160,26 @@ class LlavaLitModule(L.LightningModule):
         )
         return False
 
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        out = self.model(
+    def _loss_terms(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Summed token loss of the batch and its trained-token count (padded or packed rows)."""
+        terms = self.model.loss_terms(
             input_ids=batch["input_ids"],  # [B, T]
-            pixel_values=batch.get("pixel_values"),  # [N, 3, H, W] or None
-            attention_mask=batch.get("attention_mask"),  # [B, T]
             labels=batch["labels"],  # [B, T]
+            pixel_values=batch.get("pixel_values"),  # [N, 3, H, W] or None
+            attention_mask=batch.get("attention_mask"),  # [B, T], None for packed rows
+            position_ids=batch.get("position_ids"),  # [B, T] for packed rows
         )
-        return out.loss
+        expected = batch.get("trained_tokens", terms.num_tokens)
+        if terms.num_tokens != expected:
+            raise RuntimeError(
+                f"the loss trains {terms.num_tokens} tokens but the collator counted {expected}"
+            )
+        return terms.loss_sum, terms.num_tokens
+
+    def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size == 1:
+            return values
+        return self.trainer.strategy.reduce(values.to(self.device), reduce_op="sum").cpu()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
@@ -163,25 +188,47 @@ class LlavaLitModule(L.LightningModule):
         if not self._has_trained_tokens(batch, batch_idx, "train"):
             self.log("train/empty_batches", float(self.empty_batches))
             return None
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        for group in self.trainer.optimizers[0].param_groups:
+        loss_sum, n_tokens = self._loss_terms(batch)
+        # Without the loader's window count (a foreign loader), each micro-batch's own mean is used.
+        own = n_tokens * self.trainer.accumulate_grad_batches
+        local = torch.tensor([float(batch.get("step_trained_tokens", own))], dtype=torch.float64)
+        step_tokens = float(self._sum_over_ranks(local)[0])
+        self._step_loss = self._step_loss + loss_sum.detach()
+        self._step_counts[0] += n_tokens
+        self._step_counts[1] += len(batch.get("ids", []))
+        # Lightning divides by accumulate_grad_batches and DDP averages over ranks; undo both so
+        # the step's gradient is that of (sum of all token losses) / (all trained tokens).
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / step_tokens
+        return loss_sum * scale
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        totals = torch.tensor([float(self._step_loss), *self._step_counts], dtype=torch.float64)
+        loss_sum, tokens, samples = self._sum_over_ranks(totals).tolist()
+        self._step_loss, self._step_counts = 0.0, [0, 0]
+        if tokens:
+            self.log("train/loss", loss_sum / tokens, prog_bar=True, batch_size=1)
+        self.log("train/trained_tokens", tokens, batch_size=1)
+        self.log("train/samples", samples, batch_size=1)
+        for group in optimizer.param_groups:
             if not group["name"].endswith("/no_decay"):  # same lr as its decay twin
                 self.log(f"train/lr_{group['name']}", group["lr"], batch_size=1)
-        return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._batch_start
         mask = batch.get("attention_mask")
-        tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        if mask is not None:
+            tokens = int(mask.sum())
+        else:  # packed rows: the samples' tokens, without the row-end padding
+            tokens = int(batch.get("real_tokens", batch["input_ids"].numel()))
         if elapsed > 0:
             self.log("train/tokens_per_s", tokens / elapsed, batch_size=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not self._has_trained_tokens(batch, batch_idx, "val"):
             return
-        loss = self._loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        loss_sum, n_tokens = self._loss_terms(batch)
+        # weighted by trained tokens, so the epoch value is the token mean over the whole split
+        self.log("val/loss", loss_sum / n_tokens, prog_bar=True, sync_dist=True, batch_size=n_tokens)
 
     # ---- optimisation ------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
