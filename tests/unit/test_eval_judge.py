@@ -15,7 +15,6 @@ from llava_lite.claude.cache import RequestCache
 from llava_lite.claude.client import ApiFatalError
 from llava_lite.claude.prices import Budget, BudgetExceeded
 from llava_lite.evaluation import llava_bench
-from llava_lite.evaluation.answers import Question
 from llava_lite.evaluation.judge import (
     SCORES_TOOL,
     ClaudeJudge,
@@ -25,6 +24,7 @@ from llava_lite.evaluation.judge import (
     parse_reply,
     parse_score_line,
 )
+from llava_lite.inference.answers import Question
 
 KEY = "sk-ant-judge-test-NEVER-LOG-91c2"
 

@@ -6,8 +6,8 @@ import pytest
 
 from llava_lite.data import normalize_conversation
 from llava_lite.evaluation import scienceqa
-from llava_lite.evaluation.answers import read_questions
 from llava_lite.evaluation.scienceqa import INSTRUCTION, extract_answer
+from llava_lite.inference.answers import read_questions
 
 # Hand-made problems in the shape of ScienceQA's problems.json.
 PROBLEMS = {

@@ -20,8 +20,7 @@ import torch
 
 from llava_lite.cli.errors import run_cli
 from llava_lite.data import LlavaProcessor
-from llava_lite.evaluation.answers import GenerationSettings
-from llava_lite.evaluation.chat import ChatSession
+from llava_lite.inference import ChatSession, DecodingSettings
 from llava_lite.modeling import LlavaModel
 
 
@@ -44,12 +43,7 @@ def session_from_args(args: argparse.Namespace) -> ChatSession:
     model = LlavaModel.from_pretrained(args.model_dir, trust_remote_code=args.trust_remote_code)
     model.to(args.device).eval()
     processor = LlavaProcessor.from_model(model, template=args.template)
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.temperature > 0,
-        temperature=args.temperature if args.temperature > 0 else 1.0,
-        top_p=args.top_p,
-    )
+    settings = DecodingSettings.from_temperature(args.max_new_tokens, args.temperature, args.top_p)
     return ChatSession(model, processor, image=args.image, settings=settings, system=args.system)
 
 

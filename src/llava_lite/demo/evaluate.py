@@ -1,6 +1,6 @@
 """Closed-form evaluation on held-out images: greedy answers, exact match after normalisation.
 
-Answers come from the library's batch answerer (``llava_lite.evaluation.answers``, resumable
+Answers come from the library's batch answerer (``llava_lite.inference.answers``, resumable
 JSONL as LLaVA's ``model_vqa``); accuracy per question type from its torchmetrics-backed
 ``GroupedAccuracy``. Chance per type is the mean of 1 / number of choices.
 """
@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llava_lite.evaluation.answers import GenerationSettings, Question, generate_answers, read_answers
 from llava_lite.evaluation.metrics import GroupedAccuracy
+from llava_lite.inference import DecodingSettings, Question, generate_answers, read_answers
 from llava_lite.synthetic.language import NUMBER_WORDS
 from llava_lite.synthetic.tasks import chance_by_type
 
@@ -58,7 +58,7 @@ def evaluate_closed_form(
         answers_file,
         image_root=image_root,
         batch_size=batch_size,
-        settings=GenerationSettings(max_new_tokens=6),
+        settings=DecodingSettings(max_new_tokens=6),
         model_id="llava_lite_demo",
     )
     answers = read_answers(answers_file)

@@ -13,9 +13,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from llava_lite.evaluation.answers import GenerationSettings
-from llava_lite.evaluation.chat import ChatSession
 from llava_lite.generation.offline import DETAIL_INSTRUCTIONS
+from llava_lite.inference import ChatSession, DecodingSettings
 from llava_lite.synthetic.world import WorldPaths
 
 TYPE_ORDER = ("colour", "shape", "count", "position", "all")
@@ -69,7 +68,7 @@ def sample_conversation(
         if r["image"] == image
     ][:3]
     questions.insert(0, DETAIL_INSTRUCTIONS[k % len(DETAIL_INSTRUCTIONS)])  # first, as in the training data
-    session = ChatSession(model, processor, world.image_root / image, GenerationSettings(max_new_tokens=96))
+    session = ChatSession(model, processor, world.image_root / image, DecodingSettings(max_new_tokens=96))
     turns = [(q, session.ask(q)) for q in questions]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
     left.imshow(Image.open(world.image_root / image).convert("RGB"), interpolation="nearest")

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from llava_lite.claude.aio import run_sync
-from llava_lite.evaluation.answers import Question, read_answers, read_questions
 from llava_lite.evaluation.judge import ClaudeJudge, Judgement, JudgeRequest
 from llava_lite.evaluation.metrics import GroupedRelativeScore
+from llava_lite.inference.answers import Question, read_answers, read_questions
 from llava_lite.io import read_jsonl
 from llava_lite.symbolic import load_coco
 

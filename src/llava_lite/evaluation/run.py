@@ -17,9 +17,9 @@ import torch
 from llava_lite.claude.cache import RequestCache
 from llava_lite.claude.prices import Budget
 from llava_lite.evaluation import llava_bench, scienceqa
-from llava_lite.evaluation.answers import Question, generate_answers, read_answers, read_questions
 from llava_lite.evaluation.judge import ClaudeJudge
 from llava_lite.evaluation.settings import EvalSettings
+from llava_lite.inference.answers import Question, generate_answers, read_answers, read_questions
 from llava_lite.io import write_json_atomic
 
 log = logging.getLogger(__name__)

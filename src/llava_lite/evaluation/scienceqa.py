@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llava_lite.evaluation.answers import Question
 from llava_lite.evaluation.metrics import GroupedAccuracy
+from llava_lite.inference.answers import Question
 from llava_lite.io import write_json_atomic
 
 OPTIONS = ("A", "B", "C", "D", "E")
@@ -146,7 +146,7 @@ def convert_release(
 def to_questions(
     problems: Mapping[str, Mapping[str, Any]], split: str = "test", use_caption: bool = False
 ) -> list[Question]:
-    """Questions for :func:`llava_lite.evaluation.answers.generate_answers` (category = subject)."""
+    """Questions for :func:`llava_lite.inference.answers.generate_answers` (category = subject)."""
     return [
         Question(
             question_id=pid,

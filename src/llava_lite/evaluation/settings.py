@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from llava_lite.claude.prices import Prices
 from llava_lite.config import validated_settings
-from llava_lite.evaluation.answers import GenerationSettings
+from llava_lite.inference.decoding import DecodingSettings
 
 TASKS = ("answers", "scienceqa", "scienceqa_convert", "llava_bench")
 
@@ -84,7 +84,7 @@ class EvalSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8
     output_dir: str = "outputs/eval"
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    generation: DecodingSettings = field(default_factory=DecodingSettings)  # how answers are decoded
     answers: AnswersSettings = field(default_factory=AnswersSettings)
     scienceqa: ScienceQASettings = field(default_factory=ScienceQASettings)
     llava_bench: BenchSettings = field(default_factory=BenchSettings)

@@ -8,8 +8,8 @@ from PIL import Image
 
 from llava_lite.config import LlavaConfig
 from llava_lite.data import LlavaProcessor
-from llava_lite.evaluation.answers import (
-    GenerationSettings,
+from llava_lite.inference import (
+    DecodingSettings,
     Question,
     generate_answers,
     read_answers,
@@ -17,7 +17,7 @@ from llava_lite.evaluation.answers import (
 )
 from llava_lite.modeling import LlavaModel
 
-SETTINGS = GenerationSettings(max_new_tokens=6)
+SETTINGS = DecodingSettings(max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_missing_image_names_question(model, processor, tmp_path):
 def test_sampling_settings_reach_generate(model, processor, images):
     torch.manual_seed(0)
     out = images / "sampled.jsonl"
-    settings = GenerationSettings(max_new_tokens=4, do_sample=True, temperature=0.7, top_p=0.9)
+    settings = DecodingSettings(max_new_tokens=4, do_sample=True, temperature=0.7, top_p=0.9)
     stats = generate_answers(model, processor, QUESTIONS[1:2], out, settings=settings)
     assert stats.answered == 1
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from llava_lite.data.collate import LlavaCollator
+from llava_lite.inference.decoding import DecodingSettings
 from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,6 @@ class Question:
     @property
     def key(self) -> str:
         return str(self.question_id)
-
-
-@dataclass
-class GenerationSettings:
-    """Decoding settings; greedy by default, as LLaVA's evaluation runs (temperature 0)."""
-
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    use_cache: bool = True
 
 
 @dataclass
@@ -152,7 +142,7 @@ def generate_answers(
     *,
     image_root: str | Path | None = None,
     batch_size: int = 8,
-    settings: GenerationSettings | None = None,
+    settings: DecodingSettings | None = None,
     model_id: str = "llava_lite",
     system: str | None = None,
 ) -> AnswerStats:
@@ -165,7 +155,7 @@ def generate_answers(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    settings = settings or GenerationSettings()
+    settings = settings or DecodingSettings()
     repair_torn_tail(answers_file)  # a run killed mid-line left at most one partial line
     done = read_answers(answers_file) if Path(answers_file).is_file() else {}
     todo = [q for q in questions if q.key not in done]
@@ -213,7 +203,7 @@ def _answer_batch(
     collator: LlavaCollator,
     questions: Sequence[Question],
     image_root: str | Path | None,
-    settings: GenerationSettings,
+    settings: DecodingSettings,
     system: str | None,
     device: torch.device,
 ) -> list[str]:
@@ -235,12 +225,7 @@ def _answer_batch(
         batch["input_ids"].to(device),  # [B, T], left-padded
         pixel_values=None if pixel_values is None else pixel_values.to(device),  # [N, 3, H, W]
         attention_mask=batch["attention_mask"].to(device),  # [B, T]
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=settings.do_sample,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        eos_token_id=processor.stop_token_ids or None,
-        use_cache=settings.use_cache,
+        **settings.generate_kwargs(processor.stop_token_ids),
     )  # [B, T_new]
     texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [t.strip() for t in texts]

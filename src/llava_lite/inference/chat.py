@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from llava_lite.evaluation.answers import GenerationSettings
+from llava_lite.inference.decoding import DecodingSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,12 @@ class ChatSession:
         model: Any,
         processor: Any,
         image: str | Path | Image.Image | None = None,
-        settings: GenerationSettings | None = None,
+        settings: DecodingSettings | None = None,
         system: str | None = None,
     ) -> None:
         self.model = model
         self.processor = processor
-        self.settings = settings or GenerationSettings()
+        self.settings = settings or DecodingSettings()
         self.system = system
         # Preprocess once: every turn reuses the same pixel values.
         self.pixel_values = (
@@ -80,12 +80,7 @@ class ChatSession:
                 pixel_values=None
                 if pixel_values is None
                 else pixel_values.unsqueeze(0).to(device),  # [1, 3, H, W]
-                max_new_tokens=self.settings.max_new_tokens,
-                do_sample=self.settings.do_sample,
-                temperature=self.settings.temperature,
-                top_p=self.settings.top_p,
-                eos_token_id=self.processor.stop_token_ids or None,
-                use_cache=self.settings.use_cache,
+                **self.settings.generate_kwargs(self.processor.stop_token_ids),
             )  # [1, T_new]
         finally:
             self.model.train(was_training)

@@ -1,0 +1,21 @@
+"""Use a trained model: decoding settings, a multi-turn chat session, batch answers to question files.
+
+Modules: ``decoding`` (:class:`DecodingSettings`, shared by everything that generates),
+``chat`` (:class:`ChatSession`, what ``llava-lite-chat`` talks to), ``answers`` (questions
+file -> answers JSONL in LLaVA's ``model_vqa`` format, resumable). Evaluation
+(:mod:`llava_lite.evaluation`) scores what these write.
+"""
+
+from llava_lite.inference.answers import AnswerStats, Question, generate_answers, read_answers, read_questions
+from llava_lite.inference.chat import ChatSession
+from llava_lite.inference.decoding import DecodingSettings
+
+__all__ = [
+    "AnswerStats",
+    "ChatSession",
+    "DecodingSettings",
+    "Question",
+    "generate_answers",
+    "read_answers",
+    "read_questions",
+]
