@@ -204,6 +204,92 @@ def test_global_batch_sets_gradient_accumulation(tmp_path: Path, data: Path) -> 
         train(tiny_cfg(tmp_path, data, "tiny_pretrain", "global_batch_size=7", "data.batch_size=2"))
 
 
+def write_varied_dataset(root: Path, n: int) -> Path:
+    """``write_dataset`` with answers of 1-4 sentences, so batches train different token counts."""
+    write_dataset(root, n)
+    lines = (root / "train.jsonl").read_text().splitlines()
+    with (root / "train.jsonl").open("w") as f:
+        for i, line in enumerate(lines):
+            record = json.loads(line)
+            record["conversations"][1]["value"] += " It is a rectangle on white." * (i % 4)
+            f.write(json.dumps(record) + "\n")
+    return root
+
+
+class _Gradients(L.Callback):
+    """The gradients and trained-token counts each optimiser step saw (before clipping)."""
+
+    def __init__(self) -> None:
+        self.grads: list[dict[str, torch.Tensor]] = []
+        self.micro_tokens: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.micro_tokens.append(batch["trained_tokens"])
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads.append({n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None})
+
+
+def test_accumulation_is_exact_one_or_four_micro_batches_give_one_update(tmp_path: Path) -> None:
+    """The step's loss is the mean over all its trained tokens, however the batch is cut."""
+    records = write_varied_dataset(tmp_path / "data", 8)
+    common = (
+        "trainer.max_steps=1",
+        "data.shuffle=false",
+        "callbacks.model_checkpoint=null",
+        "export_model=false",
+    )
+    runs = {}
+    for name, micro, accumulate in (("one", 8, 1), ("four", 2, 4)):
+        grads = _Gradients()
+        overrides = (
+            f"run_name={name}",
+            f"data.batch_size={micro}",
+            f"trainer.accumulate_grad_batches={accumulate}",
+        )
+        out = train(tiny_cfg(tmp_path, records, "tiny_finetune", *overrides, *common), callbacks=[grads])
+        assert out["global_step"] == 1 and len(grads.grads) == 1
+        runs[name] = (grads, out["metrics"])
+    four_tokens = runs["four"][0].micro_tokens
+    assert len(set(four_tokens)) > 1  # unequal micro-batches: a mean of means would differ
+    assert runs["one"][0].micro_tokens == [sum(four_tokens)]
+    for key in ("train/loss", "train/trained_tokens", "train/samples"):
+        assert runs["four"][1][key] == pytest.approx(runs["one"][1][key], rel=1e-6), key
+    assert runs["one"][1]["train/samples"] == 8
+    one, four = runs["one"][0].grads[0], runs["four"][0].grads[0]
+    assert set(one) == set(four) and any(k.startswith("model.llm.") for k in one)
+    for name, grad in one.items():
+        torch.testing.assert_close(four[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("experiment", ["tiny_pretrain", "tiny_finetune"])
+def test_packed_run_trains_exactly_like_the_padded_run(tmp_path: Path, experiment: str) -> None:
+    records = write_varied_dataset(tmp_path / "data", 12)
+    common = (
+        "trainer.max_steps=3",
+        "data.batch_size=4",
+        "callbacks.model_checkpoint=null",
+        "export_model=false",
+    )
+    padded = train(tiny_cfg(tmp_path, records, experiment, "run_name=padded", *common))
+    packing = ("data.packing.enabled=true", "data.packing.max_tokens_per_row=160")
+    packed = train(tiny_cfg(tmp_path, records, experiment, "run_name=packed", *packing, *common))
+    reference, losses = read_losses(padded["output_dir"]), read_losses(packed["output_dir"])
+    assert sorted(losses) == sorted(reference) and len(losses) == 3
+    for step, loss in losses.items():
+        assert loss == pytest.approx(reference[step], rel=1e-5), step
+    assert packed["metrics"]["train/samples"] == 4
+
+
+def test_packing_refuses_an_llm_that_would_mix_samples(tmp_path: Path, data: Path, monkeypatch) -> None:
+    import transformers.masking_utils as masking
+
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
+    cfg = tiny_cfg(tmp_path, data, "tiny_pretrain", "run_name=mixing", "data.packing.enabled=true")
+    with pytest.raises(ValueError, match=r"data\.packing\.enabled=true but this LLM"):
+        train(cfg)
+
+
 def test_bad_records_are_counted_in_the_result(tmp_path: Path) -> None:
     records = write_dataset(tmp_path / "data", 4)
     with (records / "train.jsonl").open("a") as f:
@@ -240,18 +326,23 @@ class _Crash(L.Callback):
 
 
 @pytest.mark.parametrize(
-    ("streaming", "n_records"),
-    [(True, 24), (False, 8)],
-    ids=["streaming-mid-epoch", "map-style-epoch-boundary"],
+    ("streaming", "n_records", "packing"),
+    [(True, 24, False), (False, 8, False), (False, 24, True), (True, 24, True)],
+    ids=["streaming-mid-epoch", "map-style-epoch-boundary", "map-style-packed-mid-epoch", "streaming-packed"],
 )
-def test_resume_matches_uninterrupted_run(tmp_path: Path, streaming: bool, n_records: int) -> None:
+def test_resume_matches_uninterrupted_run(
+    tmp_path: Path, streaming: bool, n_records: int, packing: bool
+) -> None:
     """Crash after the step-4 checkpoint, resume with ckpt_path=last: steps 4..7 match exactly.
 
     Streaming: the crash falls mid-epoch, so the stream position must come back. Map-style
     (8 records, batch 2): it falls on an epoch boundary, so the reshuffle must repeat.
+    Packed: the same, with each batch's samples packed into rows.
     """
     records = write_dataset(tmp_path / "data", n_records)
     common = (
+        f"data.packing.enabled={str(packing).lower()}",
+        "data.packing.max_tokens_per_row=160",
         "trainer.max_steps=8",
         "data.batch_size=2",
         f"data.streaming={str(streaming).lower()}",
@@ -289,7 +380,9 @@ def test_console_script_composes_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_via_cli(tmp_path: Path, data: Path) -> None:
+@pytest.mark.parametrize("packing", [False, True])
+def test_ddp_two_cpu_processes_via_cli(tmp_path: Path, data: Path, packing: bool) -> None:
+    """Two ranks train; per optimiser step they log the samples of both, which sum to the epoch."""
     cmd = [
         sys.executable,
         "-m",
@@ -303,9 +396,11 @@ def test_ddp_two_cpu_processes_via_cli(tmp_path: Path, data: Path) -> None:
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",
-        "trainer.max_steps=2",
+        "trainer.max_epochs=1",
         "data.batch_size=2",
         "callbacks.progress_bar=null",
+        f"data.packing.enabled={str(packing).lower()}",
+        "data.packing.max_tokens_per_row=160",
     ]
     env = {k: v for k, v in os.environ.items() if k != "LLAVA_LITE_RUN_NAME"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -314,4 +409,7 @@ def test_ddp_two_cpu_processes_via_cli(tmp_path: Path, data: Path) -> None:
     assert "2 device(s)" in (run / "train.log").read_text()
     assert (run / "checkpoints/last.ckpt").is_file()
     assert (run / "projector.safetensors").is_file()
-    assert len(read_losses(run)) == 2
+    assert len(read_losses(run)) == 2  # 8 records / (2 ranks x batch 2)
+    with (run / "csv" / "metrics.csv").open() as f:
+        samples = [float(r["train/samples"]) for r in csv.DictReader(f) if r.get("train/samples")]
+    assert samples == [4.0, 4.0]  # both ranks' samples, every record once in the epoch
