@@ -4,20 +4,26 @@ local Messages API stand-in (the ``api`` fixture of ``tests/conftest.py``)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from fakes.anthropic_api import FakeAnthropicAPI
 from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.prices import Prices
 from llava_lite.generation.base import GenerationRequest, TeacherReply
 from llava_lite.generation.settings import GenerateSettings, settings_from
 from llava_lite.generation.teacher import ClaudeTeacher
 
+# "claude-test" has no entry in the price table: tests give the Sonnet list prices
+TEST_PRICES = Prices(input=3.0, output=15.0, cache_write=3.75, cache_read=0.30)
+
 
 def claude_teacher(api: FakeAnthropicAPI, tmp_path: Path, key: str, **kw: Any) -> ClaudeTeacher:
-    """A ``claude-test`` teacher talking to ``api`` with ``key``; its cache is
-    ``tmp_path/requests.sqlite`` unless ``cache`` is given."""
+    """A ``claude-test`` teacher talking to ``api`` with ``key`` at :data:`TEST_PRICES`; its
+    cache is ``tmp_path/requests.sqlite`` unless ``cache`` is given."""
     kw.setdefault("cache", RequestCache(tmp_path / "requests.sqlite"))
+    kw.setdefault("prices", TEST_PRICES)
     return ClaudeTeacher("claude-test", client_kwargs={"api_key": key, "base_url": api.url}, **kw)
 
 
@@ -36,8 +42,9 @@ def generate_once(teacher: ClaudeTeacher, request: GenerationRequest) -> Teacher
 def pipeline_settings(
     captions_file: Path, instances_file: Path, output_dir: Path, teacher: dict[str, Any], /, **overrides: Any
 ) -> GenerateSettings:
-    """Settings of an uncapped run with quick batch polling; a dict override (``teacher=`` too)
-    updates that section, anything else replaces the field."""
+    """Settings of an uncapped run with quick batch polling at :data:`TEST_PRICES`; a dict
+    override (``teacher=`` too) updates that section, anything else replaces the field."""
+    teacher = {"prices": asdict(TEST_PRICES), **teacher}
     cfg: dict[str, Any] = {
         "captions_file": str(captions_file),
         "instances_file": str(instances_file),

@@ -1,4 +1,5 @@
-"""Crash-safe JSON Lines: whole lines appended and fsynced, a torn tail repaired on reopen.
+"""Crash-safe JSON and JSON Lines files: whole lines appended and fsynced, a torn tail
+repaired on reopen, whole files written through temp + rename.
 
 A process killed mid-write can leave at most one partial last line (no newline). Reopening
 truncates it (logged with its size); the record it held is simply produced again, because
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,20 @@ class JsonlAppender:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write a whole JSON file through a temp file + rename, so readers never see half of it."""
+    _write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write a whole JSON Lines file (one record per line) through a temp file + rename."""
+    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def _write_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=2)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -1,11 +1,12 @@
 """A local stand-in for the Anthropic Messages and Message Batches HTTP API.
 
 It binds 127.0.0.1 only and speaks the API's JSON shapes, so the real ``AsyncAnthropic``
-client (its retries, parsing and errors included) can be exercised offline: in tests, or
-to rehearse a configured run before paying for it. Replies are well-formed tool calls built
-from the request; ``script`` makes the next requests misbehave, and the ``batch_*``
-attributes make Message Batches misbehave (see :meth:`FakeAnthropicAPI._messages` and
-``__init__``). Every request is logged (method, path, JSON body, status); the API key
+client (its retries, parsing and errors included) can be exercised offline. Replies are
+well-formed tool calls built from the request; ``script`` makes the next requests
+misbehave, and the ``batch_*`` attributes make Message Batches misbehave (see
+:meth:`FakeAnthropicAPI._messages` and ``__init__``). ``GET /v1/models/{id}`` answers from
+``models`` (id -> ``lifecycle`` / ``retires_at`` overrides); any other id is an active
+model unless ``known_models_only`` is set, then it is a 404. Every request is logged (method, path, JSON body, status); the API key
 header is never recorded.
 """
 
@@ -57,6 +58,8 @@ class FakeAnthropicAPI:
         # next batch creations: {"status": N} (nothing created), {"drop": True} (created, no answer)
         # or {"delay_s": s} (created, answered late)
         self.batch_create_script: deque[dict[str, Any]] = deque()
+        self.models: dict[str, dict[str, Any]] = {}  # GET /v1/models/{id}: fields of that model
+        self.known_models_only = False  # True: ids not in ``models`` are unknown (404)
         self.log: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._cached_prefixes: set[str] = set()
@@ -122,6 +125,8 @@ class FakeAnthropicAPI:
             status, payload, headers = self._results(path.split("/")[-2])
         elif method == "GET" and path.startswith("/v1/messages/batches/"):
             status, payload, headers = self._retrieve(path.split("/")[-1])
+        elif method == "GET" and path.startswith("/v1/models/"):
+            status, payload, headers = self._model(path.removeprefix("/v1/models/"))
         else:
             status, payload, headers = 404, _error("not_found_error", f"no route {method} {path}"), {}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -250,6 +255,22 @@ class FakeAnthropicAPI:
             "stop_sequence": None,
             "usage": usage,
         }
+
+    def _model(self, model_id: str) -> tuple[int, Any, dict[str, str]]:
+        """A ModelInfo: ``models[model_id]`` over an active model's fields."""
+        if model_id not in self.models and self.known_models_only:
+            return 404, _error("not_found_error", f"model: {model_id}"), {}
+        info = {
+            "type": "model",
+            "id": model_id,
+            "display_name": model_id,
+            "created_at": "2026-01-01T00:00:00Z",
+            "lifecycle": "active",
+            "deprecated_at": None,
+            "retires_at": None,
+        }
+        info.update(self.models.get(model_id, {}))
+        return 200, info, {}
 
     # ---- batches ---------------------------------------------------------------------
     def _create(self, body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:

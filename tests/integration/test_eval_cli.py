@@ -155,6 +155,7 @@ def test_llava_bench_generate_judge_and_replay(model_dir, tmp_path, monkeypatch)
             "generation.max_new_tokens=4",
             f"judge.base_url={api.url}",
             "judge.model=claude-test",
+            "judge.prices={input:3.0,output:15.0}",  # claude-test has no entry in the price table
             f"llava_bench.questions_file={tmp_path / 'questions.jsonl'}",
             f"llava_bench.context_file={tmp_path / 'context.jsonl'}",
             f"llava_bench.references_file={tmp_path / 'answers_gpt4.jsonl'}",

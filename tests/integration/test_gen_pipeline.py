@@ -163,7 +163,8 @@ _CHILD = textwrap.dedent(
     from llava_lite.generation.settings import settings_from
     cap, inst, out, url, key = sys.argv[1:]
     settings = settings_from({"captions_file": cap, "instances_file": inst, "output_dir": out, "budget_usd": None,
-                              "teacher": {"model": "claude-test", "concurrency": 1, "max_retries": 0}})
+                              "teacher": {"model": "claude-test", "concurrency": 1, "max_retries": 0,
+                                          "prices": {"input": 3.0, "output": 15.0}}})
     GenerationPipeline(settings, api_key=key, base_url=url).run()
     """
 )
@@ -215,10 +216,11 @@ def test_batch_mode_requeues_errored_and_expired_items(api, tmp_path):
     assert summary.batch["batches"] == 2 and summary.batch["submitted"] == N_JOBS + 2
     assert summary.batch["unfinished"] == {"errored": 1, "expired": 1}
     assert api.calls("/v1/messages") == []  # nothing bought at full price
-    assert summary.paid_requests == 0 and summary.cache_hits == N_JOBS
-    full_price = settings.prices.cost(summary.usage)
+    # what was bought is said: every reply in batches, none one by one, none from earlier runs
+    assert summary.paid_requests == 0 and summary.bought_in_batches == N_JOBS and summary.cache_hits == 0
+    full_price = settings.teacher.prices.cost(summary.usage)
     assert (
-        summary.cost_usd == pytest.approx(full_price * (1 - settings.prices.batch_discount))
+        summary.cost_usd == pytest.approx(full_price * (1 - settings.teacher.prices.batch_discount))
         and full_price > 0
     )
 
@@ -243,7 +245,7 @@ def test_two_runs_cannot_share_an_output_folder(api, tmp_path):
         with pytest.raises(RuntimeError, match="in use by another generation run"):
             _run(api, settings)
     finally:
-        held.close()
+        os.close(held)
     assert api.log == []
 
 

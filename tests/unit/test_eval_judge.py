@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from api_helpers import TEST_PRICES
 from fakes.anthropic_api import FakeAnthropicAPI
 from llava_lite.claude.cache import RequestCache
 from llava_lite.claude.client import ApiFatalError
@@ -73,6 +74,7 @@ def api():
 
 def _judge(api, tmp_path, **kw):
     kw.setdefault("cache", RequestCache(tmp_path / "judge.sqlite"))
+    kw.setdefault("prices", TEST_PRICES)
     return ClaudeJudge(
         "claude-test", api_key=KEY, base_url=api.url, max_retries=kw.pop("max_retries", 2), **kw
     )
@@ -194,7 +196,7 @@ def test_key_never_logged_or_stored(api, tmp_path, caplog):
 
 def test_key_from_environment(api, tmp_path, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    judge = ClaudeJudge("claude-test", base_url=api.url, cache=None)
+    judge = ClaudeJudge("claude-test", base_url=api.url, cache=None, prices=TEST_PRICES)
     [j] = asyncio.run(judge.judge_all([_request()]))
     assert j.scores == (8.0, 6.0)
 
@@ -306,7 +308,7 @@ def _scores_tool(a, b):
         ([{"status": 503, "error_body": b"<html>down</html>"}], "api_status_503"),
         ([{"stop_reason": None}], "unexpected_stop"),
         ([{"stop_reason": "pause_turn"}], "pause_turn"),
-        ([{"content": [_scores_tool(8, 6), _scores_tool(2, 9)]}], "malformed_scores"),
+        ([{"content": [_scores_tool(8, 6), _scores_tool(2, 9)]}], "malformed_reply"),
         ([{"content": [_scores_tool(True, 6)]}], "malformed_scores"),
         ([{"content": [_scores_tool(8, 60)]}], "out_of_range"),
         (
@@ -400,7 +402,11 @@ def test_random_failures_under_concurrency_give_one_judgement_per_request(api, t
     for j in judgements:
         if j.scores is not None:
             assert j.scores == (8.0, 1.0 + j.request.question_id % 9)
-    assert judge.paid_requests == len(RequestCache(tmp_path / "judge.sqlite"))
+    # every delivered 200 is paid once; the unreadable ones (billed, judged once per distinct body)
+    # are not stored
+    unreadable = len({j.request.model_answer for j in judgements if j.error == "api_bad_response"})
+    assert judge.paid_requests == len(api.calls(status=200))
+    assert judge.paid_requests == len(RequestCache(tmp_path / "judge.sqlite")) + unreadable
 
 
 def test_identical_requests_are_paid_once(api, tmp_path):

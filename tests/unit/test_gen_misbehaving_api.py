@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from api_helpers import claude_teacher, generate_once
+from api_helpers import TEST_PRICES, claude_teacher, generate_once
 from llava_lite.claude.cache import RequestCache
 from llava_lite.claude.client import ApiFatalError, call_deadline_s, retry_after_s
 from llava_lite.generation.base import GenerationRequest, TeacherError
@@ -72,7 +72,7 @@ def test_a_huge_retry_after_is_capped(api, tmp_path, headers, status, caplog):
 @pytest.mark.parametrize("limits", [{"timeout_s": 0}, {"max_retry_wait_s": -1}, {"max_retries": -1}])
 def test_limits_that_bound_nothing_are_refused(tmp_path, limits):
     with pytest.raises(ValueError, match="max_retries >= 0"):
-        ClaudeTeacher("claude-test", **limits)
+        ClaudeTeacher("claude-test", prices=TEST_PRICES, **limits)
 
 
 def test_retry_after_parsing():
@@ -135,11 +135,14 @@ def test_a_connection_closed_early_is_retried_then_counted(api, tmp_path, fault)
         "nested-too-deep",
     ],
 )
-def test_a_200_that_is_not_a_message_is_a_counted_failure(api, tmp_path, behaviour):
+def test_a_200_that_is_not_a_message_is_a_counted_failure_charged_its_worst_case(api, tmp_path, behaviour):
     api.script.append(behaviour)
     teacher = _teacher(api, tmp_path)
     _fails(teacher, "api_bad_response")
-    assert len(teacher.cache) == 0 and teacher.paid_requests == 0
+    # a 200 was billed: counted as paid and charged its worst case, but never stored to replay
+    worst = teacher.worst_case_usd(teacher.body(REQUEST))
+    assert len(teacher.cache) == 0 and teacher.paid_requests == 1
+    assert teacher.budget.spent_usd == pytest.approx(worst) and teacher.budget.reserved_usd == 0
 
 
 # ---- status codes ---------------------------------------------------------------------------
@@ -262,6 +265,7 @@ def test_a_key_echoed_in_response_headers_is_redacted_from_debug_logs(api, tmp_p
     teacher = ClaudeTeacher(
         "claude-test",
         max_retries=1,
+        prices=TEST_PRICES,
         cache=RequestCache(tmp_path / "requests.sqlite"),
         client_kwargs={"api_key": key, "base_url": api.url},
     )

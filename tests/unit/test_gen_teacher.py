@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from api_helpers import claude_teacher, generate_once
+from api_helpers import TEST_PRICES, claude_teacher, generate_once
 from llava_lite.claude.client import ApiFatalError
 from llava_lite.claude.prices import Budget, BudgetExceeded, Prices
 from llava_lite.generation.base import GenerationRequest, TeacherError
@@ -150,7 +150,7 @@ def test_key_never_appears_in_logs_or_cache(api, tmp_path, caplog):
 
 
 def test_build_teacher_by_name():
-    assert isinstance(build_teacher("anthropic", model="claude-test"), ClaudeTeacher)
+    assert isinstance(build_teacher("anthropic", model="claude-test", prices=TEST_PRICES), ClaudeTeacher)
     assert build_teacher("offline", seed=3).name == "offline"
     with pytest.raises(KeyError, match="valid"):
         build_teacher("gpt")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +33,11 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 
-def request_key(
-    body: dict[str, Any],
-    *,
-    prompt_version: str,
-    image_id: int,
-    response_type: str,
-    sample_index: int,
-    attempt: int,
-) -> str:
-    """sha256 of the full request and its identity; 64 hex chars, also a valid batch ``custom_id``."""
-    payload = {
-        "body": body,
-        "prompt_version": prompt_version,
-        "image_id": image_id,
-        "response_type": response_type,
-        "sample_index": sample_index,
-        "attempt": attempt,
-    }
+def request_key(body: Mapping[str, Any], **identity: Any) -> str:
+    """sha256 of the full request body and what identifies it besides the body (the teacher:
+    prompt version, image, response type, sample, attempt; the judge: its kind and prompt
+    version); 64 hex chars, also a valid batch ``custom_id``."""
+    payload = {"body": body, **identity}
     canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -1,4 +1,4 @@
-"""One bounded, paid Messages API call, shared by the teacher and the judge.
+"""One bounded Messages API call, shared by the teacher and the judge.
 
 The SDK retries 408 / 409 / 429 / 5xx / connection failures ``max_retries`` times, but two
 things it does not bound: it sleeps as long as a ``retry-after`` header asks (an hour, a
@@ -8,32 +8,28 @@ honoured wait, and :func:`create_message` puts a deadline on the whole call, ret
 included, as a last guard.
 
 What comes back is the reply's own JSON (the wire body, not a re-serialised model), checked
-to be a Message; everything else is an :class:`ApiCallError` with a countable ``reason``,
-or an :class:`ApiFatalError` when every further request would fail the same way (bad key,
-no permission, no credit, unknown model). Error texts never carry the server's body
+to be a Message; everything else is an :class:`ApiCallError` with a countable ``reason``
+(``billed`` when a 200 could not be read), or an :class:`ApiFatalError` when every further
+request would fail the same way (bad key, no permission, no credit, unknown model).
+:mod:`~llava_lite.claude.paying` builds on this to pay for one reply. Error texts never carry the server's body
 verbatim: a misbehaving server may echo the API key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import json
 import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anthropic
 import httpx2
 
-from llava_lite.claude.estimate import TokenEstimator
-from llava_lite.claude.prices import Budget, Prices, Usage
-
-if TYPE_CHECKING:
-    from llava_lite.claude.cache import RequestCache
+from llava_lite.claude.prices import Usage
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +50,17 @@ _SECRET = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
 
 
 class ApiCallError(Exception):
-    """A call that produced no usable reply; ``reason`` is counted by the caller."""
+    """A call that produced no usable reply; ``reason`` is counted by the caller.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    ``billed``: the server answered 200, so the request was most likely billed although the
+    body cannot be read (not JSON, not a Message); the caller charges its worst case.
+    """
+
+    def __init__(self, reason: str, detail: str = "", billed: bool = False) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.billed = billed
 
 
 class ApiFatalError(RuntimeError):
@@ -215,117 +216,13 @@ async def create_message(
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
-        raise ApiCallError("api_bad_response", f"a 200 whose body is not JSON ({len(text)} chars)") from None
+        raise ApiCallError(
+            "api_bad_response", f"a 200 whose body is not JSON ({len(text)} chars)", billed=True
+        ) from None
     problem = message_problem(message)
     if problem:
-        raise ApiCallError("api_bad_response", problem)
+        raise ApiCallError("api_bad_response", problem, billed=True)
     return message
-
-
-class PaysForMessages:
-    """What the teacher and the judge share about paying for one reply: the client built on
-    first use, the token estimator, the worst-case price, and :meth:`paid_message`.
-
-    A subclass calls :meth:`_init_paying` in its constructor and maps the
-    :class:`ApiCallError` / :class:`ApiFatalError` that :meth:`paid_message` lets through to
-    its own errors.
-    """
-
-    reply_label = "reply"  # names a reply in the log
-    reply_log = log  # the subclass's module logger, so its records keep their logger name
-
-    cache: RequestCache | None
-    budget: Budget
-    prices: Prices
-    deadline_s: float
-    paid_requests: int
-    cache_hits: int
-    usage: Usage
-    _client: anthropic.AsyncAnthropic | None
-    _client_kwargs: dict[str, Any]
-    _estimator: TokenEstimator | None
-
-    def _init_paying(
-        self,
-        *,
-        max_retries: int,
-        timeout_s: float,
-        max_retry_wait_s: float,
-        cache: RequestCache | None,
-        budget: Budget | None,
-        prices: Prices | None,
-        estimator: TokenEstimator | None,
-        client: anthropic.AsyncAnthropic | None,
-        client_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Sets the attributes above; ``ValueError`` for limits that bound nothing
-        (:func:`call_deadline_s`). No budget: no cap; no prices: the default ones."""
-        self.cache = cache
-        self.budget = budget or Budget(None)
-        self.prices = prices or Prices()
-        self._estimator = estimator
-        self._client = client
-        # Held only to build the client: the SDK's limits, and base_url / api_key for tests and
-        # proxies (without api_key the SDK reads its environment / config).
-        self._client_kwargs = {
-            "max_retries": max_retries,
-            "timeout_s": timeout_s,
-            "max_retry_wait_s": max_retry_wait_s,
-            **(client_kwargs or {}),
-        }
-        self.deadline_s = call_deadline_s(max_retries, timeout_s, max_retry_wait_s)
-        self.paid_requests = 0
-        self.cache_hits = 0
-        self.usage = Usage()  # billed tokens of this run (replays from the cache cost nothing)
-
-    @property
-    def client(self) -> anthropic.AsyncAnthropic:
-        """Built on first use, so a dry run needs no credentials."""
-        if self._client is None:
-            self._client = build_client(**self._client_kwargs)
-        return self._client
-
-    @property
-    def estimator(self) -> TokenEstimator:
-        if self._estimator is None:
-            self._estimator = TokenEstimator()
-        return self._estimator
-
-    def worst_case_usd(self, body: dict[str, Any], batch: bool = False) -> float:
-        return self.prices.cost(self.estimator.worst_case(body), batch=batch)
-
-    async def paid_message(
-        self, body: dict[str, Any], key: str, slot: contextlib.AbstractAsyncContextManager[Any] | None = None
-    ) -> dict[str, Any]:
-        """One paid call of :func:`create_message` under ``key``.
-
-        Reserves the request's worst case first (``BudgetExceeded`` before anything is sent),
-        then calls inside ``slot`` (a semaphore, when given), stores the reply in the cache
-        before anything parses it (a bad reply is still paid for), counts it, and charges its
-        reported usage, or its worst case when it reports none. The reservation is settled
-        whatever happens.
-        """
-        reserved = self.worst_case_usd(body)
-        self.budget.reserve(reserved)
-        spent = 0.0
-        try:
-            async with slot if slot is not None else contextlib.nullcontext():
-                message = await create_message(self.client, body, self.deadline_s)
-            if self.cache is not None:
-                self.cache.put(key, message)  # stored before parsing: a bad reply is still paid for
-            self.paid_requests += 1
-            usage = usage_from_message(message)
-            if usage is None:
-                self.reply_log.warning(
-                    "%s %s reports no usable usage; charged its worst case", self.reply_label, key[:12]
-                )
-                spent = reserved
-            else:
-                self.usage = self.usage + usage
-                spent = self.prices.cost(usage)
-            return message
-        finally:
-            self.budget.settle(reserved, spent)
 
 
 def message_problem(message: Any) -> str | None:

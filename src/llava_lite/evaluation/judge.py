@@ -7,16 +7,15 @@ call; a reply with text instead is read the paper's way, from a first line holdi
 numbers. Anything else is a :class:`JudgeError` with a reason that the caller counts — a
 failed judgement is never scored as 0.
 
-Paying for replies reuses the generation package
-(:class:`~llava_lite.claude.client.PaysForMessages`, as the teacher does): one bounded call
-(:func:`~llava_lite.claude.client.create_message`: the SDK's retries, a capped
-``retry-after`` wait, a deadline), replies stored in its
-:class:`~llava_lite.claude.cache.RequestCache` before parsing (a rerun replays them for
-free), the :class:`~llava_lite.claude.prices.Budget` reserving each request's worst case
-before sending (and charging it when a reply reports no usage), and
-:class:`~llava_lite.claude.prices.Prices` turning usage into dollars. Only a finished
-reply (``end_turn`` / ``tool_use`` / ``stop_sequence``) with one call of the tool, or a
-text fallback, is scored.
+Paying for replies is the Claude layer's (:mod:`llava_lite.claude`, as for the teacher):
+:class:`~llava_lite.claude.paying.PaysForMessages` makes one bounded call (the SDK's
+retries, a capped ``retry-after`` wait, a deadline), stores the reply in the
+:class:`~llava_lite.claude.cache.RequestCache` before parsing (a rerun replays it for
+free), reserves each request's worst case in the :class:`~llava_lite.claude.prices.Budget`
+before sending (and charges it when a reply reports no usage), and prices usage per model
+id; the model's lifecycle is checked with the Models API before the first paid request.
+:func:`~llava_lite.claude.replies.read_reply` reads the stop reason and the forced tool
+call; only a finished reply with one call of the tool, or a text fallback, is scored.
 The API key is passed to the SDK only (explicitly, or read by the SDK from
 ``ANTHROPIC_API_KEY``); it is never logged or stored.
 """
@@ -24,8 +23,6 @@ The API key is passed to the SDK only (explicitly, or read by the SDK from
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -34,17 +31,13 @@ from typing import Any
 
 import anthropic
 
-from llava_lite.claude.cache import RequestCache
-from llava_lite.claude.client import (
-    ApiCallError,
-    ApiFatalError,
-    PaysForMessages,
-    usage_from_message,
-)
+from llava_lite.claude.cache import RequestCache, request_key
+from llava_lite.claude.client import ApiCallError, ApiFatalError, usage_from_message
 from llava_lite.claude.estimate import TokenEstimator
-from llava_lite.claude.prices import Budget, Prices
-from llava_lite.generation.base import Usage
-from llava_lite.generation.messages import FINISHED_STOPS
+from llava_lite.claude.paying import PaysForMessages
+from llava_lite.claude.prices import Budget, Prices, Usage
+from llava_lite.claude.replies import ReplyError, read_reply
+from llava_lite.claude.settings import DEFAULT_MODEL, ClaudeSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +72,10 @@ SCORES_TOOL: dict[str, Any] = {
     },
 }
 
-_FAILED_STOPS = {"max_tokens", "refusal", "model_context_window_exceeded", "pause_turn"}
 
 
-class JudgeError(Exception):
+class JudgeError(ReplyError):
     """A judge reply (or call) that yields no scores; ``reason`` is counted by the caller."""
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(f"{reason}: {message}" if message else reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -147,10 +135,8 @@ def build_body(request: JudgeRequest, model: str, max_tokens: int) -> dict[str, 
 
 
 def cache_key(body: Mapping[str, Any]) -> str:
-    """sha256 of the judge prompt version and the full body: same request, same stored reply."""
-    payload = {"kind": "judge", "prompt_version": JUDGE_PROMPT_VERSION, "body": body}
-    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    """The judge's request key: its kind, prompt version and the full body."""
+    return request_key(body, kind="judge", prompt_version=JUDGE_PROMPT_VERSION)
 
 
 # ---- parsing --------------------------------------------------------------------------
@@ -182,25 +168,14 @@ def _checked(a: Any, b: Any) -> tuple[float, float]:
 
 def parse_reply(message: Mapping[str, Any]) -> tuple[tuple[float, float], str]:
     """``((reference_score, model_score), explanation)`` from a Messages reply, or ``JudgeError``."""
-    stop = message.get("stop_reason")
-    if stop not in FINISHED_STOPS:
-        reason = str(stop) if stop in _FAILED_STOPS else "unexpected_stop"
-        raise JudgeError(reason, f"stop_reason={stop!r}")
-    blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
-    calls = [b for b in blocks if b.get("type") == "tool_use" and b.get("name") == SCORES_TOOL["name"]]
-    if len(calls) > 1:
-        raise JudgeError("malformed_scores", f"{len(calls)} calls of {SCORES_TOOL['name']}, expected one")
-    if calls:
-        data = calls[0].get("input")
+    content = read_reply(message, SCORES_TOOL["name"], error=JudgeError)
+    if content.called:
+        data = content.tool_input
         if not isinstance(data, dict):
             raise JudgeError("malformed_scores", "tool input is not an object")
         scores = _checked(data.get("assistant_1_score"), data.get("assistant_2_score"))
         return scores, _printable(str(data.get("explanation") or ""))
-    texts = [str(b.get("text") or "") for b in blocks if b.get("type") == "text"]
-    text = "\n".join(texts).strip()
-    if not text:
-        raise JudgeError("empty_reply", "no text or tool_use block")
-    return parse_score_line(text), _printable(text)
+    return parse_score_line(content.text), _printable(content.text)
 
 
 def _printable(text: str) -> str:
@@ -217,7 +192,7 @@ class ClaudeJudge(PaysForMessages):
 
     def __init__(
         self,
-        model: str = "claude-sonnet-4-5",
+        model: str = DEFAULT_MODEL,
         *,
         max_tokens: int = 1024,
         concurrency: int = 8,
@@ -234,9 +209,9 @@ class ClaudeJudge(PaysForMessages):
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.model = model
         self.max_tokens = max_tokens
         self._init_paying(
+            model=model,
             max_retries=max_retries,
             timeout_s=timeout_s,
             max_retry_wait_s=max_retry_wait_s,
@@ -253,6 +228,24 @@ class ClaudeJudge(PaysForMessages):
 
     def __repr__(self) -> str:  # never shows the key
         return f"ClaudeJudge(model={self.model!r}, max_tokens={self.max_tokens})"
+
+    @classmethod
+    def from_settings(
+        cls, settings: ClaudeSettings, *, cache: RequestCache | None = None, budget: Budget | None = None
+    ) -> ClaudeJudge:
+        """A judge configured by ``settings`` (``ValueError`` for a model without prices)."""
+        return cls(
+            settings.model,
+            max_tokens=settings.max_tokens,
+            concurrency=settings.concurrency,
+            max_retries=settings.max_retries,
+            timeout_s=settings.timeout_s,
+            max_retry_wait_s=settings.max_retry_wait_s,
+            base_url=settings.base_url,
+            cache=cache,
+            budget=budget,
+            prices=settings.prices,
+        )
 
     @property
     def spent_usd(self) -> float:
@@ -280,16 +273,11 @@ class ClaudeJudge(PaysForMessages):
     async def _call(
         self, body: dict[str, Any], key: str, semaphore: asyncio.Semaphore | None
     ) -> dict[str, Any]:
-        if semaphore is None:
-            return await self._paid_call(body, key)
-        async with semaphore:  # reserve budget only once a slot is free, so waiting requests hold none
-            return await self._paid_call(body, key)
-
-    async def _paid_call(self, body: dict[str, Any], key: str) -> dict[str, Any]:
         if self._fatal is not None:
             raise self._fatal
         try:
-            return await self.paid_message(body, key)  # BudgetExceeded stops the run before anything is sent
+            # the slot first: requests waiting for one hold no budget; BudgetExceeded before sending
+            return await self.paid_message(body, key, slot=semaphore)
         except ApiCallError as e:
             raise JudgeError(e.reason, e.detail) from None
         except ApiFatalError as e:
@@ -311,6 +299,8 @@ class ClaudeJudge(PaysForMessages):
             first.setdefault(key, i)
         semaphore = asyncio.Semaphore(self._concurrency)
         try:
+            if self.cache is None or any(key not in self.cache for key in first):
+                await self.check_model()  # before any paid work; ApiFatalError for a retired model
             results = await asyncio.gather(
                 *(self.judge(requests[i], semaphore) for i in first.values()), return_exceptions=True
             )
@@ -326,8 +316,3 @@ class ClaudeJudge(PaysForMessages):
             assert isinstance(j, Judgement)
             out.append(j if first[key] == i else replace(j, request=request, cached=True, usage=Usage()))
         return out
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None

@@ -17,8 +17,6 @@ no scores is counted by reason. Neither enters the means.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from llava_lite.claude.aio import run_sync
 from llava_lite.evaluation.judge import ClaudeJudge, Judgement, JudgeRequest
 from llava_lite.evaluation.metrics import GroupedRelativeScore
 from llava_lite.inference.answers import Question, read_answers, read_questions
-from llava_lite.io import read_jsonl
+from llava_lite.io import read_jsonl, write_jsonl_atomic
 from llava_lite.symbolic import load_coco
 
 CATEGORIES = {
@@ -169,7 +167,7 @@ def evaluate(
     )
     judgements = run_sync(judge.judge_all(requests))
     if reviews_file is not None:
-        _write_reviews(reviews_file, judgements)
+        write_jsonl_atomic(reviews_file, (j.to_record() for j in judgements))  # reruns replay the cache
     result = summarize(judgements, missing=len(missing))
     result.paid_requests, result.cache_hits, result.cost_usd = (
         judge.paid_requests,
@@ -177,14 +175,3 @@ def evaluate(
         judge.spent_usd,
     )
     return result
-
-
-def _write_reviews(path: str | Path, judgements: Sequence[Judgement]) -> None:
-    """Whole file through temp + rename; the request cache, not this file, makes reruns free."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for j in judgements:
-            f.write(json.dumps(j.to_record(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -112,18 +112,7 @@ class _Runner:
             generation = self.answer(read_questions(questions_file), answers_file, b.image_root)
         j = self.s.judge
         cache = RequestCache(self.out(j.cache_file))
-        judge = ClaudeJudge(
-            j.model,
-            max_tokens=j.max_tokens,
-            concurrency=j.concurrency,
-            max_retries=j.max_retries,
-            timeout_s=j.timeout_s,
-            max_retry_wait_s=j.max_retry_wait_s,
-            base_url=j.base_url,
-            cache=cache,
-            budget=Budget(j.budget_usd),
-            prices=self.s.prices,
-        )
+        judge = ClaudeJudge.from_settings(j, cache=cache, budget=Budget(j.budget_usd))
         try:
             result = llava_bench.evaluate(
                 judge,

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from llava_lite.claude.prices import Prices
+from llava_lite.claude.settings import ClaudeSettings
 from llava_lite.config import validated_settings
 from llava_lite.inference.decoding import DecodingSettings
 
@@ -63,14 +63,9 @@ class BenchSettings:
 
 
 @dataclass
-class JudgeSettings:
-    model: str = "claude-sonnet-4-5"
-    max_tokens: int = 1024
-    concurrency: int = 8
-    max_retries: int = 4
-    timeout_s: float = 120.0
-    max_retry_wait_s: float = 60.0  # cap on a server's retry-after before the SDK retries
-    base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL
+class JudgeSettings(ClaudeSettings):
+    """The shared Claude settings (model, limits, ``prices``) plus the judge's budget and cache."""
+
     budget_usd: float | None = 5.0  # hard cap on billed dollars; None = no cap
     cache_file: str = "judge_requests.sqlite"
 
@@ -89,7 +84,6 @@ class EvalSettings:
     scienceqa: ScienceQASettings = field(default_factory=ScienceQASettings)
     llava_bench: BenchSettings = field(default_factory=BenchSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
-    prices: Prices = field(default_factory=Prices)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

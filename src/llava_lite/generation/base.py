@@ -1,16 +1,26 @@
 """The small interface every teacher implements (Claude, offline rules, recorded replies).
 
-The pipeline owns everything around a teacher (prompt versions, caching, validation,
-output); a teacher only turns one request into question/answer turns or raises.
+The pipeline owns everything around a teacher (prompt versions, validation, output); a
+:class:`Teacher` only turns one request into question/answer turns or raises. A teacher that
+pays for its replies is also a :class:`PaidTeacher`: the pipeline checks its model before any
+paid work, hands it the run's request cache, asks what each request shows and costs, may
+buy replies in batches through it, reads what it bought, and closes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from llava_lite.claude.prices import Usage
+from llava_lite.claude.prices import Prices, Usage
+from llava_lite.claude.replies import ReplyError
 from llava_lite.symbolic import SymbolicContext
+
+if TYPE_CHECKING:
+    from llava_lite.claude.cache import RequestCache
+    from llava_lite.claude.estimate import TokenEstimator
+    from llava_lite.generation.batches import BatchStats
+    from llava_lite.generation.settings import BatchSettings
 
 RESPONSE_TYPES = ("conversation", "detail", "complex_reasoning")
 
@@ -22,6 +32,7 @@ class GenerationRequest:
     sample_index: int = 0  # several samples of one type per image get different indices
     instruction: str | None = None  # the fixed question for "detail" (drawn by the pipeline)
     attempt: int = 0  # retries after a rejected reply are new requests with their own cache key
+    max_tokens: int | None = None  # None: the teacher's; raised on a retry after a max_tokens cut
 
 
 @dataclass
@@ -34,14 +45,13 @@ class TeacherReply:
     batch: bool = False  # paid at the Message Batches discount
 
 
-class TeacherError(Exception):
+class TeacherError(ReplyError):
     """A reply that is not data (refusal, cut by max_tokens, unparseable); ``reason`` is counted."""
 
     def __init__(
         self, reason: str, message: str = "", usage: Usage | None = None, cached: bool = False, batch: bool = False
     ) -> None:
-        super().__init__(f"{reason}: {message}" if message else reason)
-        self.reason = reason
+        super().__init__(reason, message)
         self.usage = usage or Usage()  # a refused or truncated reply is still billed
         self.cached = cached
         self.batch = batch
@@ -51,3 +61,34 @@ class Teacher(Protocol):
     name: str
 
     async def generate(self, request: GenerationRequest) -> TeacherReply: ...
+
+
+@runtime_checkable
+class PaidTeacher(Teacher, Protocol):
+    """A teacher that pays for replies (:class:`~llava_lite.generation.teacher.ClaudeTeacher`)."""
+
+    prompt_version: str
+    prices: Prices
+    paid_requests: int  # replies bought one by one this run
+    cache_hits: int  # replies replayed from earlier runs
+    batch_replies: int  # replies bought in Message Batches this run (read back from the cache)
+    usage: Usage  # billed tokens of this run
+
+    @property
+    def estimator(self) -> TokenEstimator: ...
+
+    def body(self, request: GenerationRequest) -> dict[str, Any]: ...
+
+    def shows(self, context: SymbolicContext, response_type: str) -> bool:
+        """Whether the parts of ``context`` this type is shown are non-empty."""
+        ...
+
+    async def check_model(self) -> str: ...
+
+    def use_cache(self, cache: RequestCache) -> None: ...
+
+    async def fill_by_batches(self, requests: list[GenerationRequest], settings: BatchSettings) -> BatchStats:
+        """Buy stored replies for ``requests`` in Message Batches; later calls only replay them."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -27,7 +27,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx2
@@ -41,7 +41,9 @@ from llava_lite.claude.client import (
 )
 from llava_lite.claude.prices import BudgetExceeded
 from llava_lite.generation.base import GenerationRequest
-from llava_lite.generation.teacher import ClaudeTeacher
+
+if TYPE_CHECKING:
+    from llava_lite.generation.teacher import ClaudeTeacher
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class BatchRunner:
         self.max_rounds = max_rounds
         self.stats = BatchStats()
         self._bodies: dict[str, dict[str, Any]] = {}  # key -> body, to charge a reply without usage
+        self.bought: set[str] = set()  # keys whose replies this runner stored (bought, or collected)
 
     async def fill_cache(self, requests: list[GenerationRequest]) -> BatchStats:
         """Make a stored reply exist for as many of ``requests`` as rounds and budget allow."""
@@ -234,6 +237,7 @@ class BatchRunner:
             self.stats.unfinished["malformed_result"] += 1
             return self._worst_case(custom_id)
         self.cache.put(custom_id, message, batch=True)
+        self.bought.add(custom_id)
         self.stats.succeeded += 1
         usage = usage_from_message(message)
         if usage is None:

@@ -3,13 +3,11 @@
 One body serves every path: live calls, Message Batches ``params``, the cache key and the
 dry-run token estimate, so what is hashed and estimated is exactly what is sent.
 
-Structured replies come from a forced tool call (``tool_choice`` names the tool); when a
+Structured replies come from a forced tool call (``tool_choice`` names the tool), read by
+:func:`llava_lite.claude.replies.read_reply` (stop reasons, one call, text fallback); when a
 reply carries text instead, it is read as JSON, then as the paper's
-``Question: ... === Answer: ...`` layout. Only ``text`` and ``tool_use`` blocks are read;
-thinking blocks that may come first (and other block types) are skipped. Only a reply that
-says it finished (``stop_reason`` ``end_turn`` / ``tool_use`` / ``stop_sequence``) can be
-data: one cut by ``max_tokens``, refused, paused, or with a missing or unknown stop reason
-is a :class:`TeacherError`, as is one with several calls of the tool or an empty list.
+``Question: ... === Answer: ...`` layout. Anything else is a :class:`TeacherError`, as is
+a call with an empty list of turns.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llava_lite.claude.replies import read_reply
 from llava_lite.generation.base import GenerationRequest, TeacherError
 from llava_lite.generation.prompts import PromptSet
 from llava_lite.symbolic import SymbolicContext
@@ -51,17 +50,6 @@ DESCRIPTION_TOOL: dict[str, Any] = {
         "required": ["description"],
     },
 }
-
-# stop reasons of a finished answer; any other (or none) means the reply is not data
-FINISHED_STOPS = frozenset({"end_turn", "tool_use", "stop_sequence"})
-# counted reasons for the known unfinished ones; anything else counts as "unexpected_stop"
-_FAILED_STOPS = {
-    "max_tokens": "max_tokens",
-    "refusal": "refusal",
-    "model_context_window_exceeded": "context_window",
-    "pause_turn": "pause_turn",
-}
-
 
 @dataclass
 class ContextOptions:
@@ -144,20 +132,10 @@ def build_request_body(
 
 def parse_reply(message: dict[str, Any], request: GenerationRequest) -> list[tuple[str, str]]:
     """Turn a Messages API reply (as a JSON dict) into (question, answer) turns, or raise."""
-    stop = message.get("stop_reason")
-    if stop not in FINISHED_STOPS:
-        raise TeacherError(_FAILED_STOPS.get(str(stop), "unexpected_stop"), f"stop_reason={stop!r}")
-    tool_name = tool_for(request.response_type)["name"]
-    blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
-    calls = [b for b in blocks if b.get("type") == "tool_use" and b.get("name") == tool_name]
-    if len(calls) > 1:
-        raise TeacherError("malformed_reply", f"{len(calls)} calls of {tool_name}, expected one")
-    if calls:
-        return _turns_from_structured(calls[0].get("input"), request)
-    texts = [str(b.get("text") or "") for b in blocks if b.get("type") == "text"]
-    text = "\n".join(texts).strip()
-    if not text:
-        raise TeacherError("empty_reply", "no text or tool_use block")
+    content = read_reply(message, tool_for(request.response_type)["name"], error=TeacherError)
+    if content.called:
+        return _turns_from_structured(content.tool_input, request)
+    text = content.text
     structured = _json_in_text(text)
     if structured is not None:
         return _turns_from_structured(structured, request)

@@ -3,14 +3,24 @@
 A *job* is one (image, response type, sample index). Its id is the output record's ``id``,
 so a rerun skips every job already in the output file. Each job gets at most
 ``max_attempts`` requests; a failed or rejected attempt is retried as a new request (its
-own cache key), and every paid reply is in the request cache, so a rerun replays instead
-of paying. Output lines are appended whole and fsynced; the summary and the optional JSON
-export are written through temp + rename.
+own cache key; after a reply cut by ``max_tokens`` with a doubled ``max_tokens``, up to
+``teacher.max_tokens_after_cut``), and every paid reply is in the request cache, so a rerun
+replays instead of paying. Jobs that used all their attempts are listed in the summary
+(``failed_samples``: id -> last reason); a rerun replays their stored failures for free,
+unless ``retry_stored_failures=true``, which gives each such job fresh paid attempts.
+Output lines are appended whole and fsynced; the summary and the optional JSON export are
+written through temp + rename.
+
+Starting checks everything that can fail before the run folder is touched: the input
+files, the prices of the model (when the teacher is built), and, before any paid work,
+the model's lifecycle (:meth:`PaidTeacher.check_model`). A failed start leaves an existing
+run folder exactly as it was.
 
 A budget stop or an API that refuses this client (:class:`ApiFatalError`: bad key, no
-permission or credit) stops new requests, lets the ones in flight finish (their replies are
-cached and their samples written), records ``stopped`` in the summary and, for the latter,
-raises it. Any other exception in a worker stops the run the same way before it propagates.
+permission or credit, unreachable) stops new requests, lets the ones in flight finish
+(their replies are cached and their samples written), records ``stopped`` in the summary
+and, for the latter, raises it. Any other exception in a worker stops the run the same
+way before it propagates.
 """
 
 from __future__ import annotations
@@ -18,21 +28,21 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import os
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from llava_lite.claude.aio import run_sync
 from llava_lite.claude.cache import RequestCache
 from llava_lite.claude.client import ApiFatalError
 from llava_lite.claude.estimate import TokenEstimator
-from llava_lite.claude.prices import Budget, BudgetExceeded
-from llava_lite.generation.base import GenerationRequest, Teacher, TeacherError, Usage
-from llava_lite.generation.batches import BatchRunner
+from llava_lite.claude.prices import Budget, BudgetExceeded, Usage
+from llava_lite.generation.base import GenerationRequest, PaidTeacher, Teacher, TeacherError
 from llava_lite.generation.prompts import load_detail_instructions
 from llava_lite.generation.settings import GenerateSettings
 from llava_lite.generation.teacher import ClaudeTeacher, build_teacher
@@ -59,12 +69,14 @@ class RunSummary:
     rejects: Counter[str] = field(default_factory=Counter)  # validation, by reason
     teacher_errors: Counter[str] = field(default_factory=Counter)  # replies that are not data, by reason
     failed_jobs: int = 0  # jobs that used all their attempts
+    failed_samples: dict[str, str] = field(default_factory=dict)  # their ids -> the last attempt's reason
     unfinished_jobs: int = 0  # jobs not attempted (budget stop)
     skipped_images: Counter[str] = field(default_factory=Counter)
     skipped_jobs: Counter[str] = field(default_factory=Counter)  # e.g. nothing to show for this type
     duplicate_turns_dropped: int = 0
-    paid_requests: int = 0
-    cache_hits: int = 0
+    paid_requests: int = 0  # replies bought one by one this run
+    bought_in_batches: int = 0  # replies bought in Message Batches this run
+    cache_hits: int = 0  # replies replayed from earlier runs (paid for then)
     batch: dict[str, Any] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
@@ -86,16 +98,17 @@ class GenerationPipeline:
         self, settings: GenerateSettings, teacher: Teacher | None = None, **client_kwargs: Any
     ) -> None:
         """``teacher`` overrides the configured one; ``client_kwargs`` (e.g. ``api_key``, ``base_url``
-        for a local test server) go to ``AsyncAnthropic`` only and are never stored elsewhere."""
-        self.settings = s = settings
-        self.out_dir = Path(s.output_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.budget = Budget(s.budget_usd)
+        for a local test server) go to ``AsyncAnthropic`` only and are never stored elsewhere.
+        Nothing is written here: a model without prices or an unknown teacher fails first."""
+        self.settings = settings
+        self.out_dir = Path(settings.output_dir)
+        self.budget = Budget(settings.budget_usd)
         self.cache: RequestCache | None = None
         if teacher is None:
             teacher = self._build_teacher(client_kwargs)
         self.teacher = teacher
-        self.validator = SampleValidator(s.validation)
+        self.paid: PaidTeacher | None = teacher if isinstance(teacher, PaidTeacher) else None
+        self.validator = SampleValidator(settings.validation)
         self.summary = RunSummary()
         self._stop = False
         self._fatal: ApiFatalError | None = None
@@ -104,7 +117,6 @@ class GenerationPipeline:
         s, t = self.settings, self.settings.teacher
         if t.name != "anthropic":
             return build_teacher(t.name, seed=t.seed)
-        self.cache = RequestCache(self.out_dir / CACHE_FILE)
         if t.base_url is not None:
             client_kwargs.setdefault("base_url", t.base_url)
         return ClaudeTeacher(
@@ -117,9 +129,8 @@ class GenerationPipeline:
             max_retries=t.max_retries,
             timeout_s=t.timeout_s,
             max_retry_wait_s=t.max_retry_wait_s,
-            cache=self.cache,
             budget=self.budget,
-            prices=s.prices,
+            prices=t.prices,
             estimator=TokenEstimator(s.estimate.encoding, s.estimate.token_ratio),
             client_kwargs=client_kwargs,
         )
@@ -162,11 +173,9 @@ class GenerationPipeline:
                     )
 
     def _has_context(self, context: SymbolicContext, response_type: str) -> bool:
-        """False when the parts this type is shown are empty (e.g. captions only, none given)."""
-        if not isinstance(self.teacher, ClaudeTeacher):
-            return True  # other teachers read the whole context themselves
-        options = self.teacher.context[response_type]
-        return bool(context.render(captions=options.captions, boxes=options.boxes).strip())
+        """False when the parts this type is shown are empty (e.g. captions only, none given);
+        unpaid teachers read the whole context themselves."""
+        return self.paid is None or self.paid.shows(context, response_type)
 
     def done_ids(self) -> set[str]:
         path = self.out_dir / OUTPUT_FILE
@@ -180,56 +189,80 @@ class GenerationPipeline:
 
     async def arun(self) -> RunSummary:
         start = time.monotonic()
-        lock = _lock_output_dir(self.out_dir)
+        lock: int | None = None
         try:
-            pending = list(self.jobs(self.contexts(), self.done_ids()))
-            if self.settings.dry_run:
-                self.summary.estimate = self.estimate(pending)
-                return self.summary
-            with JsonlAppender(self.out_dir / OUTPUT_FILE) as writer:
-                await self._rounds(pending, writer)
-            if self._fatal is not None:
-                raise self._fatal
-            if self.settings.export_json:
-                write_json_atomic(self.out_dir / JSON_FILE, list(read_jsonl(self.out_dir / OUTPUT_FILE)))
-            return self.summary
+            contexts = self.contexts()  # a missing or malformed input fails before the folder is touched
+            if self.out_dir.is_dir():  # locking changes nothing in the folder
+                lock = _lock_output_dir(self.out_dir)
+            if self.paid is not None and not self.settings.dry_run:
+                await self.paid.check_model()  # before any paid work and any write
+            if lock is None:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                lock = _lock_output_dir(self.out_dir)
+            try:
+                await self._run(contexts)
+            finally:
+                self.summary.elapsed_s = time.monotonic() - start
+                self._finish_summary()
+                if self.cache is not None:
+                    self.cache.close()
         finally:
-            self.summary.elapsed_s = time.monotonic() - start
-            self._finish_summary()
-            if isinstance(self.teacher, ClaudeTeacher):
-                await self.teacher.aclose()
-            if self.cache is not None:
-                self.cache.close()
-            lock.close()
+            if lock is not None:
+                os.close(lock)
+            if self.paid is not None:
+                await self.paid.aclose()
+        return self.summary
+
+    async def _run(self, contexts: list[SymbolicContext]) -> None:
+        if self.paid is not None and not self.settings.dry_run:
+            self.cache = RequestCache(self.out_dir / CACHE_FILE)
+            self.paid.use_cache(self.cache)
+        pending = list(self.jobs(contexts, self.done_ids()))
+        if self.settings.dry_run:
+            self.summary.estimate = self.estimate(pending)
+            return
+        with JsonlAppender(self.out_dir / OUTPUT_FILE) as writer:
+            await self._rounds(pending, writer)
+        if self._fatal is not None:
+            raise self._fatal
+        if self.settings.export_json:
+            write_json_atomic(self.out_dir / JSON_FILE, list(read_jsonl(self.out_dir / OUTPUT_FILE)))
 
     async def _rounds(self, pending: list[GenerationRequest], writer: JsonlAppender) -> None:
+        """Rounds of requests until every job is written, failed or stopped.
+
+        A job fails after ``max_attempts`` tries; with ``retry_stored_failures`` a failure
+        replayed from the cache does not count as a try, so the job gets fresh paid ones.
+        """
         s = self.settings
-        batch_mode = s.batch.enabled and isinstance(self.teacher, ClaudeTeacher)
-        for attempt in range(s.max_attempts):
-            if not pending or self._stop:
-                break
-            if batch_mode:
+        tries: Counter[str] = Counter()
+        while pending and not self._stop:
+            if self.paid is not None and s.batch.enabled:
                 await self._fill_by_batches(pending)
-            retry = await self._run_round(pending, writer)
-            if attempt + 1 < s.max_attempts:
-                pending = [replace(r, attempt=attempt + 1) for r in retry]
-            else:
-                self.summary.failed_jobs += len(retry)
-                pending = []
+            failed = await self._run_round(pending, writer)
+            pending = []
+            for request, reason, stored in failed:
+                sid = sample_id(request.context, request.response_type, request.sample_index)
+                if not (stored and s.retry_stored_failures):
+                    tries[sid] += 1
+                if tries[sid] < s.max_attempts:
+                    pending.append(self._next_attempt(request, reason))
+                else:
+                    self.summary.failed_jobs += 1
+                    self.summary.failed_samples[sid] = reason
         self.summary.unfinished_jobs += len(pending)
 
+    def _next_attempt(self, request: GenerationRequest, reason: str) -> GenerationRequest:
+        """The retry of a failed attempt: a new cache key, and room to finish after a cut reply."""
+        max_tokens = request.max_tokens
+        if reason == "max_tokens":
+            t = self.settings.teacher
+            max_tokens = max(max_tokens or t.max_tokens, min(2 * (max_tokens or t.max_tokens), t.max_tokens_after_cut))
+        return replace(request, attempt=request.attempt + 1, max_tokens=max_tokens)
+
     async def _fill_by_batches(self, requests: list[GenerationRequest]) -> None:
-        assert isinstance(self.teacher, ClaudeTeacher)
-        b = self.settings.batch
-        runner = BatchRunner(
-            self.teacher,
-            max_requests_per_batch=b.max_requests_per_batch,
-            poll_interval_s=b.poll_interval_s,
-            max_wait_s=b.max_wait_s,
-            max_rounds=b.max_rounds,
-        )
-        stats = await runner.fill_cache(requests)
-        self.teacher.replay_only = True
+        assert self.paid is not None
+        stats = await self.paid.fill_by_batches(requests, self.settings.batch)
         for k, v in vars(stats).items():
             if isinstance(v, Counter):
                 merged = Counter(self.summary.batch.get(k, {}))
@@ -239,20 +272,23 @@ class GenerationPipeline:
                 self.summary.batch[k] = self.summary.batch.get(k, False) or v
             else:
                 self.summary.batch[k] = self.summary.batch.get(k, 0) + v
+        self.summary.bought_in_batches += stats.succeeded
         if stats.budget_stopped:
             self.summary.stopped = "budget"
             self._stop = True  # what was submitted is still read below; nothing new is bought
 
     async def _run_round(
         self, requests: list[GenerationRequest], writer: JsonlAppender
-    ) -> list[GenerationRequest]:
-        """Run ``requests`` with a bounded pool of workers; returns the ones to retry."""
-        queue = iter(requests)
-        retry: list[GenerationRequest] = []
+    ) -> list[tuple[GenerationRequest, str, bool]]:
+        """Run ``requests`` with a bounded pool of workers; returns the failed attempts as
+        (request, reason, whether the failure was replayed from the cache)."""
+        queue = deque(requests)
+        failed: list[tuple[GenerationRequest, str, bool]] = []
         not_started: list[GenerationRequest] = []
 
         async def worker() -> None:
-            for request in queue:
+            while queue:
+                request = queue.popleft()
                 if self._stop:
                     not_started.append(request)
                     continue
@@ -262,10 +298,10 @@ class GenerationPipeline:
                     self._stop = True  # the other workers finish what is in flight, then stop
                     not_started.append(request)
                     raise
-                if outcome == "retry":
-                    retry.append(request)
-                elif outcome == "stopped":
+                if outcome == "stopped":
                     not_started.append(request)
+                elif outcome is not None:
+                    failed.append((request, *outcome))
 
         n_workers = max(1, self.settings.teacher.concurrency)
         results = await asyncio.gather(*(worker() for _ in range(n_workers)), return_exceptions=True)
@@ -273,9 +309,10 @@ class GenerationPipeline:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return retry
+        return failed
 
-    async def _one(self, request: GenerationRequest, writer: JsonlAppender) -> str:
+    async def _one(self, request: GenerationRequest, writer: JsonlAppender) -> tuple[str, bool] | str | None:
+        """None when the sample was written, "stopped", or (reason, replayed) for a failed attempt."""
         try:
             reply = await self.teacher.generate(request)
         except BudgetExceeded as e:
@@ -296,7 +333,7 @@ class GenerationPipeline:
                 return "stopped"  # never submitted: the cap stopped batch submission
             self.summary.teacher_errors[e.reason] += 1
             log.info("image %s %s: teacher error %s", request.context.image_id, request.response_type, e)
-            return "retry"
+            return e.reason, e.cached
         turns, dropped = dedupe_turns(reply.turns)
         self.summary.duplicate_turns_dropped += dropped
         try:
@@ -305,10 +342,10 @@ class GenerationPipeline:
         except SampleRejected as e:
             self.summary.rejects[e.reason] += 1
             log.info("image %s %s: rejected %s", request.context.image_id, request.response_type, e)
-            return "retry"
+            return e.reason, reply.cached
         writer.append(self._record(request, conversations, reply.model))
         self.summary.samples[request.response_type] += 1
-        return "ok"
+        return None
 
     def _record(
         self, request: GenerationRequest, conversations: list[dict[str, str]], model: str
@@ -323,7 +360,7 @@ class GenerationPipeline:
             "sample_index": request.sample_index,
             "teacher": self.teacher.name,
             "model": model,
-            "prompt_version": getattr(self.teacher, "prompt_version", self.settings.prompt_version),
+            "prompt_version": self.paid.prompt_version if self.paid is not None else self.settings.prompt_version,
         }
 
     # ---- dry run ---------------------------------------------------------------------
@@ -334,15 +371,15 @@ class GenerationPipeline:
         every other request; outputs are ``expected_output_tokens``. Worst case: no cache
         hits and every reply runs to ``max_tokens``. Retries are not included.
         """
-        if not isinstance(self.teacher, ClaudeTeacher):
+        if self.paid is None:
             return {"requests": len(requests), "expected_usd": 0.0, "worst_case_usd": 0.0}
-        est = self.teacher.estimator
-        prices, batch = self.settings.prices, self.settings.batch.enabled
+        est = self.paid.estimator
+        prices, batch = self.paid.prices, self.settings.batch.enabled
         expected, worst = Usage(), Usage()
         prefix_tokens: dict[str, int] = {}
         prefix_written: set[str] = set()
         for r in requests:
-            body = self.teacher.body(r)
+            body = self.paid.body(r)
             prefix, message = est.prefix_tokens(body), est.message_tokens(body)
             prefix_tokens[r.response_type] = prefix
             out = self.settings.estimate.expected_output_tokens.get(
@@ -377,21 +414,22 @@ class GenerationPipeline:
         }
 
     def _finish_summary(self) -> None:
-        if isinstance(self.teacher, ClaudeTeacher):
-            self.summary.paid_requests = self.teacher.paid_requests
-            self.summary.cache_hits = self.teacher.cache_hits
-            self.summary.usage = self.teacher.usage
+        if self.paid is not None:
+            self.summary.paid_requests = self.paid.paid_requests
+            self.summary.cache_hits = self.paid.cache_hits
+            self.summary.usage = self.paid.usage
         self.summary.cost_usd = self.budget.spent_usd
         write_json_atomic(self.out_dir / SUMMARY_FILE, self.summary.to_dict())
 
 
-def _lock_output_dir(out_dir: Path) -> IO[str]:
-    """An exclusive lock on the output folder: two runs appending to one file would duplicate
-    samples. The OS drops the lock when the process dies, so a killed run never blocks a rerun."""
-    handle = open(out_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+def _lock_output_dir(out_dir: Path) -> int:
+    """An exclusive lock on the output folder itself (no lock file is left behind): two runs
+    appending to one file would duplicate samples. The OS drops the lock when the process
+    dies, so a killed run never blocks a rerun. Returns the folder's descriptor to close."""
+    fd = os.open(out_dir, os.O_RDONLY)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
-        raise RuntimeError(f"{out_dir} is in use by another generation run") from None
-    return handle
+        os.close(fd)
+        raise RuntimeError(f"output_dir={out_dir} is in use by another generation run") from None
+    return fd

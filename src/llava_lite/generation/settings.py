@@ -1,7 +1,8 @@
 """Typed settings of a generation run; ``conf/generate.yaml`` is validated against them.
 
 No secrets live here: the API key comes only from the environment or the SDK's own
-configuration. Prices are USD per million tokens and must be checked against the
+configuration. Prices are USD per million tokens, per model id
+(:data:`llava_lite.claude.prices.PRICES`, or ``teacher.prices``); check them against the
 provider's current price list for the model you choose.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from llava_lite.claude.prices import Prices
+from llava_lite.claude.settings import ClaudeSettings
 from llava_lite.config import validated_settings
 from llava_lite.generation.base import RESPONSE_TYPES
 from llava_lite.generation.messages import ContextOptions
@@ -21,17 +22,12 @@ from llava_lite.generation.validation import ValidationConfig
 
 
 @dataclass
-class TeacherSettings:
+class TeacherSettings(ClaudeSettings):
+    """The shared Claude settings (model, limits, ``prices``) plus what only the teacher has."""
+
     name: str = "anthropic"  # "anthropic" | "offline"
-    model: str = "claude-sonnet-4-5"
-    max_tokens: int = 1024
-    concurrency: int = 8  # requests in flight
-    max_retries: int = 4  # the SDK's retries per request (429 / 529 / 5xx / timeouts)
-    timeout_s: float = 120.0  # wall clock of one attempt, the whole reply included
-    max_retry_wait_s: float = 60.0  # longest retry-after honoured; one call takes at most
-    # (max_retries + 1) * timeout_s + max_retries * max_retry_wait_s
     prompt_caching: bool = True
-    base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL
+    max_tokens_after_cut: int = 4096  # a retry after a reply cut by max_tokens doubles it, up to this
     seed: int = 0  # offline teacher only
 
 
@@ -71,11 +67,11 @@ class GenerateSettings:
     prompt_version: str = PROMPT_VERSION
     seed: int = 0  # draws the "detail" instruction per image and sample
     max_attempts: int = 2  # requests per sample: the first + retries after a rejected or failed reply
+    retry_stored_failures: bool = False  # failures replayed from the cache do not use up attempts
     budget_usd: float | None = 5.0  # hard cap; null = no cap
     dry_run: bool = False
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
-    prices: Prices = field(default_factory=Prices)
     context: dict[str, ContextOptions] = field(
         default_factory=lambda: {
             "conversation": ContextOptions(captions=True, boxes=False),

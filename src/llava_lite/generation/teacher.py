@@ -2,14 +2,15 @@
 
 The teacher owns everything about paying for a reply: the request body, the cache lookup
 (a stored reply is replayed, never bought twice), the budget reservation, the bounded
-number of requests in flight, and one bounded call (:mod:`~llava_lite.claude.client`:
-the SDK's retries, a capped ``retry-after`` wait, a deadline on the whole call). A failed
-call is a counted :class:`TeacherError`; an API that refuses the client (401 / 402 / 403 /
-404) raises :class:`~llava_lite.claude.client.ApiFatalError` for the run to stop on. A
-reply that does not report its usage is charged its reserved worst case, so the budget cap
-holds. The API key is never passed around by this code: the SDK reads it from the
-environment or its own configuration unless a caller (a test) passes one explicitly, and
-it is never logged or stored.
+number of requests in flight, and one bounded call (:mod:`llava_lite.claude`: the SDK's
+retries, a capped ``retry-after`` wait, a deadline on the whole call). A failed call is a
+counted :class:`TeacherError`; an API that refuses the client (401 / 402 / 403 / 404), a
+retired or unknown model, or an API that cannot be reached raises
+:class:`~llava_lite.claude.client.ApiFatalError` for the run to stop on. A reply that does
+not report its usage is charged its reserved worst case, so the budget cap holds. The API
+key is never passed around by this code: the SDK reads it from the environment or its own
+configuration unless a caller (a test) passes one explicitly, and it is never logged or
+stored.
 """
 
 from __future__ import annotations
@@ -17,25 +18,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 
 from llava_lite.claude.cache import RequestCache, request_key
-from llava_lite.claude.client import ApiCallError, PaysForMessages, usage_from_message
+from llava_lite.claude.client import ApiCallError, usage_from_message
 from llava_lite.claude.estimate import TokenEstimator
-from llava_lite.claude.prices import Budget, Prices
+from llava_lite.claude.paying import PaysForMessages
+from llava_lite.claude.prices import Budget, Prices, Usage
+from llava_lite.claude.settings import DEFAULT_MODEL
 from llava_lite.generation.base import (
     RESPONSE_TYPES,
     GenerationRequest,
     Teacher,
     TeacherError,
     TeacherReply,
-    Usage,
 )
 from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
 from llava_lite.generation.prompts import PROMPT_VERSION, PromptSet, load_prompt_set
 from llava_lite.generation.validation import is_clean_text
+from llava_lite.symbolic import SymbolicContext
+
+if TYPE_CHECKING:
+    from llava_lite.generation.batches import BatchStats
+    from llava_lite.generation.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,7 @@ class ClaudeTeacher(PaysForMessages):
 
     def __init__(
         self,
-        model: str,
+        model: str = DEFAULT_MODEL,
         *,
         max_tokens: int = 1024,
         context: Mapping[str, ContextOptions] | None = None,
@@ -68,7 +75,6 @@ class ClaudeTeacher(PaysForMessages):
         client: anthropic.AsyncAnthropic | None = None,
         client_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.model = model
         self.max_tokens = max_tokens
         self.context = {**PAPER_CONTEXT, **(context or {})}
         self.prompt_version = prompt_version
@@ -76,6 +82,7 @@ class ClaudeTeacher(PaysForMessages):
         self.prompts: dict[str, PromptSet] = {t: load_prompt_set(t, prompt_version) for t in RESPONSE_TYPES}
         self.replay_only = replay_only  # batch mode: never fall back to a full-price live call
         self._init_paying(
+            model=model,
             max_retries=max_retries,
             timeout_s=timeout_s,
             max_retry_wait_s=max_retry_wait_s,
@@ -87,6 +94,8 @@ class ClaudeTeacher(PaysForMessages):
             client_kwargs=client_kwargs,  # base_url / api_key for tests and proxies
         )
         self._semaphore = asyncio.Semaphore(concurrency)
+        self.batch_replies = 0
+        self._bought_in_batches: set[str] = set()  # keys of replies bought in batches this run
 
     # ---- request identity ------------------------------------------------------------
     def body(self, request: GenerationRequest) -> dict[str, Any]:
@@ -94,7 +103,7 @@ class ClaudeTeacher(PaysForMessages):
             request,
             self.prompts[request.response_type],
             self.model,
-            self.max_tokens,
+            request.max_tokens or self.max_tokens,
             self.context[request.response_type],
             self.prompt_caching,
         )
@@ -115,7 +124,10 @@ class ClaudeTeacher(PaysForMessages):
         key = self.key(request, body)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
-            self.cache_hits += 1
+            if key in self._bought_in_batches:
+                self.batch_replies += 1
+            else:
+                self.cache_hits += 1
             message, batch = hit
             return self._reply(message, request, cached=True, batch=batch)
         if self.replay_only:
@@ -147,9 +159,30 @@ class ClaudeTeacher(PaysForMessages):
             batch=batch,
         )
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+    # ---- the PaidTeacher interface ---------------------------------------------------
+    def shows(self, context: SymbolicContext, response_type: str) -> bool:
+        options = self.context[response_type]
+        return bool(context.render(captions=options.captions, boxes=options.boxes).strip())
+
+    def use_cache(self, cache: RequestCache) -> None:
+        self.cache = cache
+
+    async def fill_by_batches(self, requests: list[GenerationRequest], settings: BatchSettings) -> BatchStats:
+        """Buy replies in Message Batches into the cache; from then on :meth:`generate` only
+        replays them (never a full-price live call)."""
+        from llava_lite.generation.batches import BatchRunner
+
+        runner = BatchRunner(
+            self,
+            max_requests_per_batch=settings.max_requests_per_batch,
+            poll_interval_s=settings.poll_interval_s,
+            max_wait_s=settings.max_wait_s,
+            max_rounds=settings.max_rounds,
+        )
+        stats = await runner.fill_cache(requests)
+        self._bought_in_batches.update(runner.bought)
+        self.replay_only = True
+        return stats
 
 
 def build_teacher(name: str, **kwargs: Any) -> Teacher:
