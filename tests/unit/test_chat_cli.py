@@ -1,6 +1,7 @@
 """llava-lite-chat and ChatSession with a tiny random model saved to a folder."""
 
 import io
+import threading
 
 import pytest
 from PIL import Image
@@ -86,3 +87,84 @@ def test_bad_model_folder_exits_cleanly(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err.splitlines()[0]
     assert error.startswith("llava-lite-chat: error: ") and "not a llava_lite model folder" in error
+
+
+class _Recorder(io.StringIO):
+    """stdout that remembers each write, to see a reply arrive in pieces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def _direct_reply(model, processor, image, question: str, max_new_tokens: int) -> str:
+    """The reply through LlavaModel.generate alone, without the chat's streaming thread."""
+    prompt = processor.prompt(question, image)
+    pixel_values = None if prompt["pixel_values"] is None else prompt["pixel_values"][None]
+    new_tokens = model.generate(
+        prompt["input_ids"][None],
+        pixel_values,
+        **DecodingSettings(max_new_tokens=max_new_tokens).generate_kwargs(processor.stop_token_ids),
+    )
+    return processor.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
+
+
+def test_stream_yields_the_reply_in_pieces_equal_to_plain_generate(loaded, model_dir):
+    model, processor = loaded
+    image = model_dir.parent / "green.png"
+    session = ChatSession(model, processor, image=image, settings=DecodingSettings(max_new_tokens=12))
+    pieces = list(session.stream("What is this?"))
+    reply = _direct_reply(model, processor, str(image), "What is this?", 12)
+    assert len(pieces) > 1  # streamed, not one block at the end
+    assert "".join(pieces).strip() == reply == session.history[-1][1]
+
+
+def test_closing_a_stream_stops_generation_and_keeps_no_turn(loaded):
+    model, processor = loaded
+    session = ChatSession(model, processor, settings=DecodingSettings(max_new_tokens=64))
+    pieces = session.stream("Tell me a long story.")
+    next(pieces)
+    pieces.close()
+    assert session.history == []
+    assert not any(t.name == "llava-lite-chat" for t in threading.enumerate())  # worker joined
+
+
+def test_generation_errors_reach_the_reader(loaded, monkeypatch):
+    model, processor = loaded
+    session = ChatSession(model, processor, settings=DecodingSettings(max_new_tokens=4))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(model, "generate", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        session.ask("hi")
+    assert session.history == []
+
+
+def test_image_switch_mid_chat_starts_a_new_conversation_about_the_new_image(loaded, model_dir, tmp_path):
+    model, processor = loaded
+    green, red = model_dir.parent / "green.png", tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (220, 20, 20)).save(red)
+    session = ChatSession(model, processor, image=green, settings=DecodingSettings(max_new_tokens=6))
+    out = _Recorder()
+    script = f"What is this?\n/image {red}\nWhat is this?\n/image {tmp_path / 'missing.png'}\n/imag\n/exit\n"
+    answered = chat_cli.interact(session, io.StringIO(script), out, prompt=True)
+    assert answered == 2
+    text = out.getvalue()
+    assert text.count("USER: ") == 6 and text.count("ASSISTANT: ") == 2  # whose turn it is
+    assert f"(image: {red}; new conversation)\n" in text
+    assert "(image not changed: " in text and "missing.png" in text  # the chat goes on
+    assert "(unknown command /imag; valid: /image PATH, /reset, /exit)" in text
+    # The second answer is about the red image, with no trace of the green conversation.
+    assert session.history == [
+        ("What is this?", _direct_reply(model, processor, str(red), "What is this?", 6))
+    ]
+    first = _direct_reply(model, processor, str(green), "What is this?", 6)
+    assert f"ASSISTANT: {first}" in text
+    reply_writes = out.writes[out.writes.index("ASSISTANT: ") + 1 :]
+    assert reply_writes.index("\n") > 1  # the first reply arrived in several writes

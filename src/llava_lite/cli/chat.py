@@ -1,19 +1,22 @@
-"""``llava-lite-chat``: talk to a saved model about one image, offline.
+"""``llava-lite-chat``: talk to a saved model about an image, offline, with replies streamed.
 
 Examples::
 
     llava-lite-chat outputs/finetune/model --image cat.jpg                  # interactive
     llava-lite-chat outputs/finetune/model --image cat.jpg --question "What is this?"
 
-Interactive mode reads one question per line from stdin; ``/reset`` clears the history,
-``/exit`` (or end of input) quits.
+Interactive mode reads one question per line from stdin and prints the reply token by token
+after ``ASSISTANT:`` (``USER:`` marks your turn at a terminal). Commands: ``/image PATH``
+switches to another image (a new conversation: the templates hold one image, at the first
+question), ``/reset`` clears the history, ``/exit`` (or end of input) quits. Ctrl-C stops
+the reply being written.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 import torch
@@ -47,10 +50,18 @@ def session_from_args(args: argparse.Namespace) -> ChatSession:
     return ChatSession(model, processor, image=args.image, settings=settings, system=args.system)
 
 
-def interact(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
-    """The read-answer loop; returns the number of questions answered."""
+COMMANDS = "/image PATH, /reset, /exit"
+
+
+def interact(session: ChatSession, stdin: TextIO, stdout: TextIO, prompt: bool | None = None) -> int:
+    """The read-answer loop; returns the number of questions answered.
+
+    ``prompt`` (default: whether stdin is a terminal) shows ``USER:`` before each question.
+    """
     answered = 0
-    interactive = stdin.isatty()
+    interactive = stdin.isatty() if prompt is None else prompt
+    if interactive:
+        stdout.write(f"Ask about the image; commands: {COMMANDS}.\n")
     while True:
         if interactive:
             stdout.write("USER: ")
@@ -58,19 +69,62 @@ def interact(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
         line = stdin.readline()
         if not line:
             break
-        question = line.strip()
-        if not question:
+        text = line.strip()
+        if not text:
             continue
-        if question in ("/exit", "/quit"):
-            break
-        if question == "/reset":
-            session.reset()
-            stdout.write("(history cleared)\n")
+        if text.startswith("/"):
+            if not run_command(session, text, stdout):
+                break
             continue
-        stdout.write(f"ASSISTANT: {session.ask(question)}\n")
-        stdout.flush()
+        stdout.write("ASSISTANT: ")
+        stream_reply(session.stream(text), stdout)
         answered += 1
     return answered
+
+
+def run_command(session: ChatSession, text: str, stdout: TextIO) -> bool:
+    """Carry out one ``/command``; False means quit. Mistakes print one line and the chat goes on."""
+    command, _, argument = text.partition(" ")
+    argument = argument.strip()
+    if command in ("/exit", "/quit"):
+        return False
+    if command == "/reset":
+        session.reset()
+        stdout.write("(history cleared)\n")
+    elif command == "/image" and argument:
+        try:
+            session.set_image(argument)
+        except (OSError, ValueError) as err:
+            stdout.write(f"(image not changed: {err})\n")
+        else:
+            stdout.write(f"(image: {argument}; new conversation)\n")
+    elif command == "/image":
+        stdout.write("(usage: /image PATH)\n")
+    else:
+        stdout.write(f"(unknown command {command}; valid: {COMMANDS})\n")
+    return True
+
+
+def stream_reply(pieces: Iterator[str], stdout: TextIO) -> None:
+    """Print a reply as it is generated (leading whitespace dropped), then a newline.
+
+    Ctrl-C stops this reply only: generation ends at the next token and the turn is not kept.
+    """
+    started = False
+    try:
+        for piece in pieces:
+            if not started:
+                piece = piece.lstrip()
+                started = bool(piece)
+            stdout.write(piece)
+            stdout.flush()
+    except KeyboardInterrupt:
+        stdout.write(" (stopped)")
+    finally:
+        if hasattr(pieces, "close"):
+            pieces.close()
+    stdout.write("\n")
+    stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -82,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _chat(args: argparse.Namespace) -> None:
     session = session_from_args(args)
     if args.question is not None:
-        print(session.ask(args.question))
+        stream_reply(session.stream(args.question), sys.stdout)
         return
     interact(session, sys.stdin, sys.stdout)
 

@@ -4,20 +4,48 @@ Every turn re-renders the whole conversation with :meth:`LlavaProcessor.prompt` 
 belongs to the first question), so the model sees exactly the layout it was trained on.
 When the prompt plus ``max_new_tokens`` no longer fits ``model_max_length``, the oldest
 turns are dropped (logged), never the new question.
+
+Replies stream: :meth:`ChatSession.stream` yields text as tokens are generated (a
+transformers ``TextIteratorStreamer`` fed by ``generate`` in a worker thread), and
+:meth:`ChatSession.ask` is the same turn collected. Switching the image
+(:meth:`ChatSession.set_image`) starts a new conversation: the templates hold one image, at the
+first question, so earlier turns would otherwise be read as being about the new image.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
+from transformers import TextIteratorStreamer
 
 from llava_lite.inference.decoding import DecodingSettings
 
 log = logging.getLogger(__name__)
+
+ImageSource = str | Path | Image.Image
+
+
+class _Cancelled(Exception):
+    """Raised inside ``generate`` (from the streamer) to stop a reply nobody reads any more."""
+
+
+class _CancellableStreamer(TextIteratorStreamer):
+    """A ``TextIteratorStreamer`` whose generation stops at the next token once cancelled."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.cancelled = threading.Event()
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.cancelled.is_set():
+            raise _Cancelled
+        super().put(value)
 
 
 class ChatSession:
@@ -27,7 +55,7 @@ class ChatSession:
         self,
         model: Any,
         processor: Any,
-        image: str | Path | Image.Image | None = None,
+        image: ImageSource | None = None,
         settings: DecodingSettings | None = None,
         system: str | None = None,
     ) -> None:
@@ -35,11 +63,18 @@ class ChatSession:
         self.processor = processor
         self.settings = settings or DecodingSettings()
         self.system = system
-        # Preprocess once: every turn reuses the same pixel values.
-        self.pixel_values = (
-            None if image is None else processor.load_image(str(image) if isinstance(image, Path) else image)
-        )
         self.history: list[tuple[str, str]] = []
+        self.pixel_values: torch.Tensor | None = None  # [3, H, W], preprocessed once per image
+        self.set_image(image)
+
+    def set_image(self, image: ImageSource | None) -> None:
+        """Talk about ``image`` (or no image) from now on; a new conversation starts."""
+        self.pixel_values = (
+            None
+            if image is None
+            else self.processor.load_image(str(image) if isinstance(image, Path) else image)
+        )
+        self.history.clear()
 
     def reset(self) -> None:
         self.history.clear()
@@ -64,26 +99,61 @@ class ChatSession:
             )
             self.history.pop(0)
 
-    @torch.no_grad()
-    def ask(self, question: str) -> str:
-        """Answer ``question`` given the image and the turns so far; the turn joins the history."""
+    def stream(self, question: str) -> Iterator[str]:
+        """Yield the reply's text as it is generated; once complete, the turn joins the history.
+
+        Stopping early (closing the generator) stops generation at the next token and leaves
+        the history as it was.
+        """
         if not question.strip():
             raise ValueError("empty question")
         prompt = self.fitting_prompt(question)
+        streamer = _CancellableStreamer(self.processor.tokenizer)
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(
+            target=self._generate, args=(prompt, streamer, outcome), name="llava-lite-chat", daemon=True
+        )
+        worker.start()
+        try:
+            yield from streamer
+        finally:
+            streamer.cancelled.set()  # no-op when generation already ended
+            worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        new_tokens = outcome["tokens"]  # [T_new]
+        reply = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        self.history.append((question, reply))
+
+    def ask(self, question: str) -> str:
+        """Answer ``question`` given the image and the turns so far; the turn joins the history."""
+        for _ in self.stream(question):
+            pass
+        return self.history[-1][1]
+
+    def _generate(
+        self, prompt: dict[str, Any], streamer: _CancellableStreamer, outcome: dict[str, Any]
+    ) -> None:
+        """Worker thread: ``generate`` into ``streamer``; the tokens or the error go to ``outcome``."""
         device = next(self.model.parameters()).device
         pixel_values = prompt["pixel_values"]
         was_training = self.model.training
         self.model.eval()
         try:
-            new_tokens = self.model.generate(
-                prompt["input_ids"].unsqueeze(0).to(device),  # [1, T]
-                pixel_values=None
-                if pixel_values is None
-                else pixel_values.unsqueeze(0).to(device),  # [1, 3, H, W]
-                **self.settings.generate_kwargs(self.processor.stop_token_ids),
-            )  # [1, T_new]
+            with torch.no_grad():  # grad mode is per thread
+                new_tokens = self.model.generate(
+                    prompt["input_ids"].unsqueeze(0).to(device),  # [1, T]
+                    pixel_values=None
+                    if pixel_values is None
+                    else pixel_values.unsqueeze(0).to(device),  # [1, 3, H, W]
+                    streamer=streamer,
+                    **self.settings.generate_kwargs(self.processor.stop_token_ids),
+                )  # [1, T_new]
+            outcome["tokens"] = new_tokens[0].cpu()
+        except _Cancelled:
+            pass  # the reader closed the stream and is not waiting
+        except BaseException as err:  # re-raised in the reading thread
+            outcome["error"] = err
+            streamer.end()  # wake the reader
         finally:
             self.model.train(was_training)
-        reply = self.processor.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
-        self.history.append((question, reply))
-        return reply

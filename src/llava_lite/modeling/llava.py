@@ -181,6 +181,7 @@ class LlavaModel(nn.Module):
         top_p: float = 1.0,
         eos_token_id: int | list[int] | None = None,
         use_cache: bool = True,
+        streamer: Any = None,  # a transformers streamer (chat's TextIteratorStreamer): gets each new token
     ) -> Tensor:
         """New tokens only, ``[B, T_new]`` (rows that stop early are padded with the pad id).
 
@@ -202,6 +203,7 @@ class LlavaModel(nn.Module):
             eos_token_id=self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             use_cache=use_cache,
+            streamer=streamer,
             **sampling,
         )
 
