@@ -23,7 +23,7 @@ from transformers import LlavaForConditionalGeneration
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import LlavaModel
-from llava_lite.modeling.hf_convert import export_to_hf_llava
+from llava_lite.modeling.formats.llava_hf import export_to_hf_llava
 
 SIZES = {
     # CLIP-like tower at 224 px / 16 px patches (196 image tokens) + a small Llama.

@@ -38,9 +38,9 @@ from transformers import LlavaConfig as HFLlavaConfig
 from helpers import TINY_TEXT_ARCH, TINY_VISION_ARCH, tiny_llava
 from llava_lite.config import LlavaConfig
 from llava_lite.data import LlavaCollator, LlavaProcessor
-from llava_lite.modeling import LlavaModel, build_projector, build_tiny_tokenizer
-from llava_lite.modeling.hf_convert import export_to_hf_llava, import_hf_llava
-from llava_lite.modeling.original_llava import import_original_llava, is_original_llava
+from llava_lite.modeling import LlavaModel, build_projector, build_tiny_tokenizer, load_pretrained
+from llava_lite.modeling.formats.llava_hf import export_to_hf_llava, import_hf_llava
+from llava_lite.modeling.formats.original_llava import import_original_llava, is_original_llava
 from llava_lite.modeling.tokenizer import default_corpus
 from llava_lite.training import LlavaLitModule, load_projector
 
@@ -171,8 +171,8 @@ def test_llava_hf_release_layout_imports_with_equal_logits(tmp_path) -> None:
     with torch.no_grad():
         expected = reference(input_ids=input_ids, pixel_values=pixels).logits
         torch.testing.assert_close(model(input_ids, pixel_values=pixels).logits, expected)
-        # LlavaModel.from_pretrained recognises the folder and imports it the same way.
-        via = LlavaModel.from_pretrained(tmp_path).float().eval()
+        # load_pretrained recognises the folder and imports it the same way.
+        via = load_pretrained(tmp_path).float().eval()
         torch.testing.assert_close(via(input_ids, pixel_values=pixels).logits, expected)
 
 
@@ -560,7 +560,7 @@ def test_original_llava_checkpoint_imports_with_equal_logits(tmp_path, with_visi
     assert model.tokenizer.pad_token == "<unk>"  # as LLaVA sets it for Vicuna
 
     with torch.no_grad():
-        via = LlavaModel.from_pretrained(tmp_path / "llava").eval()
+        via = load_pretrained(tmp_path / "llava").eval()
         torch.testing.assert_close(via(ours_ids, pixel_values=pixels).logits[..., : len(tok)], expected)
 
     # It saves and reloads as a llava_lite model, offline.
@@ -595,7 +595,7 @@ def test_original_stage_1_folder_points_to_its_projector(tmp_path) -> None:
         shard.unlink()
     torch.save({"model.mm_projector.0.weight": torch.zeros(48, 32)}, tmp_path / "llava" / "mm_projector.bin")
     with pytest.raises(FileNotFoundError, match=r"init_projector_from=.*mm_projector\.bin"):
-        LlavaModel.from_pretrained(tmp_path / "llava")
+        load_pretrained(tmp_path / "llava")
 
 
 def test_original_llava_unsupported_variants_fail_loudly(tmp_path) -> None:

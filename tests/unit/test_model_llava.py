@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llava_lite.config import LlavaConfig
-from llava_lite.modeling import IGNORE_INDEX, LlavaModel
+from llava_lite.modeling import IGNORE_INDEX, LlavaModel, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,12 @@ def test_from_pretrained_rejects_foreign_folders(tmp_path) -> None:
         LlavaModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="no 'llava_lite' key"):
+        LlavaModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type='llama': not one of \['llava_lite', 'llava_hf', 'original_llava'\]"):
+        load_pretrained(tmp_path)
+    # A llava-hf folder is not a llava_lite folder: the error points to load_pretrained.
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(ValueError, match=r"load_pretrained\(dir\) also reads llava-hf"):
         LlavaModel.from_pretrained(tmp_path)
 
 

@@ -17,19 +17,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 
 from llava_lite.cli.errors import run_cli
 from llava_lite.data import LlavaProcessor
 from llava_lite.inference import ChatSession, DecodingSettings
-from llava_lite.modeling import LlavaModel
+from llava_lite.modeling import load_pretrained
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llava-lite-chat", description=__doc__.split("\n\n")[0])
-    p.add_argument("model_dir", help="a folder written by LlavaModel.save_pretrained")
+    p.add_argument("model_dir", help="a model folder: llava_lite (save_pretrained), llava-hf or original LLaVA")
     p.add_argument("--image", default=None, help="image path (omit for a text-only chat)")
     p.add_argument("--question", default=None, help="ask once, print the answer, exit")
     p.add_argument("--template", default=None, help="conversation template (default: the model's)")
@@ -42,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def session_from_args(args: argparse.Namespace) -> ChatSession:
-    model = LlavaModel.from_pretrained(args.model_dir, trust_remote_code=args.trust_remote_code)
+def load_model(args: argparse.Namespace) -> tuple[Any, LlavaProcessor]:
+    """``args.model_dir`` on ``args.device`` in eval mode, and its processor (``--template``)."""
+    model = load_pretrained(args.model_dir, trust_remote_code=args.trust_remote_code)
     model.to(args.device).eval()
-    processor = LlavaProcessor.from_model(model, template=args.template)
+    return model, LlavaProcessor.from_model(model, template=args.template)
+
+
+def session_from_args(args: argparse.Namespace) -> ChatSession:
+    model, processor = load_model(args)
     settings = DecodingSettings.from_temperature(args.max_new_tokens, args.temperature, args.top_p)
     return ChatSession(model, processor, image=args.image, settings=settings, system=args.system)
 

@@ -50,10 +50,10 @@ class _Runner:
     def answer(self, questions: list[Question], answers_file: Path, image_root: str | None) -> dict[str, int]:
         """Generate the missing answers with the model in ``model_dir``."""
         from llava_lite.data import LlavaProcessor
-        from llava_lite.modeling import LlavaModel
+        from llava_lite.modeling import load_pretrained
 
         model_dir = _required(self.s.model_dir, "model_dir")
-        model = LlavaModel.from_pretrained(model_dir).to(_resolve_device(self.s.device)).eval()
+        model = load_pretrained(model_dir).to(_resolve_device(self.s.device)).eval()
         processor = LlavaProcessor.from_model(model, template=self.s.template)
         stats = generate_answers(
             model,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llava_lite.config import LlavaConfig
+from llava_lite.config import IGNORE_INDEX, LlavaConfig
 from llava_lite.modeling.hf_config import config_from_dict
 from llava_lite.modeling.llm import (
     build_llm,
@@ -32,10 +32,10 @@ from llava_lite.modeling.llm import (
 )
 from llava_lite.modeling.projector import build_projector
 from llava_lite.modeling.vision import VisionTower
+from llava_lite.templates import get_template
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -187,6 +187,8 @@ class LlavaModel(nn.Module):
 
         Batches must be left-padded; ``attention_mask`` then carries the padding, and the LLM's
         ``generate`` derives positions from it, so a padded row decodes as it would alone.
+        ``eos_token_id`` defaults to the end-of-turn tokens of ``config.conv_template`` (chatml's
+        ``<|im_end|>``, vicuna's ``</s>``), so a reply ends where its training answers ended.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -200,12 +202,16 @@ class LlavaModel(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
+            eos_token_id=self.stop_token_ids() if eos_token_id is None else eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             use_cache=use_cache,
             streamer=streamer,
             **sampling,
         )
+
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end an answer under ``config.conv_template`` (the default stop of :meth:`generate`)."""
+        return get_template(self.config.conv_template).stop_token_ids(self.tokenizer)
 
     # ---- save / load ----------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
@@ -230,9 +236,8 @@ class LlavaModel(nn.Module):
     def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> LlavaModel:
         """Rebuild a model saved by :meth:`save_pretrained`, from that folder alone.
 
-        Folders of the two released LLaVA formats load too, through their importers: llava-hf
-        (``model_type`` "llava", ``LlavaForConditionalGeneration``) and the original LLaVA
-        (``mm_vision_tower`` in ``config.json``, with the ``vicuna_v1`` template).
+        llava-hf and original LLaVA folders load through ``llava_lite.modeling.load_pretrained``,
+        which picks the format (it sits above this class; the importers build on it).
         """
         folder = Path(path)
         config_file = folder / CONFIG_NAME
@@ -240,18 +245,9 @@ class LlavaModel(nn.Module):
             raise FileNotFoundError(f"{config_file} not found: not a llava_lite model folder")
         meta = json.loads(config_file.read_text())
         if "llava_lite" not in meta:
-            # Imported here: both importers build on this class.
-            if "mm_vision_tower" in meta:
-                from llava_lite.modeling.original_llava import import_original_llava
-
-                return import_original_llava(folder)
-            if meta.get("model_type") == "llava":
-                from llava_lite.modeling.hf_convert import import_hf_llava
-
-                return import_hf_llava(folder, trust_remote_code=trust_remote_code)
             raise ValueError(
-                f"{config_file} has no 'llava_lite' key and is neither a llava-hf nor an original "
-                "LLaVA checkpoint: not a llava_lite model folder"
+                f"{config_file} has no 'llava_lite' key: not a llava_lite model folder; "
+                "llava_lite.modeling.load_pretrained(dir) also reads llava-hf and original LLaVA folders"
             )
         if meta.get("format_version", 1) > FORMAT_VERSION:
             raise ValueError(

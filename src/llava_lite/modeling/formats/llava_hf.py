@@ -4,15 +4,28 @@ Both directions go through the transformers model object and its own ``save_pret
 ``from_pretrained``, so on-disk key names are whatever the installed transformers writes and
 reads; only in-memory state-dict keys are mapped here. What the ``llava-hf`` layout can hold:
 a transformers vision tower with at most one prefix (CLS) token, one feature layer, a
-``mlp2x_gelu`` or ``linear`` projector, and an LM head without bias.
+``mlp2x_gelu`` or ``linear`` projector, and an LM head without bias (Llama/Vicuna, Mistral,
+Qwen2, GPT-2 export; Phi's LM head has a bias and is refused before anything is written).
 
 A ``linear`` projector is exported exactly as ``linear_2(identity(linear_1(x)))`` with
 ``linear_2`` the identity matrix; on import, an ``identity``-activation projector is folded
-back into one linear layer.
+back into one linear layer. llava-hf ties ``lm_head`` only to an ``embed_tokens`` matrix, so
+a tied LLM that names it otherwise (GPT-2's ``wte``) is exported untied, with equal weights,
+and tied again on import.
+
+Settings llava-hf has no field for (template, image aspect, length limit, freezing, ...) travel
+as the whole ``LlavaConfig`` under ``config.json``'s ``llava_lite_export`` key, which
+transformers keeps and ignores; the exported ``generation_config.json`` stops at the
+template's end-of-turn tokens and its ``max_length`` and the tokenizer's ``model_max_length``
+are ``model_max_length``. A llava-hf folder made elsewhere loads with these documented
+defaults: ``conv_template="vicuna_v1"`` (LLaVA-1.5's), ``image_aspect="pad"`` and
+``model_max_length`` = the LLM's ``max_position_embeddings``, or the tokenizer's
+``model_max_length`` when that is smaller.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,12 +42,16 @@ from transformers import LlavaConfig as HFLlavaConfig
 
 from llava_lite.config import IMAGE_TOKEN, LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
 from llava_lite.modeling.hf_config import config_to_arch
-from llava_lite.modeling.llava import LlavaModel
+from llava_lite.modeling.llava import LlavaModel, __version__
 from llava_lite.templates import get_template
 
 log = logging.getLogger(__name__)
 
 _IDENTITY_ACTS = ("linear", "identity")
+EXPORT_KEY = "llava_lite_export"  # config.json key holding what llava-hf has no field for
+# Defaults for a llava-hf folder that was not exported by llava_lite (see the module docstring).
+FOREIGN_DEFAULTS = {"conv_template": "vicuna_v1", "image_aspect": "pad"}
+_UNSET_LENGTH = 10**9  # tokenizers without a limit report a huge model_max_length
 
 
 def _projector_to_hf(model: LlavaModel) -> tuple[str, dict[str, Tensor]]:
@@ -85,16 +102,23 @@ def _select_strategy(model: LlavaModel) -> str:
     )
 
 
+def _ties_in_llava_hf(llm: nn.Module) -> bool:
+    """Whether llava-hf can hold this LLM tied: its ``lm_head`` ties only to ``embed_tokens``."""
+    tied = bool(getattr(llm.config, "tie_word_embeddings", False))
+    return tied and isinstance(getattr(llm.base_model, "embed_tokens", None), nn.Embedding)
+
+
 def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     """Write ``model`` as a folder ``LlavaForConditionalGeneration.from_pretrained`` loads.
 
     Also writes the tokenizer and a ``LlavaProcessor`` (image processor + tokenizer, and a
     ``chat_template`` rendering the model's conversation template), so
     ``AutoProcessor.from_pretrained(out_dir)`` builds the prompts this model was trained on
-    and expands ``<image>`` to the right token count. transformers' processor resizes and
-    centre-crops (our ``image_aspect="crop"``); it does not pad to a square, so with
-    ``image_aspect="pad"`` non-square images must be squared first
-    (``llava_lite.data.images.make_square``) to get our pixel values.
+    and expands ``<image>`` to the right token count, and a generation config that stops at
+    the template's end of turn. transformers' processor resizes and centre-crops (our
+    ``image_aspect="crop"``); it does not pad to a square, so with ``image_aspect="pad"``
+    non-square images must be squared first (``llava_lite.data.images.make_square``) to get
+    our pixel values. Whatever cannot be exported raises before anything is written.
     """
     if model.config.vision.backend != "hf":
         raise ValueError(
@@ -106,34 +130,49 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     act, projector_state = _projector_to_hf(model)
     head = _output_head(llm)
     strategy = _select_strategy(model)
+    template = get_template(model.config.conv_template)
+    tied = _ties_in_llava_hf(llm)
+    text_config = {**llm.config.to_dict(), "tie_word_embeddings": tied}
     hf_config = HFLlavaConfig(
         vision_config=tower.config.to_dict(),
-        text_config=llm.config.to_dict(),
+        text_config=text_config,
         image_token_index=model.image_token_id,
         image_seq_length=model.num_image_tokens,
         projector_hidden_act=act,
         vision_feature_select_strategy=strategy,
         vision_feature_layer=model.config.vision.select_layer,
         multimodal_projector_bias=True,
-        tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
+        tie_word_embeddings=tied,
+        **{
+            EXPORT_KEY: {
+                "config": model.config.to_dict(),
+                "tie_word_embeddings": bool(getattr(llm.config, "tie_word_embeddings", False)),
+                "llava_lite_version": __version__,
+            }
+        },
     )
     hf_model = LlavaForConditionalGeneration(hf_config).to(head.weight.dtype)
     state: dict[str, Tensor] = {f"model.vision_tower.{k}": v for k, v in tower.state_dict().items()}
     state.update({f"model.language_model.{k}": v for k, v in llm.base_model.state_dict().items()})
     state.update({f"model.multi_modal_projector.{k}": v for k, v in projector_state.items()})
-    state["lm_head.weight"] = head.weight
+    state["lm_head.weight"] = head.weight.detach().clone()  # a copy: untied exports own it
     hf_model.load_state_dict(state, strict=True)
+    stops = template.stop_token_ids(model.tokenizer)
+    generation = hf_model.generation_config
+    generation.eos_token_id = stops if len(stops) != 1 else stops[0]
+    generation.pad_token_id = model.tokenizer.pad_token_id
+    generation.max_length = model.config.model_max_length
     hf_model.save_pretrained(out)
+    tokenizer = copy.deepcopy(model.tokenizer)
+    tokenizer.model_max_length = model.config.model_max_length
     processor = LlavaProcessor(
         image_processor=model.image_processor,
-        tokenizer=model.tokenizer,
+        tokenizer=tokenizer,
         patch_size=int(tower.config.patch_size),
         vision_feature_select_strategy=strategy,
         image_token=model.config.image_token,
         num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
-        chat_template=chat_template_for(
-            model.config.conv_template, model.tokenizer, model.config.image_token
-        ),
+        chat_template=chat_template_for(model.config.conv_template, tokenizer, model.config.image_token),
     )
     processor.save_pretrained(out)
     log.info("exported llava-hf model to %s", out)
@@ -167,10 +206,63 @@ def _projector_from_hf(hf_config: HFLlavaConfig, state: dict[str, Tensor]) -> tu
     )
 
 
+def _default_max_length(hc: HFLlavaConfig, tokenizer: Any) -> int:
+    """A foreign folder's length limit: the LLM's positions, or the tokenizer's smaller limit."""
+    limits = [getattr(hc.text_config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    known = [int(n) for n in limits if n and n < _UNSET_LENGTH]
+    return min(known) if known else 2048
+
+
+def _imported_config(
+    hc: HFLlavaConfig, derived: LlavaConfig, tokenizer: Any, path: str | Path
+) -> tuple[LlavaConfig, bool]:
+    """(config, tie the LLM): ``derived`` (what llava-hf holds) completed by the exported
+    ``LlavaConfig`` when there is one, else by the documented defaults."""
+    stored = getattr(hc, EXPORT_KEY, None)
+    if stored is None:
+        derived.conv_template = FOREIGN_DEFAULTS["conv_template"]
+        derived.image_aspect = FOREIGN_DEFAULTS["image_aspect"]
+        derived.model_max_length = _default_max_length(hc, tokenizer)
+        log.info(
+            "%s: a llava-hf folder without %s; using conv_template=%r, image_aspect=%r, model_max_length=%d",
+            path,
+            EXPORT_KEY,
+            derived.conv_template,
+            derived.image_aspect,
+            derived.model_max_length,
+        )
+        return derived, False
+    config = LlavaConfig.from_dict(stored["config"])
+    # The folder is what loads: where it disagrees with the stored copy (edited since), it wins.
+    pairs = {
+        "projector.type": (config.projector.type, derived.projector.type),
+        "vision.select_layer": (config.vision.select_layer, derived.vision.select_layer),
+        "image_token": (config.image_token, derived.image_token),
+        "llm.dtype": (config.llm.dtype, derived.llm.dtype),
+    }
+    for name, (ours, theirs) in pairs.items():
+        if ours != theirs:
+            log.warning("%s: %s is %r in the folder but %r in %s; using the folder's", path, name, theirs, ours, EXPORT_KEY)
+    config.projector.type = derived.projector.type
+    config.vision.select_layer = derived.vision.select_layer
+    config.image_token = derived.image_token
+    config.llm.dtype = derived.llm.dtype
+    config.llm.trust_remote_code = derived.llm.trust_remote_code
+    if derived.vision.select_feature == "patch":  # 'default' strategy: patches only
+        config.vision.select_feature = "patch"
+    # 'full' keeps every token: "cls_patch", or "patch" on a tower without prefix tokens
+    # (checked once the tower is built).
+    return config, bool(stored.get("tie_word_embeddings")) and not hc.text_config.tie_word_embeddings
+
+
 def import_hf_llava(
     path: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> LlavaModel:
-    """Load a ``llava-hf`` folder (config, weights, tokenizer, image processor) as a LlavaModel."""
+    """Load a ``llava-hf`` folder (config, weights, tokenizer, image processor) as a LlavaModel.
+
+    A folder written by :func:`export_to_hf_llava` comes back with its whole ``LlavaConfig``;
+    others get the defaults in the module docstring.
+    """
     hf_model = LlavaForConditionalGeneration.from_pretrained(
         path, use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code
     )
@@ -191,7 +283,7 @@ def import_hf_llava(
         if k.startswith("model.multi_modal_projector.")
     }
     projector_type, projector_state = _projector_from_hf(hc, proj_state)
-    config = LlavaConfig(
+    derived = LlavaConfig(
         vision=VisionConfig(
             backend="hf",
             model_type=vision_type,
@@ -203,17 +295,28 @@ def import_hf_llava(
         llm=LLMConfig(model_type=text_type, arch=text_arch, dtype=dtype, trust_remote_code=trust_remote_code),
         image_token=image_token,
     )
+    config, retie = _imported_config(hc, derived, tokenizer, path)
+    text_config = hc.text_config
+    if retie and torch.equal(hf_model.lm_head.weight, hf_model.get_input_embeddings().weight):
+        text_config = copy.deepcopy(text_config)
+        text_config.tie_word_embeddings = True
     model = LlavaModel(
         config,
         tokenizer=tokenizer,
         image_processor=image_processor,
         vision_hf_config=hc.vision_config,
-        llm_hf_config=hc.text_config,
+        llm_hf_config=text_config,
     )
-    if hc.vision_feature_select_strategy == "default" and model.vision_tower.num_prefix_tokens != 1:
+    prefix = model.vision_tower.num_prefix_tokens
+    if hc.vision_feature_select_strategy == "default" and prefix != 1:
         raise ValueError(
             f"{path}: vision_feature_select_strategy='default' drops the first token, but this "
-            f"{hc.vision_config.model_type} tower has {model.vision_tower.num_prefix_tokens} prefix tokens"
+            f"{hc.vision_config.model_type} tower has {prefix} prefix tokens"
+        )
+    if hc.vision_feature_select_strategy == "full" and config.vision.select_feature == "patch" and prefix:
+        raise ValueError(
+            f"{path}: vision_feature_select_strategy='full' keeps {prefix} prefix token(s), but "
+            f"{EXPORT_KEY} says vision.select_feature='patch'"
         )
     if model.image_token_id != hc.image_token_index:
         raise ValueError(
