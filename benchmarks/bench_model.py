@@ -6,96 +6,20 @@ loads the export with transformers, checks logits agree, then times a training-s
 ratio ours / transformers (1.0 = same speed).
 
     python benchmarks/bench_model.py                    # CPU, small model
-    python benchmarks/bench_model.py --device cuda --dtype bfloat16 --size medium
+    python benchmarks/bench_model.py --device cuda --dtype bfloat16 --size large
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import torch
+from common import SIZES, build, machine, timed
 from transformers import LlavaForConditionalGeneration
 
-from llava_lite.config import LlavaConfig
-from llava_lite.modeling import LlavaModel
-from llava_lite.modeling.formats.llava_hf import export_to_hf_llava
-
-SIZES = {
-    # CLIP-like tower at 224 px / 16 px patches (196 image tokens) + a small Llama.
-    "small": {
-        "vision": {
-            "hidden_size": 192,
-            "intermediate_size": 768,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 3,
-        },
-        "llm": {
-            "hidden_size": 256,
-            "intermediate_size": 688,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-        },
-        "image_size": 224,
-        "patch_size": 16,
-    },
-    # ViT-B/16-ish tower at 336 px / 14 px (576 image tokens) + a ~0.5B-parameter Llama.
-    "medium": {
-        "vision": {
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-        },
-        "llm": {
-            "hidden_size": 1024,
-            "intermediate_size": 2816,
-            "num_hidden_layers": 16,
-            "num_attention_heads": 16,
-        },
-        "image_size": 336,
-        "patch_size": 14,
-    },
-}
-
-
-def build(size: str, dtype: str) -> LlavaModel:
-    spec = SIZES[size]
-    cfg = LlavaConfig.from_dict(
-        {
-            "vision": {
-                "arch": {**spec["vision"], "image_size": spec["image_size"], "patch_size": spec["patch_size"]}
-            },
-            "projector": {"type": "mlp2x_gelu"},
-            "llm": {
-                "model_type": "llama",
-                "arch": {**spec["llm"], "max_position_embeddings": 4096},
-                "dtype": dtype,
-                "tiny_tokenizer": {"vocab_size": 2000},
-            },
-        }
-    )
-    torch.manual_seed(0)
-    return LlavaModel(cfg).eval()
-
-
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from llava_lite.modeling import export_to_hf_llava
 
 
 def main() -> None:
@@ -109,7 +33,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    ours = build(args.size, args.dtype)
+    ours = build(args.size, args.dtype).eval()
     with tempfile.TemporaryDirectory() as folder:
         export_to_hf_llava(ours, folder)
         theirs = LlavaForConditionalGeneration.from_pretrained(
@@ -134,7 +58,8 @@ def main() -> None:
             .abs()
             .max()
         )
-        results: dict[str, float | str | int] = {
+        results: dict[str, float | str | int | None] = {
+            **machine(),
             "device": args.device,
             "dtype": args.dtype,
             "size": args.size,
