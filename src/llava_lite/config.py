@@ -1,7 +1,9 @@
-"""Typed model configuration and named presets.
+"""Typed model configuration; named presets are the Hydra ``model`` group's files.
 
 No torch import here: configs are cheap to build, compare, serialise and compose with
-Hydra (every field is a plain type, so ``OmegaConf.structured`` accepts them).
+Hydra (every field is a plain type, so ``OmegaConf.structured`` accepts them). The presets
+live once, as ``conf/model/<name>.yaml`` (composed from ``model/vision``, ``model/llm``,
+``model/projector``); :meth:`LlavaConfig.from_name` reads the same files Hydra composes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
+
+from llava_lite.hydra_conf import config_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,9 @@ class LlavaConfig:
     image_aspect: str = "pad"
     model_max_length: int = 2048
     conv_template: str = "vicuna_v1"
+    # A stage-1 projector file (projector.safetensors or LLaVA's mm_projector.bin) that
+    # training loads into the projector before stage 2; the model itself never reads it.
+    init_projector_from: str | None = None
 
     def __post_init__(self) -> None:
         # Accept plain dicts (from JSON or Hydra) for the nested parts.
@@ -138,12 +145,42 @@ class LlavaConfig:
     # ---- presets -------------------------------------------------------------------
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> LlavaConfig:
-        """A named preset (see ``PRESETS``), with top-level fields optionally overridden."""
-        if name not in PRESETS:
-            raise KeyError(f"unknown LLaVA preset {name!r}; valid: {sorted(PRESETS)}")
-        data = copy.deepcopy(PRESETS[name])
+        """A named preset (``conf/model/<name>.yaml``, see :func:`preset_names`), with
+        top-level fields optionally overridden."""
+        data = preset(name)
         data.update(overrides)
         return cls.from_dict(data)
+
+
+def preset_names() -> list[str]:
+    """The presets: the options of the Hydra ``model`` group."""
+    return sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+
+
+def preset(name: str) -> dict[str, Any]:
+    """``conf/model/<name>.yaml`` as a plain dict, its defaults list composed as Hydra does
+    (each ``group: option`` entry becomes that key, then ``_self_``)."""
+    folder = config_dir() / "model"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown LLaVA preset {name!r}; valid: {preset_names()}")
+    own = OmegaConf.load(path)
+    entries = list(own.pop("defaults", []))
+    if "_self_" not in entries:
+        entries.append("_self_")  # Hydra's default place for it
+    merged = OmegaConf.create()
+    for entry in entries:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, own)
+            continue
+        ((group, option),) = dict(entry).items()
+        part = OmegaConf.load(folder / group / f"{option}.yaml")
+        if "defaults" in part:
+            raise ValueError(f"{folder / group / option}.yaml: nested defaults lists are not supported here")
+        merged = OmegaConf.merge(merged, {group: part})
+    data = OmegaConf.to_container(merged, resolve=True)
+    assert isinstance(data, dict)
+    return data
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -163,91 +200,3 @@ def validated_settings(schema: type[S], cfg: DictConfig | dict[str, Any] | S) ->
     settings = OmegaConf.to_object(merged)
     assert isinstance(settings, schema)
     return settings
-
-
-# ---- presets --------------------------------------------------------------------------
-_CLIP_L14 = "openai/clip-vit-large-patch14"
-_CLIP_L14_336 = "openai/clip-vit-large-patch14-336"
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Builds in seconds on a CPU with random weights and an offline tokenizer.
-    "tiny": {
-        "vision": {
-            "model_type": "clip_vision_model",
-            "arch": {
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 3,
-                "num_attention_heads": 4,
-                "image_size": 32,
-                "patch_size": 8,
-            },
-        },
-        "projector": {"type": "mlp2x_gelu"},
-        "llm": {
-            "model_type": "llama",
-            "arch": {
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "max_position_embeddings": 512,
-            },
-            "tiny_tokenizer": {"vocab_size": 512},
-        },
-        "model_max_length": 512,
-        "conv_template": "vicuna_v1",
-    },
-    # LLaVA v1 (NeurIPS 2023): CLIP ViT-L/14 at 224 px, linear projector, Vicuna.
-    "llava_v1_7b": {
-        "vision": {"name_or_path": _CLIP_L14},
-        "projector": {"type": "linear"},
-        "llm": {"name_or_path": "lmsys/vicuna-7b-v1.3", "dtype": "bfloat16"},
-        "image_aspect": "crop",
-        "model_max_length": 2048,
-        "conv_template": "vicuna_v1",
-    },
-    "llava_v1_13b": {
-        "vision": {"name_or_path": _CLIP_L14},
-        "projector": {"type": "linear"},
-        "llm": {"name_or_path": "lmsys/vicuna-13b-v1.3", "dtype": "bfloat16"},
-        "image_aspect": "crop",
-        "model_max_length": 2048,
-        "conv_template": "vicuna_v1",
-    },
-    # LLaVA-1.5: CLIP ViT-L/14 at 336 px, 2-layer MLP projector, pad to square, Vicuna v1.5.
-    "llava_v1_5_7b": {
-        "vision": {"name_or_path": _CLIP_L14_336},
-        "projector": {"type": "mlp2x_gelu"},
-        "llm": {"name_or_path": "lmsys/vicuna-7b-v1.5", "dtype": "bfloat16"},
-        "image_aspect": "pad",
-        "model_max_length": 2048,
-        "conv_template": "vicuna_v1",
-    },
-    "llava_v1_5_13b": {
-        "vision": {"name_or_path": _CLIP_L14_336},
-        "projector": {"type": "mlp2x_gelu"},
-        "llm": {"name_or_path": "lmsys/vicuna-13b-v1.5", "dtype": "bfloat16"},
-        "image_aspect": "pad",
-        "model_max_length": 2048,
-        "conv_template": "vicuna_v1",
-    },
-    # Other LLM families through the same code path.
-    "llava_qwen2_7b": {
-        "vision": {"name_or_path": _CLIP_L14_336},
-        "projector": {"type": "mlp2x_gelu"},
-        "llm": {"name_or_path": "Qwen/Qwen2-7B-Instruct", "dtype": "bfloat16"},
-        "image_aspect": "pad",
-        "model_max_length": 2048,
-        "conv_template": "chatml",
-    },
-    "llava_llama2_7b": {
-        "vision": {"name_or_path": _CLIP_L14_336},
-        "projector": {"type": "mlp2x_gelu"},
-        "llm": {"name_or_path": "meta-llama/Llama-2-7b-chat-hf", "dtype": "bfloat16"},
-        "image_aspect": "pad",
-        "model_max_length": 2048,
-        "conv_template": "llama_2",
-    },
-}

@@ -17,7 +17,7 @@ from lightning.pytorch import Trainer
 from omegaconf import OmegaConf, open_dict
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from llava_lite.config import PRESETS, LlavaConfig
+from llava_lite.config import LlavaConfig, preset_names
 from llava_lite.modeling import LlavaModel, build_projector
 from llava_lite.training import (
     LlavaLitModule,
@@ -72,9 +72,7 @@ def _cfg(train_file: Path, *overrides: str):
 
 
 def _llava_config(model_node) -> LlavaConfig:
-    data = OmegaConf.to_container(model_node, resolve=True)
-    data.pop("init_projector_from")
-    return LlavaConfig.from_dict(data)
+    return LlavaConfig.from_dict(OmegaConf.to_container(model_node, resolve=True))
 
 
 def _is_offline(model_node) -> bool:
@@ -123,8 +121,8 @@ def test_model_presets(option: str, train_file: Path) -> None:
     # Stage 2's composition: stage 1 swaps the chat template for `plain` (checked below).
     cfg = _cfg(train_file, f"model={option}", "experiment=finetune")
     config = _llava_config(cfg.model)
-    if option in PRESETS:  # the Hydra preset and the Python preset must not drift apart
-        assert config.to_dict() == LlavaConfig.from_name(option).to_dict()
+    # One preset table: from_name reads the file Hydra composes (only the stage's template differs).
+    assert config.to_dict() == LlavaConfig.from_name(option).to_dict()
     if _is_offline(cfg.model):
         module = instantiate(cfg.module)
         assert isinstance(module, LlavaLitModule) and module.model.config == config
@@ -261,3 +259,27 @@ def test_overlong_policy_is_set_from_the_data_config(train_file: Path, tiny_mode
     assert build_datamodule(cfg.data, tiny_model).processor.overlong == "truncate"
     with pytest.raises(ValueError, match=r"overlong='cut'; valid"):
         build_datamodule(_cfg(train_file, "data.overlong=cut").data, tiny_model)
+
+
+def test_presets_are_the_model_group_including_qwen2_and_llama2(caplog) -> None:
+    assert preset_names() == _options("model")
+    assert {"llava_qwen2_7b", "llava_llama2_7b", "tiny"} <= set(preset_names())
+    qwen2, llama2 = LlavaConfig.from_name("llava_qwen2_7b"), LlavaConfig.from_name("llava_llama2_7b")
+    assert (qwen2.conv_template, qwen2.llm.name_or_path, qwen2.llm.model_type) == (
+        "chatml",
+        "Qwen/Qwen2-7B-Instruct",
+        "qwen2",
+    )
+    assert (llama2.conv_template, llama2.llm.name_or_path) == ("llama_2", "meta-llama/Llama-2-7b-chat-hf")
+    assert LlavaConfig.from_name("tiny", model_max_length=128).model_max_length == 128
+    with pytest.raises(KeyError, match=r"unknown LLaVA preset 'nope'; valid: \['llava_llama2_7b'"):
+        LlavaConfig.from_name("nope")
+    with caplog.at_level("WARNING"):  # every key of a preset file is a LlavaConfig field
+        LlavaConfig.from_name("llava_v1_5_7b")
+    assert "ignoring unknown config keys" not in caplog.text
+
+
+def test_init_projector_from_is_a_config_field(train_file: Path) -> None:
+    cfg = _cfg(train_file, "experiment=tiny_finetune", "model.init_projector_from=/runs/s1/projector.safetensors")
+    assert _llava_config(cfg.model).init_projector_from == "/runs/s1/projector.safetensors"
+    assert LlavaConfig.from_name("tiny").init_projector_from is None

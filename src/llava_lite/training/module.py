@@ -14,7 +14,6 @@ than long ones. ``train/loss`` is that step loss; ``train/trained_tokens`` and
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import Path
@@ -53,8 +52,8 @@ class LlavaLitModule(L.LightningModule):
     """Trains a ``LlavaModel`` built from ``model`` (a ``LlavaConfig`` dict) in one stage.
 
     Args:
-        model: ``LlavaConfig`` fields, plus optionally ``init_projector_from`` (a stage-1
-            projector file, loaded at fit start unless resuming from a checkpoint).
+        model: ``LlavaConfig`` fields; its ``init_projector_from`` (a stage-1 projector
+            file) is loaded at fit start unless resuming from a checkpoint.
         stage: ``pretrain`` (projector only) or ``finetune`` (projector + LLM; the vision
             tower too when ``model.vision.freeze`` is false).
         optimizer: AdamW settings: ``lr``, ``component_lr`` (e.g. ``{projector: 2e-5}``),
@@ -86,11 +85,10 @@ class LlavaLitModule(L.LightningModule):
         if lora and stage != "finetune":
             raise ValueError(f"LoRA trains the LLM, which stage {stage!r} keeps frozen; use stage 'finetune'")
         self.save_hyperparameters()
-        model_cfg = copy.deepcopy(dict(model))
-        self.init_projector_from: str | None = model_cfg.pop("init_projector_from", None)
         self.optimizer_cfg = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
 
-        self.model = LlavaModel(LlavaConfig.from_dict(model_cfg))
+        self.model = LlavaModel(LlavaConfig.from_dict(dict(model)))
+        self.init_projector_from = self.model.config.init_projector_from
         if gradient_checkpointing:
             self.model.llm.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
