@@ -139,3 +139,12 @@ def test_error_line_unquotes_key_errors_and_names_json_errors() -> None:
         assert errors.error_line(err).startswith("JSONDecodeError: ")
         assert "not valid JSON" in errors.hint(err, "p")
     assert errors.error_line(ValueError("")) == "ValueError"
+
+
+def test_a_missing_optional_extra_names_the_extra() -> None:
+    err = ModuleNotFoundError("No module named 'gradio'", name="gradio")
+    assert errors.is_user_error(err)
+    assert "pip install 'llava_lite[web]'" in errors.hint(err, "llava-lite-web")
+    assert not errors.is_user_error(
+        ModuleNotFoundError("No module named 'llava_lite.nope'", name="llava_lite.nope")
+    )

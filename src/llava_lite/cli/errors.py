@@ -1,8 +1,8 @@
 """How every console command reports a mistake the user can fix: one error line, one hint, exit 1.
 
-A missing file, malformed JSON, an unknown name, a misspelled Hydra key or a rejected API key
-is the user's to fix, and a 20-line traceback hides the one line that says how. Such errors
-print as::
+A missing file, malformed JSON, an unknown name, a misspelled Hydra key, a rejected API key or
+a missing optional extra is the user's to fix, and a 20-line traceback hides the one line that
+says how. Such errors print as::
 
     llava-lite-train: error: data.train_files: no such file: data/train.jsonl
     llava-lite-train: hint: check the path (relative paths are read from /home/me); ...
@@ -48,6 +48,17 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 _hydra_switch_is_ours = False  # True while _hydra_raises has set HYDRA_FULL_ERROR itself
 
 
+# Optional dependencies and the extra that installs each: a missing one is the user's to install.
+OPTIONAL_EXTRAS = {"gradio": "web", "peft": "lora", "deepspeed": "deepspeed", "tensorboardX": "tensorboard"}
+
+
+def missing_extra(err: BaseException) -> str | None:
+    """The extra whose package ``err`` says is not installed, if it is one of ours."""
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        return OPTIONAL_EXTRAS.get(err.name.split(".")[0])
+    return None
+
+
 def traceback_requested() -> bool:
     """Whether the user asked for full tracebacks (``LLAVA_LITE_TRACEBACK`` or ``HYDRA_FULL_ERROR``)."""
     names = (TRACEBACK_ENV,) if _hydra_switch_is_ours else (TRACEBACK_ENV, HYDRA_TRACEBACK_ENV)
@@ -62,7 +73,7 @@ def _anthropic_error(err: BaseException) -> bool:
 
 def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` is a mistake in the user's input, settings or environment (not a bug)."""
-    return isinstance(err, USER_ERRORS) or _anthropic_error(err)
+    return isinstance(err, USER_ERRORS) or _anthropic_error(err) or missing_extra(err) is not None
 
 
 def _message(err: BaseException) -> str:
@@ -90,6 +101,8 @@ def hint(err: BaseException, prog: str) -> str:
 
 
 def _advice(err: BaseException, prog: str) -> str:
+    if extra := missing_extra(err):
+        return f"install the optional extra: pip install 'llava_lite[{extra}]'"
     if _anthropic_error(err):
         status = getattr(err, "status_code", None)
         if status in (401, 403):
