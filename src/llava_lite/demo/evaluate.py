@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llava_lite.config import IMAGE_TOKEN
 from llava_lite.evaluation.metrics import GroupedAccuracy
 from llava_lite.inference import DecodingSettings, Question, generate_answers, read_answers
 from llava_lite.synthetic.language import NUMBER_WORDS
@@ -25,7 +26,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(str(NUMBER_WORDS.index(w)) if w in NUMBER_WORDS else w for w in words)
 
 
-def to_questions(records: list[dict[str, Any]], image_token: str = "<image>") -> list[Question]:
+def to_questions(records: list[dict[str, Any]], image_token: str = IMAGE_TOKEN) -> list[Question]:
     """Held-out LLaVA records -> questions for the batch answerer (the answerer adds the image)."""
     return [
         Question(

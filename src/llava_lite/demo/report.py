@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 from PIL import Image
 
+from llava_lite.config import IMAGE_TOKEN
 from llava_lite.generation.offline import DETAIL_INSTRUCTIONS
 from llava_lite.inference import ChatSession, DecodingSettings
 from llava_lite.synthetic.world import WorldPaths
@@ -63,7 +64,7 @@ def sample_conversation(
     image = images[k % len(images)]
     # The closed-form question without its short-answer instruction: the chat asks freely.
     questions = [
-        r["conversations"][0]["value"].replace("<image>", "").strip().split("\n")[0]
+        r["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip().split("\n")[0]
         for r in eval_records
         if r["image"] == image
     ][:3]

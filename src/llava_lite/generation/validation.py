@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-IMAGE_TOKEN = "<image>"
+from llava_lite.config import IMAGE_TOKEN
 
 DEFAULT_LEAK_PATTERNS = (
     r"\bcaptions?\b",

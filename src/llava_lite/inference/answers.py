@@ -22,13 +22,12 @@ from typing import Any
 
 import torch
 
+from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.inference.decoding import DecodingSettings
 from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail
 
 log = logging.getLogger(__name__)
-
-IMAGE_MARKER = "<image>"
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def _from_conversation(record: dict[str, Any], where: str) -> dict[str, Any]:
     turns = record["conversations"]
     if not isinstance(turns, list) or not turns or not isinstance(turns[0], dict):
         raise ValueError(f"{where}: 'conversations' must be a non-empty list of turns")
-    text = str(turns[0].get("value", "")).replace(IMAGE_MARKER, "").strip()
+    text = str(turns[0].get("value", "")).replace(IMAGE_TOKEN, "").strip()
     return {**record, "question_id": record.get("id"), "text": text}
 
 

@@ -15,10 +15,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from llava_lite.config import IMAGE_TOKEN
 from llava_lite.synthetic.questions import QUESTION_TYPES, SHORT_ANSWER_PROMPT, closed_question
 from llava_lite.synthetic.world import WorldPaths, load_scenes
-
-IMAGE_TOKEN = "<image>"
 
 
 def caption_records(
