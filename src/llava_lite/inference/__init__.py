@@ -2,7 +2,8 @@
 
 Modules: ``decoding`` (:class:`DecodingSettings`, shared by everything that generates),
 ``chat`` (:class:`ChatSession`, what ``llava-lite-chat`` talks to), ``answers`` (questions
-file -> answers JSONL in LLaVA's ``model_vqa`` format, resumable). Evaluation
+file -> answers JSONL in LLaVA's ``model_vqa`` format, resumable), ``web`` (the Gradio demo
+of ``llava-lite-web``; gradio is imported only when it is built). Evaluation
 (:mod:`llava_lite.evaluation`) scores what these write.
 """
 

@@ -107,10 +107,14 @@ def build_app(model: Any, processor: Any, title: str = "llava_lite", system: str
         state = gr.State(Conversation())
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="Image", elem_id="image")
-                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-                max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens")
+                image = gr.Image(type="filepath", label="Image", elem_id="image", height=320)
+                temperature = gr.Slider(
+                    0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
+                )
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top_p")
+                max_new_tokens = gr.Slider(
+                    1, 1024, value=256, step=1, label="Max new tokens", elem_id="max_new_tokens"
+                )
             with gr.Column(scale=2):
                 chatbot = gr.Chatbot(label="Chat", elem_id="chat", height=480)
                 question = gr.Textbox(
