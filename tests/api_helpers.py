@@ -4,6 +4,7 @@ local Messages API stand-in (the ``api`` fixture of ``tests/conftest.py``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,32 @@ def generate_once(teacher: ClaudeTeacher, request: GenerationRequest) -> Teacher
             await teacher.aclose()
 
     return asyncio.run(go())
+
+
+def write_coco(folder: Path, n_images: int) -> tuple[Path, Path]:
+    """COCO captions + instances files for ``n_images`` images (one kite each) in ``folder``."""
+    images = [
+        {"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 480} for i in range(1, n_images + 1)
+    ]
+    captions = {
+        "images": images,
+        "annotations": [
+            {"id": i, "image_id": i, "caption": f"A kite number {i} flies over a beach."}
+            for i in range(1, n_images + 1)
+        ],
+    }
+    instances = {
+        "images": images,
+        "categories": [{"id": 1, "name": "kite"}],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [64, 48, 320, 240]}
+            for i in range(1, n_images + 1)
+        ],
+    }
+    cap, inst = folder / "captions_train.json", folder / "instances_train.json"
+    cap.write_text(json.dumps(captions))
+    inst.write_text(json.dumps(instances))
+    return cap, inst
 
 
 def pipeline_settings(

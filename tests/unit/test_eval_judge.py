@@ -5,6 +5,7 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 
@@ -143,6 +144,41 @@ def test_judge_scores_then_replays_from_cache(api, tmp_path):
     assert j2.cached and j2.scores == j.scores
     assert again.paid_requests == 0 and again.spent_usd == 0.0
     assert len(api.calls()) == 1
+
+
+def test_the_judge_model_is_checked_before_the_first_paid_request_and_not_on_replay(api, tmp_path):
+    asyncio.run(_judge(api, tmp_path).judge_all([_request()]))
+    assert [c["path"] for c in api.log] == ["/v1/models/claude-test", "/v1/messages"]
+    api.models["claude-test"] = {"lifecycle": "retired"}  # replaying paid replies needs no check
+    [j] = asyncio.run(_judge(api, tmp_path).judge_all([_request()]))
+    assert j.scores == (8.0, 6.0) and len(api.log) == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [({"lifecycle": "retired", "retires_at": "2026-11-30T00:00:00Z"}, "model_retired"), (None, "model_unknown")],
+)
+def test_a_retired_or_unknown_judge_model_is_refused_before_anything_is_paid(api, tmp_path, model, reason):
+    if model is None:
+        api.known_models_only = True
+    else:
+        api.models["claude-test"] = model
+    judge = _judge(api, tmp_path)
+    with pytest.raises(ApiFatalError) as err:
+        asyncio.run(judge.judge_all([_request(1), _request(2, answer="worth 3")]))
+    assert err.value.reason == reason and "\n" not in str(err.value)
+    assert api.calls() == [] and judge.spent_usd == 0
+
+
+def test_an_unreachable_judge_api_stops_at_once(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # free, so nothing listens once closed
+    judge = ClaudeJudge("claude-test", api_key=KEY, base_url=url, max_retries=1, prices=TEST_PRICES)
+    start = time.monotonic()
+    with pytest.raises(ApiFatalError, match="api_unreachable"):
+        asyncio.run(judge.judge_all([_request(i, answer=f"worth {i}") for i in range(1, 6)]))
+    assert time.monotonic() - start < 10
 
 
 def test_unparseable_reply_is_counted_not_scored(api, tmp_path):

@@ -1,11 +1,25 @@
-"""Cost from usage, the budget's reservations, tiktoken offline, crash-safe JSONL, the request cache."""
+"""Cost from usage, prices per model id, the budget's reservations, tiktoken offline, crash-safe
+JSONL, the request cache."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
 
 import pytest
+import yaml
+from anthropic._data import DEPRECATED_MODELS
+from anthropic.types import Model
 
 from llava_lite.claude import estimate
 from llava_lite.claude.cache import RequestCache
-from llava_lite.claude.prices import Budget, BudgetExceeded, Prices
+from llava_lite.claude.prices import PRICES, Budget, BudgetExceeded, Prices, prices_for
+from llava_lite.claude.settings import DEFAULT_MODEL, ClaudeSettings
+from llava_lite.evaluation.settings import JudgeSettings
 from llava_lite.generation.base import Usage
+from llava_lite.generation.settings import TeacherSettings
 from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail, write_json_atomic
 
 
@@ -77,3 +91,50 @@ def test_request_cache_persists_replies_and_open_batches(tmp_path):
     cache.mark_collected("b1")
     assert cache.open_batches() == []
     cache.close()
+
+
+def test_budget_acquire_waits_for_requests_in_flight_and_stops_when_nothing_can_fit():
+    async def waits() -> tuple[bool, float]:
+        budget = Budget(1.0)
+        await budget.acquire(0.6)  # in flight
+        second = asyncio.create_task(budget.acquire(0.6))  # fits only if the first costs < 0.4
+        await asyncio.sleep(0.01)
+        waited = not second.done()
+        budget.settle(0.6, 0.1)  # the first settles far below its worst case
+        await asyncio.wait_for(second, 1.0)
+        return waited, budget.reserved_usd
+
+    async def never_fits() -> None:
+        budget = Budget(1.0)
+        await budget.acquire(0.5)
+        budget.settle(0.5, 0.7)
+        await budget.acquire(0.4)  # 0.7 spent + 0.4 > 1 with nothing in flight: stop, don't wait
+
+    assert asyncio.run(waits()) == (True, pytest.approx(0.6))
+    with pytest.raises(BudgetExceeded, match="next request may cost up to"):
+        asyncio.run(asyncio.wait_for(never_fits(), 1.0))
+
+
+def test_every_model_has_a_price_or_is_refused_and_the_default_is_current():
+    assert prices_for(DEFAULT_MODEL) == PRICES[DEFAULT_MODEL]
+    given = Prices(input=1.0, output=2.0)
+    assert prices_for("claude-unlisted", given) is given
+    with pytest.raises(ValueError, match=r"model='claude-unlisted' has no price.*valid: \["):
+        prices_for("claude-unlisted")
+    # the SDK's own table of deprecated ids, and the ids it knows
+    assert DEFAULT_MODEL not in DEPRECATED_MODELS and DEFAULT_MODEL in typing.get_args(typing.get_args(Model)[0])
+    assert ClaudeSettings().model == TeacherSettings().model == JudgeSettings().model == DEFAULT_MODEL
+    for name, section in (("generate", "teacher"), ("eval", "judge")):
+        conf = yaml.safe_load((Path(__file__).parents[2] / "conf" / f"{name}.yaml").read_text())
+        assert conf[section]["model"] == DEFAULT_MODEL and conf[section]["prices"] is None
+
+
+def test_the_offline_encoding_raises_no_deprecation_warning(tmp_path):
+    # a fresh interpreter: importing bpe_openai (as resources.files("bpe_openai.data") did) warns
+    code = "from llava_lite.claude import estimate; print(estimate.offline_encoding().encode('hello world'))"
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True, text=True, env={**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path)}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[15339, 1917]"

@@ -1,12 +1,14 @@
 """ClaudeTeacher against a local server speaking the Messages API, through the real AsyncAnthropic client."""
 
 import logging
+import warnings
 
 import pytest
 
 from api_helpers import TEST_PRICES, claude_teacher, generate_once
 from llava_lite.claude.client import ApiFatalError
-from llava_lite.claude.prices import Budget, BudgetExceeded, Prices
+from llava_lite.claude.prices import PRICES, Budget, BudgetExceeded, Prices
+from llava_lite.claude.settings import DEFAULT_MODEL
 from llava_lite.generation.base import GenerationRequest, TeacherError
 from llava_lite.generation.teacher import ClaudeTeacher, build_teacher
 from llava_lite.symbolic import ObjectBox, SymbolicContext
@@ -154,3 +156,11 @@ def test_build_teacher_by_name():
     assert build_teacher("offline", seed=3).name == "offline"
     with pytest.raises(KeyError, match="valid"):
         build_teacher("gpt")
+
+
+def test_the_default_model_is_priced_and_raises_no_deprecation_warning(api, tmp_path):
+    teacher = ClaudeTeacher(client_kwargs={"api_key": KEY, "base_url": api.url})  # no prices: the table's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the SDK warns when it sends a deprecated id
+        assert generate_once(teacher, REQUEST).turns
+    assert api.calls()[0]["body"]["model"] == DEFAULT_MODEL and teacher.prices == PRICES[DEFAULT_MODEL]

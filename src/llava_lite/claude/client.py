@@ -63,8 +63,11 @@ class ApiCallError(Exception):
         self.billed = billed
 
 
-class ApiFatalError(RuntimeError):
-    """The API refuses this client outright (401 / 402 / 403 / 404): stop, keep finished work."""
+class ApiFatalError(ValueError):
+    """Every further request would fail the same way: the API refuses this client (401 / 402 /
+    403 / 404), the model is retired or unknown, or the API cannot be reached. Stop, keep
+    finished work. A ``ValueError``: the fix is in the settings, key or network, so console
+    commands report it in one line (``reason: message``) and exit non-zero."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")

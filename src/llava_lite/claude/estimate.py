@@ -4,7 +4,8 @@ Claude's tokenizer is not public; ``cl100k_base`` counts are a close, documented
 scaled by ``token_ratio`` if you have measured a better factor for your model. tiktoken
 normally downloads its BPE file on first use; here the file shipped in the ``bpe-openai``
 package is seeded into tiktoken's own cache (hash-checked by tiktoken), so no network is
-needed.
+needed. The file is found without importing ``bpe_openai``, whose import builds its own
+tokenizers through a deprecated ``importlib.resources`` call (a DeprecationWarning).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 from functools import cache
-from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def offline_encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
     # tiktoken's cache file name is the sha1 of the URL it would download from.
     target = cache_dir / hashlib.sha1(_BPE_URL.format(name=name).encode()).hexdigest()
     if not target.exists():
-        shipped = resources.files("bpe_openai.data") / f"{name}.tiktoken.gz"
+        shipped = _bpe_openai_dir() / "data" / f"{name}.tiktoken.gz"
         if not shipped.is_file():
             raise FileNotFoundError(f"bpe-openai ships no {name}.tiktoken.gz; use cl100k_base or o200k_base")
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,14 @@ def offline_encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
         tmp.write_bytes(gzip.decompress(shipped.read_bytes()))
         os.replace(tmp, target)
     return tiktoken.get_encoding(name)
+
+
+def _bpe_openai_dir() -> Path:
+    """The installed ``bpe_openai`` package folder, located without running its ``__init__``."""
+    spec = find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the bpe-openai package is not installed (pip install bpe-openai)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 class TokenEstimator:

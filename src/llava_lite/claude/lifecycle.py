@@ -45,10 +45,13 @@ async def check_model(client: anthropic.AsyncAnthropic, model: str) -> str:
     date = f" on {str(when)[:10]}" if when is not None else ""  # a datetime or the wire's RFC 3339 text
     if lifecycle == "retired":
         raise ApiFatalError(
-            "model_retired", f"model={model!r} was retired{date}; choose a current model, e.g. {DEFAULT_MODEL!r}"
+            "model_retired",
+            f"model={model!r} was retired{date}; choose a current model, e.g. {DEFAULT_MODEL!r}",
         )
     if lifecycle == "deprecated":
-        log.warning("model %r is deprecated and retires%s; plan to move to a current model", model, date or " soon")
+        log.warning(
+            "model %r is deprecated and retires%s; plan to move to a current model", model, date or " soon"
+        )
     elif lifecycle != "active":
         log.warning("model %r has lifecycle %r, which this library does not know", model, lifecycle)
     return str(lifecycle)
