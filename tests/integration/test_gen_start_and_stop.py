@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from api_helpers import pipeline_settings, write_coco
 from llava_lite.claude.client import ApiFatalError
+from llava_lite.cli.generate import config_dir
+from llava_lite.cli.generate import run as cli_run
 from llava_lite.generation.pipeline import GenerationPipeline
 from llava_lite.io import read_jsonl
 
@@ -196,3 +199,23 @@ def test_a_retry_after_a_cut_reply_asks_for_more_tokens(api, tmp_path):
     summary = _run(api.url, settings)
     assert summary.teacher_errors["max_tokens"] == 2 and sum(summary.samples.values()) == 1
     assert [c["body"]["max_tokens"] for c in api.calls()] == [300, 500, 500]  # doubled, capped
+
+
+def test_the_cli_says_how_to_retry_failed_samples(api, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    cap, inst = write_coco(tmp_path, 1)
+    api.script.extend([REFUSAL, REFUSAL])
+    overrides = [
+        f"captions_file={cap}",
+        f"instances_file={inst}",
+        f"output_dir={tmp_path / 'out'}",
+        f"teacher.base_url={api.url}",
+        "teacher.model=claude-test",
+        "teacher.prices={input:3.0,output:15.0}",
+        "teacher.concurrency=1",
+        "response_types=[conversation]",
+    ]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        summary = cli_run(compose(config_name="generate", overrides=overrides))
+    assert summary["failed_samples"] == {"1_conversation_0": "refusal"}
+    assert "1 samples failed every attempt" in caplog.text and "retry_stored_failures=true" in caplog.text

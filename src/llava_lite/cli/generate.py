@@ -33,6 +33,12 @@ def run(cfg: DictConfig) -> dict:
     print(json.dumps(summary, indent=2))
     if summary.get("stopped"):
         log.warning("run stopped early (%s); rerun with the same output_dir to continue", summary["stopped"])
+    if summary.get("failed_samples"):
+        log.warning(
+            "%d samples failed every attempt (ids and last reasons: failed_samples in summary.json); a rerun "
+            "replays their stored replies for free, retry_stored_failures=true pays for fresh attempts",
+            len(summary["failed_samples"]),
+        )
     return summary
 
 
