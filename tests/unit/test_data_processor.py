@@ -259,3 +259,27 @@ def test_from_model_overrides_every_processor_setting() -> None:
     assert LlavaProcessor.from_model(model, template=None).template.name == "vicuna_v1"
     with pytest.raises(TypeError, match=r"unknown settings \['aspect'\]; valid: \[.*'image_aspect'"):
         LlavaProcessor.from_model(model, aspect="crop")
+
+
+def test_truncations_are_counted_across_dataloader_workers(tmp_path) -> None:
+    from llava_lite.data import LlavaDataModule
+
+    long = {"id": "long", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red " * 200}]}
+    short = {"id": "short", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Red."}]}
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (short, long, short | {"id": "s2"})) + "\n")
+    dm = LlavaDataModule(
+        str(path),
+        batch_size=2,
+        num_workers=1,
+        shuffle=False,
+        processor=make_processor(model_max_length=64, overlong="truncate"),
+    )
+    dm.setup("fit")
+    seen = []
+    for batch in dm.train_dataloader():
+        batch = dm.observe_batch(batch)
+        assert "truncated" not in batch and batch["input_ids"].shape[1] <= 64
+        seen += batch["ids"]
+    assert sorted(seen) == ["long", "s2", "short"]
+    assert dm.truncated_count() == 1 and dm.bad_sample_counts() == {}

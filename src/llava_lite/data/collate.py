@@ -36,8 +36,8 @@ class LlavaCollator:
 
     Output: ``input_ids [B, T]``, ``attention_mask [B, T]``, ``labels [B, T]`` and
     ``trained_tokens`` (when samples have labels), ``pixel_values [N, 3, H, W]`` or None (images
-    in row order), ``ids``, ``skipped`` (list of ``SkipReport``), and ``stream_positions`` for
-    streaming datasets.
+    in row order), ``ids``, ``skipped`` (list of ``SkipReport``), ``truncated`` (a ``SkipReport``
+    per kept sample the processor cut), and ``stream_positions`` for streaming datasets.
     """
 
     def __init__(
@@ -76,6 +76,12 @@ class LlavaCollator:
         if "labels" in batch:
             batch["trained_tokens"] = trained_tokens(batch["labels"], batch["input_ids"], self.image_token_id)
         batch["skipped"] = skipped
+        # Kept but cut (processor overlong="truncate"): one report per sample, for counting.
+        batch["truncated"] = [
+            SkipReport("truncated", str(s.get("id", "")), str(s.get("source", "")), s["truncated"])
+            for s in kept
+            if s.get("truncated")
+        ]
         if positions:
             batch["stream_positions"] = positions
         return batch

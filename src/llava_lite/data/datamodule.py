@@ -89,6 +89,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.train_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.val_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.counters = {"train": BadSampleCounter(), "val": BadSampleCounter()}
+        self.truncations = {"train": BadSampleCounter(), "val": BadSampleCounter()}  # kept, but cut
         self.train_sampler: ResumableSampler | None = None
         self._pending_state: dict[str, Any] | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
@@ -262,6 +263,8 @@ class LlavaDataModule(L.LightningDataModule):
         skipped = batch.pop("skipped", [])
         for report in skipped:
             self.counters[split].add(report)
+        for report in batch.pop("truncated", []):
+            self.truncations[split].add(report, quiet=True)  # the processor has logged it
         positions = batch.pop("stream_positions", [])
         if split != "train":
             return batch
@@ -271,6 +274,10 @@ class LlavaDataModule(L.LightningDataModule):
             # map-style: every index yields one sample or one skip report
             self.train_sampler.advance(len(batch.get("ids", [])) + len(skipped))
         return batch
+
+    def truncated_count(self, split: str = "train") -> int:
+        """Distinct records cut to ``model_max_length`` so far (``data.overlong=truncate``)."""
+        return self.truncations[split].total()
 
     def bad_sample_counts(self, split: str = "train") -> dict[str, int]:
         """Distinct bad records by reason seen so far (file-level problems included)."""

@@ -34,8 +34,9 @@ class LlavaProcessor:
     ``too_long`` and trains without them, whatever ``on_bad_sample`` says; ``raise`` stops at
     the first, naming it; ``truncate`` (LLaVA's behaviour, chosen explicitly) cuts the end at
     ``model_max_length`` and trains the cut answer without its end-of-turn token. Every
-    truncation is logged with its record and token counts and counted in ``truncations``
-    (per process). A cut through the image block, or one that leaves nothing trained, is a
+    truncation is logged with its record and token counts, counted in ``truncations`` (per
+    process) and marked in the sample (``"truncated"``), which the collator reports and
+    ``LlavaDataModule.truncated_count()`` counts across workers. A cut through the image block, or one that leaves nothing trained, is a
     ``too_long`` / ``no_trained_tokens`` bad sample under any policy.
     """
 
@@ -132,16 +133,20 @@ class LlavaProcessor:
         check_reserved_text(messages, self.reserved_text, self.image_token)
         enc = encode_conversation(messages, self.tokenizer, self.template, self.image_token)
         input_ids, labels = self._expand_image(enc.input_ids, enc.labels, 1 if has_image else 0)
+        n_tokens = len(input_ids)
         input_ids, labels = self._fit_length(input_ids, labels, str(record.get("id", "")))
         pixel_values = None
         if has_image:
             pixel_values = image if isinstance(image, torch.Tensor) else self.preprocess_image(image)
-        return {
+        sample = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),  # [T]
             "labels": torch.tensor(labels, dtype=torch.long),  # [T]
             "pixel_values": pixel_values,  # [3, H, W] or None
             "id": str(record.get("id", "")),
         }
+        if len(input_ids) < n_tokens:  # the collator reports it, the DataModule counts it
+            sample["truncated"] = f"{n_tokens} tokens cut to model_max_length={self.model_max_length}"
+        return sample
 
     def _expand_image(self, ids: list[int], labels: list[int], n_images: int) -> tuple[list[int], list[int]]:
         """Each image-token id becomes ``num_image_tokens`` ignored image slots."""

@@ -71,8 +71,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
     Returns ``{"metrics": {name: float}, "output_dir", "last_checkpoint", "best_checkpoint",
     "projector_path", "model_dir", "global_step", "accumulate_grad_batches", "empty_batches",
-    "bad_samples"}`` (paths are ``None`` where the run made none; ``bad_samples`` counts skipped
-    records by reason).
+    "bad_samples", "truncated"}`` (paths are ``None`` where the run made none; ``bad_samples``
+    counts skipped records by reason, ``truncated`` the records cut under ``data.overlong=truncate``).
     """
     cfg = cfg.copy()
     OmegaConf.resolve(cfg)  # fix ${now:...} and friends once for the whole run
@@ -124,6 +124,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "empty_batches": module.empty_batches,
         "bad_samples": datamodule.bad_sample_counts("train"),
+        "truncated": datamodule.truncated_count("train"),
     }
 
 
