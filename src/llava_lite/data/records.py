@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.conversation import normalize_conversation
 
 RECORD_FORMATS = ("json", "jsonl", "wds")
+# Image members of a WebDataset sample (``{key}.{ext}`` beside ``{key}.json``).
+IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "gif", "tiff")
 _DATA_SUFFIXES = (".json", ".jsonl", ".tar")
 
 
@@ -103,8 +106,6 @@ def iter_file(path: str, take: Callable[[], bool] | None = None) -> Iterator[Raw
     take = take or _always
     fmt = file_format(path)
     if fmt == "wds":
-        from llava_lite.data.wds_shards import iter_wds_shard
-
         yield from iter_wds_shard(path, take)
         return
     with fsspec.open(path, "rt", encoding="utf-8") as f:
@@ -159,3 +160,32 @@ def check_record(raw: RawRecord, image_token: str = IMAGE_TOKEN) -> None:
         normalize_conversation(raw.record.get("conversations"), image_token, raw.has_image)
     except BadSampleError as err:
         raise err.located(raw.record_id, raw.source) from None
+
+
+def iter_wds_shard(url: str, take: Callable[[], bool] | None = None) -> Iterator[RawRecord]:
+    """The records of one WebDataset shard (``data.wds_shards.convert_to_wds`` writes them), with
+    their image bytes attached; ``take`` as in ``iter_file``."""
+    with fsspec.open(url, "rb") as f:
+        files = (dict(member, __url__=url) for member in tar_file_iterator(f))
+        for index, sample in enumerate(group_by_keys(files)):
+            if take is not None and not take():
+                continue
+            key = sample.get("__key__", str(index))
+            try:
+                record = json.loads(sample["json"])
+            except (KeyError, json.JSONDecodeError) as err:
+                yield RawRecord(
+                    None, url, index, error=BadSampleError("malformed_json", f"sample {key}: {err}")
+                )
+                continue
+            if not isinstance(record, dict):
+                yield RawRecord(
+                    None, url, index, error=BadSampleError("malformed_json", f"sample {key}: not an object")
+                )
+                continue
+            image = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
+            if record.get("image") and image is None:
+                err = BadSampleError("missing_image", f"sample {key} has no image file in the shard")
+                yield RawRecord(record, url, index, error=err)
+                continue
+            yield RawRecord(record, url, index, image_bytes=image)

@@ -1,4 +1,5 @@
-"""WebDataset tar shards: LLaVA JSON + image folder in, streamable shards out, and back.
+"""WebDataset tar shards: LLaVA JSON + image folder in, streamable shards out (read back by
+``llava_lite.data.records``, like every other record source).
 
 Each sample is ``{key}.json`` (the LLaVA record, unchanged) plus ``{key}.{ext}`` (the image
 file's bytes, not re-encoded) when the record has an image. Keys are the record's global
@@ -12,21 +13,18 @@ import io
 import json
 import logging
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import fsspec
 from PIL import Image, UnidentifiedImageError
 from webdataset import TarWriter
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, check_policy
 from llava_lite.data.images import resolve_image_path
-from llava_lite.data.records import RawRecord, check_record, read_records
+from llava_lite.data.records import IMAGE_EXTS, RawRecord, check_record, read_records
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "gif", "tiff")
 
 
 @dataclass
@@ -106,31 +104,3 @@ def convert_to_wds(
             stream.close()
     log.info("wrote %d samples to %d shards in %s", result.written, len(result.shards), out_dir)
     return result
-
-
-def iter_wds_shard(url: str, take: Callable[[], bool] | None = None) -> Iterator[RawRecord]:
-    """The records of one shard, with their image bytes attached; ``take`` as in ``iter_file``."""
-    with fsspec.open(url, "rb") as f:
-        files = (dict(member, __url__=url) for member in tar_file_iterator(f))
-        for index, sample in enumerate(group_by_keys(files)):
-            if take is not None and not take():
-                continue
-            key = sample.get("__key__", str(index))
-            try:
-                record = json.loads(sample["json"])
-            except (KeyError, json.JSONDecodeError) as err:
-                yield RawRecord(
-                    None, url, index, error=BadSampleError("malformed_json", f"sample {key}: {err}")
-                )
-                continue
-            if not isinstance(record, dict):
-                yield RawRecord(
-                    None, url, index, error=BadSampleError("malformed_json", f"sample {key}: not an object")
-                )
-                continue
-            image = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
-            if record.get("image") and image is None:
-                err = BadSampleError("missing_image", f"sample {key} has no image file in the shard")
-                yield RawRecord(record, url, index, error=err)
-                continue
-            yield RawRecord(record, url, index, image_bytes=image)
