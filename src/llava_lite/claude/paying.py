@@ -40,14 +40,16 @@ UNREACHABLE_AFTER = 3  # consecutive calls that failed to connect (each after th
 
 
 class PaysForMessages:
-    """Base of the teacher and the judge: a subclass calls :meth:`_init_paying` in its
-    constructor and maps the :class:`ApiCallError` that :meth:`paid_message` lets through to
-    its own errors (:class:`ApiFatalError` stops the run)."""
+    """Base of the teacher and the judge: their constructors pass these settings on and map
+    the :class:`ApiCallError` that :meth:`paid_message` lets through to their own errors
+    (:class:`ApiFatalError` stops the run)."""
 
     reply_label = "reply"  # names a reply in the log
     reply_log = log  # the subclass's module logger, so its records keep their logger name
 
     model: str
+    max_tokens: int
+    concurrency: int
     cache: RequestCache | None
     budget: Budget
     prices: Prices
@@ -61,23 +63,31 @@ class PaysForMessages:
     _estimator: TokenEstimator | None
     _connect_failures: int
 
-    def _init_paying(
+    def __init__(
         self,
-        *,
         model: str,
-        max_retries: int,
-        timeout_s: float,
-        max_retry_wait_s: float,
-        cache: RequestCache | None,
-        budget: Budget | None,
-        prices: Prices | None,
-        estimator: TokenEstimator | None,
-        client: anthropic.AsyncAnthropic | None,
+        *,
+        max_tokens: int = 1024,
+        concurrency: int = 8,
+        max_retries: int = 4,
+        timeout_s: float = 120.0,
+        max_retry_wait_s: float = 60.0,
+        cache: RequestCache | None = None,
+        budget: Budget | None = None,
+        prices: Prices | None = None,
+        estimator: TokenEstimator | None = None,
+        client: anthropic.AsyncAnthropic | None = None,
         client_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         """Sets the attributes above. ``ValueError`` for limits that bound nothing
-        (:func:`call_deadline_s`) and for a model without prices; no budget: no cap."""
+        (:func:`call_deadline_s`), for ``concurrency < 1`` and for a model without prices (none
+        given and no entry in the table); no budget: no cap. ``client_kwargs`` (``base_url``,
+        ``api_key`` for tests and proxies) go to ``AsyncAnthropic`` only."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency={concurrency}; valid: >= 1")
         self.model = model
+        self.max_tokens = max_tokens
+        self.concurrency = concurrency
         self.prices = prices_for(model, prices)
         self.cache = cache
         self.budget = budget or Budget(None)

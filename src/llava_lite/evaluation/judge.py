@@ -29,13 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import anthropic
-
 from llava_lite.claude.cache import RequestCache, request_key
 from llava_lite.claude.client import ApiCallError, ApiFatalError, usage_from_message
-from llava_lite.claude.estimate import TokenEstimator
 from llava_lite.claude.paying import PaysForMessages
-from llava_lite.claude.prices import Budget, Prices, Usage
+from llava_lite.claude.prices import Budget, Usage
 from llava_lite.claude.replies import ReplyError, read_reply
 from llava_lite.claude.settings import DEFAULT_MODEL, ClaudeSettings
 
@@ -194,36 +191,15 @@ class ClaudeJudge(PaysForMessages):
         self,
         model: str = DEFAULT_MODEL,
         *,
-        max_tokens: int = 1024,
-        concurrency: int = 8,
-        max_retries: int = 4,
-        timeout_s: float = 120.0,
-        max_retry_wait_s: float = 60.0,
         api_key: str | None = None,
         base_url: str | None = None,
-        cache: RequestCache | None = None,
-        budget: Budget | None = None,
-        prices: Prices | None = None,
-        estimator: TokenEstimator | None = None,
-        client: anthropic.AsyncAnthropic | None = None,
+        **paying: Any,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.max_tokens = max_tokens
-        self._init_paying(
-            model=model,
-            max_retries=max_retries,
-            timeout_s=timeout_s,
-            max_retry_wait_s=max_retry_wait_s,
-            cache=cache,
-            budget=budget,
-            prices=prices,
-            estimator=estimator,
-            client=client,
-            # None lets the SDK read its environment / config.
-            client_kwargs={k: v for k, v in (("api_key", api_key), ("base_url", base_url)) if v is not None},
-        )
-        self._concurrency = concurrency
+        """``api_key`` / ``base_url``: None lets the SDK read its environment / config;
+        ``paying``: :class:`~llava_lite.claude.paying.PaysForMessages`' settings (``max_tokens``,
+        ``concurrency``, retries and timeouts, ``cache``, ``budget``, ``prices``)."""
+        client_kwargs = {k: v for k, v in (("api_key", api_key), ("base_url", base_url)) if v is not None}
+        super().__init__(model, client_kwargs=client_kwargs, **paying)
         self._fatal: ApiFatalError | None = None  # once the API refuses this client, send nothing more
 
     def __repr__(self) -> str:  # never shows the key
@@ -297,7 +273,7 @@ class ClaudeJudge(PaysForMessages):
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        semaphore = asyncio.Semaphore(self._concurrency)
+        semaphore = asyncio.Semaphore(self.concurrency)
         try:
             if self.cache is None or any(key not in self.cache for key in first):
                 await self.check_model()  # before any paid work; ApiFatalError for a retired model

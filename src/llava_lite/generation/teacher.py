@@ -20,13 +20,10 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import anthropic
-
 from llava_lite.claude.cache import RequestCache, request_key
 from llava_lite.claude.client import ApiCallError, usage_from_message
-from llava_lite.claude.estimate import TokenEstimator
 from llava_lite.claude.paying import PaysForMessages
-from llava_lite.claude.prices import Budget, Prices, Usage
+from llava_lite.claude.prices import Usage
 from llava_lite.claude.settings import DEFAULT_MODEL
 from llava_lite.generation.base import (
     RESPONSE_TYPES,
@@ -59,41 +56,21 @@ class ClaudeTeacher(PaysForMessages):
         self,
         model: str = DEFAULT_MODEL,
         *,
-        max_tokens: int = 1024,
         context: Mapping[str, ContextOptions] | None = None,
         prompt_version: str = PROMPT_VERSION,
         prompt_caching: bool = True,
-        concurrency: int = 8,
-        max_retries: int = 4,
-        timeout_s: float = 120.0,
-        max_retry_wait_s: float = 60.0,
-        cache: RequestCache | None = None,
-        budget: Budget | None = None,
-        prices: Prices | None = None,
-        estimator: TokenEstimator | None = None,
         replay_only: bool = False,
-        client: anthropic.AsyncAnthropic | None = None,
-        client_kwargs: Mapping[str, Any] | None = None,
+        **paying: Any,
     ) -> None:
-        self.max_tokens = max_tokens
+        """``paying``: :class:`~llava_lite.claude.paying.PaysForMessages`' settings (``max_tokens``,
+        ``concurrency``, retries and timeouts, ``cache``, ``budget``, ``prices``, ``client_kwargs``)."""
+        super().__init__(model, **paying)
         self.context = {**PAPER_CONTEXT, **(context or {})}
         self.prompt_version = prompt_version
         self.prompt_caching = prompt_caching
         self.prompts: dict[str, PromptSet] = {t: load_prompt_set(t, prompt_version) for t in RESPONSE_TYPES}
         self.replay_only = replay_only  # batch mode: never fall back to a full-price live call
-        self._init_paying(
-            model=model,
-            max_retries=max_retries,
-            timeout_s=timeout_s,
-            max_retry_wait_s=max_retry_wait_s,
-            cache=cache,
-            budget=budget,
-            prices=prices,
-            estimator=estimator,
-            client=client,
-            client_kwargs=client_kwargs,  # base_url / api_key for tests and proxies
-        )
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._semaphore = asyncio.Semaphore(self.concurrency)
         self.batch_replies = 0
         self._bought_in_batches: set[str] = set()  # keys of replies bought in batches this run
 
