@@ -14,7 +14,7 @@ import torch
 from helpers import TINY_TEXT_ARCH, TINY_VISION_ARCH
 from llava_lite.config import LlavaConfig
 from llava_lite.data.collate import LlavaCollator, trained_tokens
-from llava_lite.data.packing import PackingCollator, PackingConfig, first_fit_rows
+from llava_lite.data.packing import PackingCollator, PackingConfig, first_fit_rows, pack_rows
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
 from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.training import apply_stage
@@ -188,14 +188,21 @@ def test_packed_rows_keep_each_sample_whole_with_its_own_positions_labels_and_im
     assert torch.equal(packed["pixel_values"], torch.stack(images))  # row-major sample order
 
 
-def test_first_fit_rows_respect_the_budget_and_keep_samples_whole() -> None:
+@pytest.mark.parametrize("pack", [first_fit_rows, pack_rows])
+def test_rows_respect_the_budget_and_keep_samples_whole(pack) -> None:
     lengths = [30, 5, 17, 40, 8, 23, 12, 1]
-    rows = first_fit_rows(lengths, 48)
+    rows = pack(lengths, 48)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 48 for row in rows)
     assert len(rows) == 3  # 136 tokens: as few rows as the lengths allow
     with pytest.raises(ValueError, match="max_tokens_per_row=16"):
-        first_fit_rows([17], 16)
+        pack([17], 16)
+
+
+def test_pack_rows_evens_out_the_rows() -> None:
+    lengths = [40, 40, 40, 10, 10, 10]  # first fit: 40+40+10+10 | 40+10: padded to 100
+    assert max(sum(lengths[i] for i in row) for row in first_fit_rows(lengths, 100)) == 100
+    assert max(sum(lengths[i] for i in row) for row in pack_rows(lengths, 100)) == 80
 
 
 def test_packing_settings_fail_loudly() -> None:

@@ -1,0 +1,242 @@
+"""Stage-2 non-pad tokens/s: naive padded batches vs length-grouped batches vs packed rows.
+
+The same samples are trained three ways, one optimiser step of each in turn, in one process:
+
+- ``naive``: random batches of ``--batch`` samples, right-padded to their longest sample;
+- ``grouped``: LLaVA's ``group_by_modality_length`` (``ModalityLengthGroupedSampler``), padded;
+- ``packed``: the naive random batches, packed whole into rows of ``--budget`` tokens
+  (``PackingCollator``: per-sample positions, no cross-sample attention).
+
+Each mode has its own copy of the same model and AdamW; a step is forward, backward and the
+optimiser step (projector + LLM trained, vision frozen). Throughput counts only real tokens;
+each step counts with the fastest of ``--repeats`` interleaved runs, since the machine may be
+shared, and peak memory comes from one more pass.
+``max_rel_loss_diff`` compares, on the packed batches, the packed loss with the padded loss of
+the same samples; ``peak_mem_ratio`` is packed / grouped (largest step of each).
+
+Length mix (``--lengths-from`` replaces it): LLaVA-1.5's 665K stage-2 mixture, components and
+sample counts as listed in the LLaVA-1.5 paper (Liu et al., "Improved Baselines with Visual
+Instruction Tuning", 2023, data table): LLaVA-Instruct 158K, ShareGPT 40K (text only), VQAv2
+83K, GQA 72K, OKVQA 9K, OCR-VQA 80K, A-OKVQA 66K, TextCaps 22K, RefCOCO 48K, VG 86K. Text
+lengths (Llama tokens, without the 576 image tokens) are rough log-normal guesses per
+component, not measured: VQA-style sets merge several short question/answer turns per image
+(median ~100), captions ~50, region sets ~200, LLaVA-Instruct ~250, ShareGPT ~900 (cut at 2048).
+On the CPU everything is scaled by ``--scale`` (default 1/8: a 64-token image block and a
+256-token budget instead of 576 and 2,048) so a run takes a minute or two.
+
+    python benchmarks/bench_packing.py
+    python benchmarks/bench_packing.py --lengths-from llava_v1_5_mix665k.json --samples 512
+    python benchmarks/bench_packing.py --device cuda --scale 1 --size large --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+from common import build, machine, peak_memory
+
+from llava_lite.config import IGNORE_INDEX
+from llava_lite.data import LlavaCollator, LlavaProcessor, ModalityLengthGroupedSampler, read_records
+from llava_lite.data.packing import PackingCollator
+from llava_lite.modeling import LlavaModel
+from llava_lite.training import apply_stage, build_adamw, param_groups
+
+# component: (samples in the 665K mix, has image, median text tokens, log-normal sigma)
+MIX: dict[str, tuple[int, bool, int, float]] = {
+    "llava_instruct": (158_000, True, 250, 0.5),
+    "sharegpt": (40_000, False, 900, 0.7),
+    "vqav2": (83_000, True, 110, 0.4),
+    "gqa": (72_000, True, 110, 0.4),
+    "okvqa": (9_000, True, 60, 0.4),
+    "ocrvqa": (80_000, True, 100, 0.4),
+    "aokvqa": (66_000, True, 80, 0.4),
+    "textcaps": (22_000, True, 50, 0.3),
+    "refcoco": (48_000, True, 200, 0.5),
+    "vg": (86_000, True, 200, 0.5),
+}
+FULL_IMAGE_TOKENS, FULL_BUDGET = 576, 2048
+
+
+def mix_samples(model: LlavaModel, n: int, scale: float, budget: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` synthetic samples with the mix's lengths; the last ~40% of each text is the trained answer."""
+    rng = random.Random(seed)
+    names = list(MIX)
+    weights = [MIX[k][0] for k in names]
+    out = []
+    for i in range(n):
+        name = rng.choices(names, weights)[0]
+        _, has_image, median, sigma = MIX[name]
+        block = model.num_image_tokens if has_image else 0
+        text = max(4, round(rng.lognormvariate(math.log(median * scale), sigma)))
+        text = min(text, budget - block)
+        ids = torch.randint(10, 1000, (text,), generator=torch.Generator().manual_seed(seed * 100_003 + i))
+        labels = ids.clone()
+        labels[: text - max(1, int(0.4 * text))] = IGNORE_INDEX
+        if has_image:
+            slots = torch.full((block,), model.image_token_id)
+            ids = torch.cat([ids[:2], slots, ids[2:]])
+            labels = torch.cat([labels[:2], torch.full_like(slots, IGNORE_INDEX), labels[2:]])
+        out.append({"input_ids": ids, "labels": labels, "id": f"{name}{i}", "_image": has_image})
+    return out
+
+
+def file_samples(model: LlavaModel, path: str, n: int, budget: int, seed: int) -> list[dict[str, Any]]:
+    """Up to ``n`` records of a LLaVA JSON/JSONL file through this model's processor (tokens of its
+    tokenizer; images replaced by blank tensors, since only lengths matter); over-long ones skipped."""
+    processor = LlavaProcessor.from_model(model, model_max_length=budget)
+    size = model.vision_tower.image_size
+    records = [r for r in read_records(path) if r.record is not None]
+    random.Random(seed).shuffle(records)
+    out = []
+    for raw in records:
+        try:
+            sample = processor.process_record(
+                raw.record, torch.zeros(3, size, size) if raw.has_image else None
+            )
+        except ValueError:  # BadSampleError included: too long, malformed
+            continue
+        out.append({**sample, "_image": raw.has_image})
+        if len(out) == n:
+            break
+    return out
+
+
+def with_pixels(samples: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    gen = torch.Generator().manual_seed(0)
+    return [
+        {**s, "pixel_values": torch.randn(3, size, size, generator=gen) if s["_image"] else None}
+        for s in samples
+    ]
+
+
+def batches_for(mode: str, samples: list[dict[str, Any]], batch: int, seed: int) -> list[list[int]]:
+    if mode == "grouped":
+        lengths = [s["input_ids"].numel() for s in samples]
+        sampler = ModalityLengthGroupedSampler(lengths, [s["_image"] for s in samples], batch, seed=seed)
+        return [b for b in sampler.global_batches() if b]
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--scale", type=float, default=1 / 8)
+    parser.add_argument("--samples", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each step; the fastest counts")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lengths-from", default=None, help="a LLaVA JSON/JSONL file to take samples from")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = round(FULL_BUDGET * args.scale)
+    image_px = 16 * round(math.sqrt(FULL_IMAGE_TOKENS * args.scale))  # 16 px patches -> ~576 x scale tokens
+    base = build(args.size, args.dtype, attn=args.attn, image_size=image_px).to(args.device)
+    apply_stage(base.components(), "finetune")
+    if args.lengths_from:
+        samples = file_samples(base, args.lengths_from, args.samples, budget, args.seed)
+    else:
+        samples = mix_samples(base, args.samples, args.scale, budget, args.seed)
+    samples = with_pixels(samples, base.vision_tower.image_size)
+    pad_id = int(base.tokenizer.pad_token_id)
+    collate = {
+        "naive": LlavaCollator(pad_id, image_token_id=base.image_token_id),
+        "grouped": LlavaCollator(pad_id, image_token_id=base.image_token_id),
+        "packed": PackingCollator(pad_id, budget, base.image_token_id),
+    }
+    modes = list(collate)
+    plans = {m: batches_for(m, samples, args.batch, args.seed) for m in modes}
+    batches = {m: [collate[m]([samples[i] for i in b]) for b in plans[m]] for m in modes}
+    models = {m: copy.deepcopy(base) for m in modes}
+    opts = {m: build_adamw(param_groups(models[m].components(), 1e-5), 1e-5) for m in modes}
+
+    def to_dev(b: dict[str, Any]) -> dict[str, Any]:
+        keys = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values")
+        return {k: b[k].to(args.device) for k in keys if b.get(k) is not None}
+
+    def step(m: str, b: dict[str, Any]) -> None:
+        terms = models[m].loss_terms(**to_dev(b))
+        (terms.loss_sum / terms.num_tokens).backward()
+        opts[m].step()
+        opts[m].zero_grad(set_to_none=True)
+
+    rel_diffs = []
+    with torch.no_grad():
+        for b in plans["packed"][:4]:
+            group = [samples[i] for i in b]
+            packed, padded = (
+                models["packed"].loss_terms(**to_dev(c(group))) for c in (collate["packed"], collate["naive"])
+            )
+            lp, lu = float(packed.loss_sum / packed.num_tokens), float(padded.loss_sum / padded.num_tokens)
+            rel_diffs.append(abs(lp - lu) / abs(lu))
+    for m in modes:
+        step(m, batches[m][0])  # warm-up (optimiser state)
+    # Per step the faster of --repeats interleaved runs (this machine may be shared), then one
+    # more pass for peak memory, which must not slow the timed runs.
+    seconds = {m: 0.0 for m in modes}
+    for k in range(max(len(v) for v in batches.values())):
+        best = {m: math.inf for m in modes}
+        for _ in range(args.repeats):
+            for m in modes:  # interleaved: every mode sees the same machine load
+                if k < len(batches[m]):
+                    start = time.perf_counter()
+                    step(m, batches[m][k])
+                    best[m] = min(best[m], time.perf_counter() - start)
+        for m in modes:
+            seconds[m] += best[m] if k < len(batches[m]) else 0.0
+    peaks = {m: max(peak_memory(lambda m=m, b=b: step(m, b), args.device) for b in batches[m]) for m in modes}
+    real = sum(s["input_ids"].numel() for s in samples)
+    rows = {}
+    for m in modes:
+        slots = sum(b["input_ids"].numel() for b in batches[m])
+        rows[m] = {
+            "steps": len(batches[m]),
+            "rows_per_step": statistics.mean(b["input_ids"].shape[0] for b in batches[m]),
+            "row_tokens": statistics.mean(b["input_ids"].shape[1] for b in batches[m]),
+            "useful_fraction": real / slots,
+            "tokens_per_s": real / seconds[m],
+            "peak_mem_mb": peaks[m] / 2**20,
+        }
+    print(f"{'mode':>8} {'steps':>5} {'rows':>5} {'T':>6} {'useful':>7} {'tok/s':>9} {'peak MB':>8}")
+    for m, r in rows.items():
+        print(
+            f"{m:>8} {r['steps']:>5} {r['rows_per_step']:>5.1f} {r['row_tokens']:>6.0f} "
+            f"{r['useful_fraction']:>7.1%} {r['tokens_per_s']:>9.0f} {r['peak_mem_mb']:>8.1f}"
+        )
+    tps = {m: rows[m]["tokens_per_s"] for m in modes}
+    summary = {
+        **machine(),
+        "device": args.device,
+        "size": args.size,
+        "attn": args.attn,
+        "lengths": args.lengths_from or f"llava_v1_5_mix665k-like, scale {args.scale:g}",
+        "samples": len(samples),
+        "batch": args.batch,
+        "budget": budget,
+        "image_tokens": base.num_image_tokens,
+        "packed_vs_grouped": tps["packed"] / tps["grouped"],
+        "packed_vs_naive": tps["packed"] / tps["naive"],
+        "grouped_vs_naive": tps["grouped"] / tps["naive"],
+        "max_rel_loss_diff": max(rel_diffs),
+        "peak_mem_ratio": peaks["packed"] / peaks["grouped"] if peaks["grouped"] else float("nan"),
+        "modes": rows,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
