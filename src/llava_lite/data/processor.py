@@ -36,8 +36,9 @@ class LlavaProcessor:
     ``model_max_length`` and trains the cut answer without its end-of-turn token. Every
     truncation is logged with its record and token counts, counted in ``truncations`` (per
     process) and marked in the sample (``"truncated"``), which the collator reports and
-    ``LlavaDataModule.truncated_count()`` counts across workers. A cut through the image block, or one that leaves nothing trained, is a
-    ``too_long`` / ``no_trained_tokens`` bad sample under any policy.
+    ``LlavaDataModule.truncated_count()`` counts across workers. A cut through the image
+    block, or one that leaves nothing trained, is a ``too_long`` / ``no_trained_tokens`` bad
+    sample under any policy.
     """
 
     def __init__(
