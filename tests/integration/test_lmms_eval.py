@@ -1,0 +1,145 @@
+"""The llava_lite model for lmms-eval (optional extra ``lmms``), offline: a local task over a tiny
+local dataset, run with the ``lmms-eval`` command as the README shows it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llava_lite.config import LlavaConfig
+from llava_lite.data import LlavaProcessor
+from llava_lite.inference import ChatSession, DecodingSettings
+from llava_lite.modeling import LlavaModel
+
+pytest.importorskip("lmms_eval", reason="lmms-eval is the optional extra llava_lite[lmms]")
+from lmms_eval.api.instance import Instance
+
+from llava_lite.evaluation.lmms_model import LlavaLite
+
+COLOURS = {"green": (10, 200, 30), "red": (220, 20, 20), "blue": (20, 20, 220)}
+QUESTION = "What colour is the square?"
+MAX_NEW_TOKENS = 6
+
+TASK_YAML = """task: tiny_colours
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: {max_new_tokens}
+  until: ["\\n"]
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+TASK_UTILS = """from PIL import Image
+
+
+def doc_to_visual(doc):
+    return [Image.open(doc["image"]).convert("RGB")]
+
+
+def doc_to_text(doc):
+    return doc["question"]
+"""
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder, three images, their JSONL dataset and an lmms-eval task folder."""
+    root = tmp_path_factory.mktemp("lmms")
+    LlavaModel(LlavaConfig.from_name("tiny")).save_pretrained(root / "model")
+    rows = []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        Image.new("RGB", (32, 32), rgb).save(root / f"{name}.png")
+        rows.append({"id": i, "image": str(root / f"{name}.png"), "question": QUESTION, "answer": name})
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "tasks").mkdir()
+    (root / "tasks" / "tiny_colours.yaml").write_text(
+        TASK_YAML.format(data=root / "test.jsonl", max_new_tokens=MAX_NEW_TOKENS)
+    )
+    (root / "tasks" / "utils.py").write_text(TASK_UTILS)
+    return root
+
+
+def _chat_answer(model_dir: Path, image: Path) -> str:
+    model = LlavaModel.from_pretrained(model_dir).eval()
+    session = ChatSession(model, LlavaProcessor.from_model(model), image, DecodingSettings(MAX_NEW_TOKENS))
+    return session.ask(QUESTION).split("\n")[0]
+
+
+@pytest.mark.slow
+def test_lmms_eval_command_runs_a_local_task_on_a_model_folder(bench: Path) -> None:
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [
+        str(Path(sys.executable).parent / "lmms-eval"),
+        *("--model", "llava_lite", "--model_args", f"pretrained={bench / 'model'},device=cpu"),
+        *("--tasks", "tiny_colours", "--include_path", str(bench / "tasks")),
+        *("--batch_size", "1", "--output_path", str(bench / "out"), "--log_samples"),
+    ]
+    result = subprocess.run(
+        command, cwd=bench, env={**os.environ, **offline}, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (samples_file,) = (bench / "out").rglob("*_samples_tiny_colours.jsonl")
+    samples = {s["doc_id"]: s for s in map(json.loads, samples_file.read_text().splitlines())}
+    assert sorted(samples) == [0, 1, 2]
+    for doc_id, name in enumerate(COLOURS):
+        # lmms-eval's answers are the chat's answers, cut at the task's "until".
+        assert samples[doc_id]["filtered_resps"] == _chat_answer(bench / "model", bench / f"{name}.png")
+        assert samples[doc_id]["exact_match"] == float(samples[doc_id]["filtered_resps"] == name)
+    (results_file,) = (bench / "out").rglob("*_results.json")
+    assert "exact_match,none" in json.loads(results_file.read_text())["results"]["tiny_colours"]
+
+
+def _request(kind: str, arguments: tuple) -> Instance:
+    return Instance(
+        request_type=kind, arguments=arguments, idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1}
+    )
+
+
+def test_loglikelihood_scores_the_continuation_and_knows_the_greedy_one(bench: Path) -> None:
+    lm = LlavaLite(pretrained=str(bench / "model"), device="cpu")
+    image = Image.open(bench / "green.png").convert("RGB")
+    doc = {"image": image, "question": QUESTION}
+    lm.task_dict = {"t": {"test": [doc]}}
+    visual = lambda d: [d["image"]]  # noqa: E731
+    greedy = lm.generate_until(
+        [_request("generate_until", (QUESTION, {"max_new_tokens": 3}, visual, 0, "t", "test"))]
+    )[0]
+    first_word = lm.processor.tokenizer.decode(
+        lm.processor.tokenizer(greedy, add_special_tokens=False)["input_ids"][:1]
+    )
+    assert first_word.strip()
+    (score, is_greedy), (other, other_greedy) = lm.loglikelihood(
+        [
+            _request("loglikelihood", (QUESTION, lambda d, w=first_word: w, visual, 0, "t", "test")),
+            _request("loglikelihood", (QUESTION, "zzzz qqqq", visual, 0, "t", "test")),
+        ]
+    )
+    assert is_greedy and not other_greedy
+    assert score < 0 and other < score
+
+
+def test_bad_model_args_and_multi_image_docs_are_refused(bench: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown llava_lite model_args \['tempature'\]; valid: \["):
+        LlavaLite(pretrained=str(bench / "model"), tempature="0.2")
+    lm = LlavaLite(pretrained=str(bench / "model"), device="cpu")
+    image = Image.open(bench / "red.png")
+    lm.task_dict = {"t": {"test": [{"images": [image, image]}]}}
+    request = _request("generate_until", (QUESTION, {}, lambda d: d["images"], 0, "t", "test"))
+    with pytest.raises(ValueError, match=r"t doc 0: 2 images; llava_lite answers about one"):
+        lm.generate_until([request])
