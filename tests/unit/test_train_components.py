@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -211,14 +212,60 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     plain = LlavaLitModule(model=_tiny(), stage="finetune")
     torch.manual_seed(0)
     checkpointed = LlavaLitModule(model=_tiny(), stage="finetune", gradient_checkpointing=True)
-    assert checkpointed.model.llm.is_gradient_checkpointing and not plain.model.llm.is_gradient_checkpointing
+    assert (
+        checkpointed.model.llm.is_activation_checkpointing and not plain.model.llm.is_activation_checkpointing
+    )
     ids = torch.randint(5, 100, (2, 7))
     grads = []
     for module in (plain, checkpointed):
         module.train()
-        module.model(input_ids=ids, labels=ids).loss.backward()
+        module.model.loss_terms(input_ids=ids, labels=ids).loss_sum.backward()
         grads.append(module.model.llm.get_input_embeddings().weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_gpu_switches_are_checked_and_wired() -> None:
+    with pytest.raises(ValueError, match=r"module.fused_cross_entropy='fused'; valid: \[None, 'liger'\]"):
+        LlavaLitModule(model=_tiny(), fused_cross_entropy="fused")
+    compiled = LlavaLitModule(model=_tiny(), stage="finetune", compile_llm=True)
+    assert compiled.model.llm.get_decoder()._compiled_call_impl is not None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="liger_kernel is installed")
+def test_liger_switch_without_liger_says_how_to_get_it() -> None:
+    with pytest.raises(
+        ImportError, match=r"module.fused_cross_entropy=liger needs Liger kernel.*llava_lite\[liger\]"
+    ):
+        LlavaLitModule(model=_tiny(), fused_cross_entropy="liger")
+
+
+def _plain_linear_cross_entropy(
+    weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
+
+
+def _fused_vs_plain(module: LlavaLitModule, fused, device: str) -> None:
+    model = module.model.to(device)
+    ids = torch.randint(5, 100, (2, 9), device=device)
+    labels = ids.masked_fill(torch.arange(9, device=device) < 4, -100)
+    plain = model.loss_terms(ids, labels)
+    joined = model.loss_terms(ids, labels, linear_cross_entropy=fused)
+    assert joined.logits is None and joined.num_tokens == plain.num_tokens
+    torch.testing.assert_close(joined.loss_sum, plain.loss_sum, rtol=1e-4, atol=1e-4)
+
+
+def test_a_linear_cross_entropy_replaces_head_and_loss_exactly() -> None:
+    _fused_vs_plain(LlavaLitModule(model=_tiny(), stage="finetune"), _plain_linear_cross_entropy, "cpu")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("liger_kernel") is None or not torch.cuda.is_available(),
+    reason="Liger kernel runs on a GPU with liger_kernel installed (llava_lite[liger])",
+)
+def test_liger_loss_equals_the_plain_loss() -> None:
+    module = LlavaLitModule(model=_tiny(), stage="finetune", fused_cross_entropy="liger")
+    _fused_vs_plain(module, module.linear_cross_entropy, "cuda")
 
 
 def test_trained_parameters_are_float32_in_a_bf16_model() -> None:

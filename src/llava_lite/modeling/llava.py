@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,7 +48,7 @@ class LossTerms(NamedTuple):
 
     loss_sum: Tensor  # [] summed cross-entropy over trained tokens
     num_tokens: int  # trained tokens (labels != -100 after the shift, image slots excluded)
-    logits: Tensor  # [N, V] logits at the trained positions only
+    logits: Tensor | None  # [N, V] logits at the trained positions only; None with a fused loss
 
 
 class LlavaModel(nn.Module):
@@ -149,6 +150,7 @@ class LlavaModel(nn.Module):
         pixel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
+        linear_cross_entropy: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     ) -> LossTerms:
         """Summed next-token cross-entropy over the trained positions, their count and their logits.
 
@@ -156,14 +158,26 @@ class LlavaModel(nn.Module):
         before the head), so image slots, prompts and padding cost no logits: the same loss
         and gradients as the full forward, with logits ``[N, V]`` instead of ``[B, T, V]``.
         Callers divide ``loss_sum`` by the trained tokens of a whole optimiser step.
+        ``linear_cross_entropy(head_weight [V, D], hidden [N, D], targets [N])`` -> summed loss
+        replaces head + cross-entropy with a fused kernel (e.g. Liger's), so no logits exist.
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)  # [B, T, D]
         targets = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)[:, 1:]  # [B, T-1]
         trained = targets != IGNORE_INDEX  # [B, T-1]
         mask_kw = {"attention_mask": attention_mask, "position_ids": position_ids}
-        if plain_lm_head(self.llm):
-            hidden = last_hidden_state(self.llm, inputs_embeds, **mask_kw)  # [B, T, D]
-            logits = self.llm.get_output_embeddings()(hidden[:, :-1][trained])  # [N, V]
+        plain = plain_lm_head(self.llm)
+        if linear_cross_entropy is not None and not (plain and self.llm.get_output_embeddings().bias is None):
+            raise ValueError(
+                "a fused linear cross-entropy needs a plain LM head without bias or logit post-processing; "
+                f"this LLM ({self.llm.config.model_type}) has another: use the plain loss"
+            )
+        if plain:
+            hidden = last_hidden_state(self.llm, inputs_embeds, **mask_kw)[:, :-1][trained]  # [N, D]
+            head = self.llm.get_output_embeddings()
+            if linear_cross_entropy is not None:
+                loss = linear_cross_entropy(head.weight, hidden, targets[trained])
+                return LossTerms(loss, int(trained.sum()), None)
+            logits = head(hidden)  # [N, V]
         else:
             logits = self.llm(inputs_embeds=inputs_embeds, use_cache=False, **mask_kw).logits[:, :-1][trained]
         loss_sum = nn.functional.cross_entropy(logits.float(), targets[trained], reduction="sum")

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 RNG_KEY = "llava_lite_rng_states"
 EMPTY_BATCH_POLICIES = ("error", "skip")
+FUSED_CROSS_ENTROPY = (None, "liger")
 DEFAULT_OPTIMIZER: dict[str, Any] = {
     "lr": 2e-5,
     "component_lr": {},
@@ -60,7 +61,13 @@ class LlavaLitModule(L.LightningModule):
             ``weight_decay``, ``betas``, ``eps``.
         warmup_ratio: share of optimiser steps with linear warmup before the cosine decay.
         lora: ``peft.LoraConfig`` fields to train the LLM through LoRA (finetune only).
-        gradient_checkpointing: recompute LLM activations in backward to save memory.
+        gradient_checkpointing: recompute LLM activations in backward to save memory
+            (activation checkpointing).
+        compile_llm: ``torch.compile`` the LLM's decoder (GPU; the first steps compile, and
+            packed rows of new shapes recompile).
+        fused_cross_entropy: ``liger`` computes head + loss at the trained positions with
+            Liger kernel's fused linear cross-entropy (optional extra ``llava_lite[liger]``, GPU),
+            so not even the trained positions' logits are stored; ``None`` is the plain loss.
         fp32_trainable: keep trained parameters in float32 (master weights for ``bf16-mixed``)
             while frozen parts stay in ``model.llm.dtype``; turn off for ``bf16-true`` runs.
         on_empty_batch: a batch with no trained token would give a NaN or zero loss;
@@ -78,10 +85,17 @@ class LlavaLitModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         fp32_trainable: bool = True,
         on_empty_batch: str = "error",
+        compile_llm: bool = False,
+        fused_cross_entropy: str | None = None,
     ) -> None:
         super().__init__()
         if on_empty_batch not in EMPTY_BATCH_POLICIES:
             raise ValueError(f"on_empty_batch={on_empty_batch!r}; valid: {list(EMPTY_BATCH_POLICIES)}")
+        if fused_cross_entropy not in FUSED_CROSS_ENTROPY:
+            raise ValueError(
+                f"module.fused_cross_entropy={fused_cross_entropy!r}; valid: {list(FUSED_CROSS_ENTROPY)}"
+            )
+        self.linear_cross_entropy = liger_linear_cross_entropy() if fused_cross_entropy == "liger" else None
         if lora and stage != "finetune":
             raise ValueError(f"LoRA trains the LLM, which stage {stage!r} keeps frozen; use stage 'finetune'")
         self.save_hyperparameters()
@@ -90,8 +104,8 @@ class LlavaLitModule(L.LightningModule):
         self.model = LlavaModel(LlavaConfig.from_dict(dict(model)))
         self.init_projector_from = self.model.config.init_projector_from
         if gradient_checkpointing:
-            self.model.llm.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
+            self.model.llm.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
             )
         self.trained = apply_stage(
             self.model.components(), stage, train_vision=not self.model.config.vision.freeze
@@ -103,6 +117,8 @@ class LlavaLitModule(L.LightningModule):
             for p in self.model.parameters():
                 if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
                     p.data = p.data.float()
+        if compile_llm:
+            self.model.llm.get_decoder().compile()
         self.empty_batches = 0
         self._batch_start = 0.0
         self._step_loss: torch.Tensor | float = 0.0  # summed token loss of this optimiser step (local)
@@ -166,6 +182,7 @@ class LlavaLitModule(L.LightningModule):
             pixel_values=batch.get("pixel_values"),  # [N, 3, H, W] or None
             attention_mask=batch.get("attention_mask"),  # [B, T], None for packed rows
             position_ids=batch.get("position_ids"),  # [B, T] for packed rows
+            linear_cross_entropy=self.linear_cross_entropy,
         )
         expected = batch.get("trained_tokens", terms.num_tokens)
         if terms.num_tokens != expected:
@@ -244,3 +261,15 @@ class LlavaLitModule(L.LightningModule):
             self.model.llm = self.model.llm.merge_and_unload()
         self.model.save_pretrained(path)
         return Path(path)
+
+
+def liger_linear_cross_entropy() -> Any:
+    """Liger kernel's fused linear cross-entropy as ``(weight, hidden, targets) -> summed loss``."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError as err:
+        raise ImportError(
+            "module.fused_cross_entropy=liger needs Liger kernel: pip install 'llava_lite[liger]' (GPU with Triton)"
+        ) from err
+    loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+    return lambda weight, hidden, targets: loss(weight, hidden, targets)
