@@ -194,3 +194,17 @@ def test_generate_stops_at_the_templates_end_of_turn_by_default(template: str, n
         handle.remove()
     assert out.shape[1] == new_tokens and int(out[0, 0]) == im_end
     assert model.stop_token_ids() == ([im_end] if template == "chatml" else [model.tokenizer.eos_token_id])
+
+
+def test_folder_edited_after_export_wins_over_the_stored_config(tmp_path, caplog) -> None:
+    import json
+
+    model = tiny_llava("linear", conv_template="chatml")
+    export_to_hf_llava(model, tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["llava_lite_export"]["config"]["projector"]["type"] = "mlp2x_gelu"  # stale copy
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        back = load_pretrained(tmp_path)
+    assert back.config.projector.type == "linear" and back.config.conv_template == "chatml"
+    assert "projector.type is 'linear' in the folder but 'mlp2x_gelu'" in caplog.text
