@@ -164,16 +164,25 @@ def test_llava_bench_generate_judge_and_replay(model_dir, tmp_path, monkeypatch)
         result = eval_cli.run(_compose(*overrides))
         assert result["generation"]["answered"] == 3
         assert result["judged"] == 3 and result["unscored"] == 0 and result["missing"] == 0
+        # the stand-in always scores Assistant 1 8 and Assistant 2 4: judged in both orders, the
+        # answers tie (relative 100, not 50) and the whole gap shows as position bias
         for cat in ("conversation", "detail", "complex", "all"):
-            assert result["scores"][cat]["relative"] == pytest.approx(50.0)
-        assert result["paid_requests"] == 3 and result["cost_usd"] > 0
+            assert result["scores"][cat]["relative"] == pytest.approx(100.0)
+            assert result["scores"][cat]["ci95"] == [100.0, 100.0]
+        assert result["position_bias"] == {"questions": 3, "mean_score_change": 4.0, "flipped_share": 1.0}
+        assert result["judge"] == {"model": "claude-test", "prompt_version": "judge-v1", "orders": 2}
+        assert result["paid_requests"] == 6 and result["cost_usd"] > 0
+        assert (tmp_path / "out" / "llava_bench_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         again = eval_cli.run(_compose(*overrides))
         assert (
-            again["paid_requests"] == 0 and again["cache_hits"] == 3 and again["scores"] == result["scores"]
+            again["paid_requests"] == 0 and again["cache_hits"] == 6 and again["scores"] == result["scores"]
         )
-        assert len(api.calls()) == 3
+        assert len(api.calls()) == 6
     reviews = (tmp_path / "out" / "llava_bench_reviews.jsonl").read_text()
-    assert KEY not in reviews and len(reviews.splitlines()) == 3
+    assert KEY not in reviews and len(reviews.splitlines()) == 6
+    lines = [json.loads(line) for line in reviews.splitlines()]
+    assert {(r["order"], tuple(r["tuple"])) for r in lines} == {("reference_first", (8, 4)), ("model_first", (4, 8))}
+    assert {(r["judge_model"], r["prompt_version"]) for r in lines} == {("claude-test", "judge-v1")}
 
 
 def test_unknown_key_and_task_are_errors(tmp_path):

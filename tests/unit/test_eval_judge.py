@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -21,10 +22,12 @@ from llava_lite.evaluation.judge import (
     SCORES_TOOL,
     ClaudeJudge,
     JudgeError,
+    Judgement,
     JudgeRequest,
     build_body,
     parse_reply,
     parse_score_line,
+    render_prompt,
 )
 from llava_lite.inference.answers import Question
 
@@ -32,7 +35,8 @@ KEY = "sk-ant-judge-test-NEVER-LOG-91c2"
 
 
 class FakeJudgeAPI(FakeAnthropicAPI):
-    """Scores the reference 8 and the model answer by the number after 'worth' in its text."""
+    """Scores the reference 8 and the model answer by the number after 'worth' in its text,
+    whichever place it stands in (an unbiased judge)."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
         super().__init__()
@@ -48,8 +52,12 @@ class FakeJudgeAPI(FakeAnthropicAPI):
         time.sleep(self.delay_s)
         message = super().reply(body)
         user = body["messages"][-1]["content"]
-        model_part = user.split("[Assistant 2]", 1)[1]
-        worth = re.search(r"worth (\d+)", model_part)
+        first, second = user.split("[Assistant 2]", 1)
+        scores = [8, 1]  # the reference 8; the model answer its "worth N" (1 without one)
+        for i, part in enumerate((first.split("[Assistant 1]", 1)[1], second)):
+            worth = re.search(r"worth (\d+)", part.split("[End of Assistant")[0])
+            if worth:  # the model's answer, in whichever place it stands
+                scores = [int(worth.group(1)), 8] if i == 0 else [8, int(worth.group(1))]
         message["content"] = [
             {
                 "type": "tool_use",
@@ -57,8 +65,8 @@ class FakeJudgeAPI(FakeAnthropicAPI):
                 "name": body["tools"][0]["name"],
                 "input": {
                     "explanation": "Assistant 1 is complete.",
-                    "assistant_1_score": 8,
-                    "assistant_2_score": int(worth.group(1)) if worth else 1,
+                    "assistant_1_score": scores[0],
+                    "assistant_2_score": scores[1],
                 },
             }
         ]
@@ -287,12 +295,18 @@ def test_bench_files_end_to_end(api, tmp_path):
     assert result.scores["conversation"]["relative"] == pytest.approx(100.0)
     assert result.scores["detail"]["relative"] == pytest.approx(75.0)
     assert result.scores["complex"]["relative"] == pytest.approx(50.0)
-    assert result.scores["all"] == pytest.approx(
-        {"relative": 75.0, "reference_mean": 8.0, "model_mean": 6.0, "count": 3}
-    )
+    overall = dict(result.scores["all"])
+    low, high = overall.pop("ci95")
+    assert overall == pytest.approx({"relative": 75.0, "reference_mean": 8.0, "model_mean": 6.0, "count": 3})
+    assert 50.0 <= low < 75.0 < high <= 100.0  # resampled questions: model answers worth 8, 6, 4
+    # judged in both orders by an unbiased judge: no score moves, no preference flips
+    assert result.position_bias == {"questions": 3, "mean_score_change": 0.0, "flipped_share": 0.0}
     lines = [json.loads(x) for x in reviews.read_text().splitlines()]
-    assert [r["question_id"] for r in lines] == [0, 1, 2] and lines[0]["tuple"] == [8.0, 8.0]
-    assert result.paid_requests == 3
+    assert [(r["question_id"], r["order"]) for r in lines] == [
+        (q, order) for q in (0, 1, 2) for order in ("reference_first", "model_first")
+    ]
+    assert all(r["tuple"] == [8.0, 8.0] for r in lines[:2])
+    assert result.paid_requests == 6
 
 
 def test_bench_unknown_category_and_missing_context(tmp_path):
@@ -451,3 +465,65 @@ def test_identical_requests_are_paid_once(api, tmp_path):
     assert len(api.calls()) == 1 and judge.paid_requests == 1
     assert first.scores == second.scores == (8.0, 6.0) and second.request.question_id == 2
     assert not first.cached and second.cached
+
+
+# ---- both orders, position bias, intervals, chart -----------------------------------------------
+def _judged(qid, category, model_first, scores, error=None):
+    request = replace(_request(qid, category), model_first=model_first)
+    return Judgement(request, scores, error=error, judge_model="claude-test")
+
+
+def test_a_swapped_request_puts_the_model_first_and_its_scores_come_back_in_reference_model_order(api, tmp_path):
+    request = _request(answer="an answer worth 6")
+    prompt = render_prompt(request.swapped())
+    assert prompt.index("an answer worth 6") < prompt.index("[Assistant 2]") < prompt.index("A red bus.\n\n[End")
+    straight, swapped = asyncio.run(_judge(api, tmp_path).judge_all([request, request.swapped()]))
+    assert straight.scores == swapped.scores == (8.0, 6.0)
+    assert (straight.to_record()["order"], swapped.to_record()["order"]) == ("reference_first", "model_first")
+
+
+def test_position_bias_is_the_score_change_and_share_of_flips_between_orders():
+    judgements = [  # a judge that adds 2 to whichever answer comes first
+        _judged(1, "detail", False, (9.0, 6.0)),  # reference first: 7 + 2, model 6
+        _judged(1, "detail", True, (7.0, 8.0)),  # model first: 6 + 2 -> the preference flips
+        _judged(2, "conv", False, (7.0, 5.0)),
+        _judged(2, "conv", True, (5.0, 7.0)),  # a 2-point gap, both orders: flips as well
+        _judged(3, "conv", False, (6.0, 9.0)),
+        _judged(3, "conv", True, (4.0, 11.0)),  # model stays preferred
+    ]
+    result = llava_bench.summarize(judgements)
+    assert result.position_bias == {"questions": 3, "mean_score_change": 2.0, "flipped_share": round(2 / 3, 4)}
+    assert result.scores["detail"]["reference_mean"] == pytest.approx(8.0)  # the mean of both orders
+    assert result.scores["detail"]["model_mean"] == pytest.approx(7.0)
+
+
+def test_failed_judgements_are_counted_per_order_and_never_scored():
+    judgements = [
+        _judged(1, "conv", False, (8.0, 4.0)),
+        _judged(1, "conv", True, None, error="unparseable"),  # the other order still scores question 1
+        _judged(2, "conv", False, None, error="refusal"),
+        _judged(2, "conv", True, None, error="unparseable"),  # question 2: no score at all
+    ]
+    result = llava_bench.summarize(judgements)
+    assert result.failures == {"unparseable": 2, "refusal": 1}
+    assert (result.judged, result.unscored) == (1, 1) and result.position_bias is None
+    assert result.scores["all"]["count"] == 1 and result.scores["all"]["relative"] == pytest.approx(50.0)
+
+
+def test_the_bootstrap_interval_is_seeded_holds_the_estimate_and_widens_with_spread():
+    tight = [(8.0, 6.0)] * 20
+    assert llava_bench.bootstrap_ci(tight) == [75.0, 75.0]
+    spread = [(8.0, 2.0), (8.0, 10.0)] * 10  # the same mean (6), far apart
+    low, high = llava_bench.bootstrap_ci(spread, n=2000, seed=3)
+    assert low < 75.0 < high and high - low > 20
+    assert llava_bench.bootstrap_ci(spread, n=2000, seed=3) == [low, high]  # seeded: reproducible
+
+
+def test_the_chart_is_a_png_with_one_bar_per_category_and_overall(tmp_path):
+    judgements = [_judged(i, cat, False, (8.0, float(4 + i))) for i, cat in enumerate(["conv", "detail", "complex"])]
+    result = llava_bench.summarize(judgements)
+    result.judge = {"model": "claude-test", "prompt_version": "judge-v1", "orders": 1}
+    llava_bench.write_chart(result, tmp_path / "charts" / "scores.png")
+    data = (tmp_path / "charts" / "scores.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    assert list(result.scores) == ["complex", "conv", "detail", "all"]

@@ -70,14 +70,14 @@ SCORES_TOOL: dict[str, Any] = {
 }
 
 
-
 class JudgeError(ReplyError):
     """A judge reply (or call) that yields no scores; ``reason`` is counted by the caller."""
 
 
 @dataclass(frozen=True)
 class JudgeRequest:
-    """One pair to judge: Assistant 1 is the reference, Assistant 2 the evaluated model."""
+    """One pair to judge: Assistant 1 is the reference and Assistant 2 the evaluated model, or
+    the other way round with ``model_first`` (to measure the judge's position bias)."""
 
     question_id: int | str
     category: str
@@ -85,6 +85,10 @@ class JudgeRequest:
     question: str
     reference_answer: str
     model_answer: str
+    model_first: bool = False
+
+    def swapped(self) -> JudgeRequest:
+        return replace(self, model_first=not self.model_first)
 
 
 @dataclass
@@ -95,26 +99,34 @@ class Judgement:
     review: str = ""  # the judge's explanation or text
     cached: bool = False
     usage: Usage = field(default_factory=Usage)
+    judge_model: str = ""  # the model id that judged (provenance of every review)
 
     def to_record(self) -> dict[str, Any]:
-        """A review line in the shape of LLaVA's reviews (``tuple`` = [reference, model])."""
+        """A review line in the shape of LLaVA's reviews (``tuple`` = [reference, model] in
+        either order), with the order shown, the judge model id and the prompt version."""
         return {
             "question_id": self.request.question_id,
             "category": self.request.category,
+            "order": "model_first" if self.request.model_first else "reference_first",
             "tuple": list(self.scores) if self.scores else None,
             "error": self.error,
             "content": self.review,
             "cached": self.cached,
+            "judge_model": self.judge_model,
+            "prompt_version": JUDGE_PROMPT_VERSION,
         }
 
 
 def render_prompt(request: JudgeRequest) -> str:
     """The user message: context, question, both answers, then the instruction."""
+    first, second = (request.reference_answer, request.model_answer)
+    if request.model_first:
+        first, second = second, first
     return (
         f"[Context]\n{request.context.strip()}\n\n"
         f"[Question]\n{request.question.strip()}\n\n"
-        f"[Assistant 1]\n{request.reference_answer.strip()}\n\n[End of Assistant 1]\n\n"
-        f"[Assistant 2]\n{request.model_answer.strip()}\n\n[End of Assistant 2]\n\n"
+        f"[Assistant 1]\n{first.strip()}\n\n[End of Assistant 1]\n\n"
+        f"[Assistant 2]\n{second.strip()}\n\n[End of Assistant 2]\n\n"
         f"[Instruction]\n{JUDGE_INSTRUCTION}"
     )
 
@@ -242,9 +254,11 @@ class ClaudeJudge(PaysForMessages):
             scores, review = parse_reply(message)
         except JudgeError as e:
             log.warning("judge: question %r not scored (%s)", request.question_id, e)
-            return Judgement(request, None, error=e.reason, cached=cached)
+            return Judgement(request, None, error=e.reason, cached=cached, judge_model=self.model)
         usage = usage_from_message(message) or Usage()
-        return Judgement(request, scores, review=review, cached=cached, usage=usage)
+        if request.model_first:  # the judge scored (model, reference)
+            scores = (scores[1], scores[0])
+        return Judgement(request, scores, review=review, cached=cached, usage=usage, judge_model=self.model)
 
     async def _call(
         self, body: dict[str, Any], key: str, semaphore: asyncio.Semaphore | None

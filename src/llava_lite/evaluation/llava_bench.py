@@ -11,20 +11,25 @@ Files, as the original LLaVA release ships them:
 - reference answers (``answers_gpt4.jsonl``) and model answers: ``{"question_id", "text"}``.
 
 Questions are joined to answers by ``question_id`` (not by line order). A question whose
-model answer is missing is counted as ``missing`` and not judged; one whose judgement has
-no scores is counted by reason. Neither enters the means.
+model answer is missing is counted as ``missing`` and not judged; a judgement without
+scores is counted by reason and never scored. Each question is judged in both orders
+(reference first, then model first) and scores the mean of its scored orders; the result
+reports the judge's position bias, a bootstrap 95% interval on every relative score, the
+judge model id and prompt version, and :func:`write_chart` draws the per-category bars.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llava_lite.claude.aio import run_sync
-from llava_lite.evaluation.judge import ClaudeJudge, Judgement, JudgeRequest
+from llava_lite.evaluation.judge import JUDGE_PROMPT_VERSION, ClaudeJudge, Judgement, JudgeRequest
 from llava_lite.evaluation.metrics import GroupedRelativeScore
 from llava_lite.inference.answers import Question, read_answers, read_questions
 from llava_lite.io import read_jsonl, write_jsonl_atomic
@@ -113,17 +118,17 @@ def build_requests(
 
 @dataclass
 class BenchResult:
-    scores: dict[str, dict[str, float]]  # category | "all" -> relative, reference_mean, model_mean, count
-    judged: int = 0
+    # category | "all" -> relative, reference_mean, model_mean, count, ci95 ([low, high] of relative)
+    scores: dict[str, dict[str, Any]]
+    judged: int = 0  # questions scored in at least one order
+    unscored: int = 0  # questions with no scored judgement
     missing: int = 0
-    failures: dict[str, int] = field(default_factory=dict)  # reason -> count (unparseable, api_status_..)
+    failures: dict[str, int] = field(default_factory=dict)  # failed judgements by reason (each order)
+    position_bias: dict[str, Any] | None = None  # with both orders: see position_bias()
+    judge: dict[str, Any] = field(default_factory=dict)  # model id, prompt version, orders judged
     paid_requests: int = 0
     cache_hits: int = 0
     cost_usd: float = 0.0
-
-    @property
-    def unscored(self) -> int:
-        return sum(self.failures.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,24 +137,120 @@ class BenchResult:
             "missing": self.missing,
             "unscored": self.unscored,
             "failures": dict(self.failures),
+            "position_bias": self.position_bias,
+            "judge": self.judge,
             "paid_requests": self.paid_requests,
             "cache_hits": self.cache_hits,
             "cost_usd": round(self.cost_usd, 6),
         }
 
 
-def summarize(judgements: Sequence[Judgement], missing: int = 0) -> BenchResult:
-    """Relative score per category and overall from judgements; failures counted by reason."""
-    metric = GroupedRelativeScore()
+Scores = tuple[float, float]  # (reference, model)
+
+
+def summarize(
+    judgements: Sequence[Judgement], missing: int = 0, n_bootstrap: int = 1000, seed: int = 0
+) -> BenchResult:
+    """Relative score per category and overall, with a bootstrap 95% interval; failures counted.
+
+    A question judged in both orders scores the mean of its scored orders; a failed judgement
+    is counted by reason and never scored, and a question none of whose orders scored is
+    ``unscored``. The interval resamples questions with replacement (``n_bootstrap`` times,
+    seeded) and takes the 2.5th and 97.5th percentiles of the relative score.
+    """
     failures: Counter[str] = Counter()
+    pairs: dict[tuple[str, str], dict[bool, Scores]] = {}  # (question, category) -> model_first -> scores
     for j in judgements:
+        orders = pairs.setdefault((str(j.request.question_id), j.request.category), {})
         if j.scores is None:
             failures[j.error or "unknown"] += 1
-            continue
-        reference, model = j.scores
-        metric.update(reference, model, [j.request.category])
-    scored = len(judgements) - sum(failures.values())
-    return BenchResult(scores=metric.compute(), judged=scored, missing=missing, failures=dict(failures))
+        else:
+            orders[j.request.model_first] = j.scores
+    metric = GroupedRelativeScore()
+    rows: dict[str, list[Scores]] = {"all": []}
+    for (_, category), orders in pairs.items():
+        if orders:
+            pair = (_mean(s[0] for s in orders.values()), _mean(s[1] for s in orders.values()))
+            metric.update(*pair, [category])
+            rows.setdefault(category, []).append(pair)
+            rows["all"].append(pair)
+    scores: dict[str, dict[str, Any]] = dict(metric.compute())
+    for name, group in scores.items():
+        group["ci95"] = bootstrap_ci(rows[name], n_bootstrap, seed)
+    judged = sum(1 for orders in pairs.values() if orders)
+    return BenchResult(
+        scores=scores,
+        judged=judged,
+        unscored=len(pairs) - judged,
+        missing=missing,
+        failures=dict(failures),
+        position_bias=position_bias(list(pairs.values())),
+    )
+
+
+def bootstrap_ci(pairs: Sequence[Scores], n: int = 1000, seed: int = 0) -> list[float]:
+    """95% percentile interval of ``100 * mean(model) / mean(reference)`` over resampled pairs."""
+    scores = np.asarray(pairs, dtype=np.float64)  # [N, 2]
+    draws = np.random.default_rng(seed).integers(0, len(scores), size=(n, len(scores)))  # [n, N]
+    relative = 100.0 * scores[draws, 1].mean(axis=1) / scores[draws, 0].mean(axis=1)  # [n]
+    low, high = np.percentile(relative, [2.5, 97.5])
+    return [round(float(low), 3), round(float(high), 3)]
+
+
+def position_bias(pairs: Sequence[Mapping[bool, Scores]]) -> dict[str, Any] | None:
+    """How the order of the answers sways the judge, over questions scored in both orders.
+
+    ``mean_score_change``: the mean change of an answer's score when it moves from second to
+    first place (positive: the judge favours Assistant 1). ``flipped_share``: the share of
+    questions whose preferred answer (higher score, or a tie) differs between the orders.
+    None when no question was scored in both orders.
+    """
+    both = [(p[False], p[True]) for p in pairs if len(p) == 2]
+    if not both:
+        return None
+    changes = [
+        c
+        for ref_first, model_first in both
+        for c in (ref_first[0] - model_first[0], model_first[1] - ref_first[1])
+    ]
+    flips = sum(_preferred(ref_first) != _preferred(model_first) for ref_first, model_first in both)
+    return {
+        "questions": len(both),
+        "mean_score_change": round(_mean(changes), 4),
+        "flipped_share": round(flips / len(both), 4),
+    }
+
+
+def _preferred(scores: Scores) -> int:
+    """1: the model's answer, -1: the reference, 0: a tie."""
+    return int(np.sign(scores[1] - scores[0]))
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def write_chart(result: BenchResult, path: str | Path) -> None:
+    """A bar chart of the relative score per category (and overall) with its 95% interval."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    names = list(result.scores)
+    relative = [result.scores[n]["relative"] for n in names]
+    low = [r - result.scores[n]["ci95"][0] for n, r in zip(names, relative, strict=True)]
+    high = [result.scores[n]["ci95"][1] - r for n, r in zip(names, relative, strict=True)]
+    fig = Figure(figsize=(1.6 + 1.2 * len(names), 3.6))
+    ax = fig.add_subplot()
+    ax.bar(names, relative, yerr=[low, high], capsize=4, color="#4C72B0")
+    ax.axhline(100.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_ylabel("relative score (%)")
+    judge = result.judge
+    ax.set_title(
+        f"LLaVA-Bench, judge {judge.get('model', '?')} ({judge.get('prompt_version', '?')})", fontsize=9
+    )
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
 
 
 def evaluate(
@@ -159,19 +260,31 @@ def evaluate(
     answers_file: str | Path,
     contexts: Mapping[str, str],
     reviews_file: str | Path | None = None,
+    both_orders: bool = True,
+    chart_file: str | Path | None = None,
 ) -> BenchResult:
-    """Judge every answered question; write one review per line (LLaVA's ``tuple`` layout)."""
+    """Judge every answered question (in both orders unless ``both_orders=False``); write one
+    review per judgement (LLaVA's ``tuple`` layout) and, if asked, the per-category chart."""
     questions = read_questions(questions_file)
     requests, missing = build_requests(
         questions, contexts, read_answers(references_file), read_answers(answers_file), questions_file
     )
+    if both_orders:
+        requests = [r for request in requests for r in (request, request.swapped())]
     judgements = run_sync(judge.judge_all(requests))
     if reviews_file is not None:
         write_jsonl_atomic(reviews_file, (j.to_record() for j in judgements))  # reruns replay the cache
     result = summarize(judgements, missing=len(missing))
+    result.judge = {
+        "model": judge.model,
+        "prompt_version": JUDGE_PROMPT_VERSION,
+        "orders": 2 if both_orders else 1,
+    }
     result.paid_requests, result.cache_hits, result.cost_usd = (
         judge.paid_requests,
         judge.cache_hits,
         judge.spent_usd,
     )
+    if chart_file is not None:
+        write_chart(result, chart_file)
     return result

@@ -121,6 +121,8 @@ class _Runner:
                 answers_file,
                 contexts,
                 reviews_file=self.out(b.reviews_file),
+                both_orders=j.both_orders,
+                chart_file=self.out("llava_bench_scores.png"),
             )
         finally:
             cache.close()

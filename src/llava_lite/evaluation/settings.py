@@ -67,6 +67,7 @@ class JudgeSettings(ClaudeSettings):
     """The shared Claude settings (model, limits, ``prices``) plus the judge's budget and cache."""
 
     budget_usd: float | None = 5.0  # hard cap on billed dollars; None = no cap
+    both_orders: bool = True  # judge each pair twice, swapped, and report the position bias
     cache_file: str = "judge_requests.sqlite"
 
 
