@@ -219,3 +219,20 @@ def test_the_cli_says_how_to_retry_failed_samples(api, tmp_path, monkeypatch, ca
         summary = cli_run(compose(config_name="generate", overrides=overrides))
     assert summary["failed_samples"] == {"1_conversation_0": "refusal"}
     assert "1 samples failed every attempt" in caplog.text and "retry_stored_failures=true" in caplog.text
+
+
+def test_a_failed_cli_start_leaves_a_finished_run_folder_as_it_was(api, tmp_path):
+    cap, inst = write_coco(tmp_path, 1)
+    args = [f"captions_file={cap}", f"instances_file={inst}", f"output_dir={tmp_path / 'out'}",
+            f"teacher.base_url={api.url}", "teacher.model=claude-test", "teacher.prices={input:3.0,output:15.0}"]  # fmt: skip
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    env.pop("LLAVA_LITE_TRACEBACK", None)
+    command = [sys.executable, "-m", "llava_lite.cli.generate", *args]
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    before = _snapshot(tmp_path / "out")
+    api.models["claude-test"] = {"lifecycle": "retired"}
+    failed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert failed.returncode == 1 and "model_retired" in failed.stderr
+    assert _snapshot(tmp_path / "out") == before  # Hydra writes nothing there either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions_train.json", "instances_train.json", "out"]
