@@ -81,9 +81,45 @@ def _chat_answer(model_dir: Path, image: Path) -> str:
     return session.ask(QUESTION).split("\n")[0]
 
 
+# Loaded by the lmms-eval subprocess (sitecustomize): the suite's socket guard, for name lookups too.
+OFFLINE_GUARD = """import ipaddress, socket
+
+def _local(host):
+    if host in (None, "localhost") or str(host).startswith("/"):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+def connect(self, address):
+    if isinstance(address, tuple) and not _local(address[0]):
+        raise OSError(f"lmms-eval test tried to reach the network: {address!r}")
+    return _connect(self, address)
+
+def getaddrinfo(host, *args, **kwargs):
+    if not _local(host):
+        raise OSError(f"lmms-eval test tried to resolve {host!r}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+"""
+
+
 @pytest.mark.slow
 def test_lmms_eval_command_runs_a_local_task_on_a_model_folder(bench: Path) -> None:
-    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    guard = bench / "guard"
+    guard.mkdir(exist_ok=True)
+    (guard / "sitecustomize.py").write_text(OFFLINE_GUARD)
+    pythonpath = os.pathsep.join(p for p in (str(guard), os.environ.get("PYTHONPATH", "")) if p)
+    offline = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": pythonpath,
+    }
     command = [
         str(Path(sys.executable).parent / "lmms-eval"),
         *("--model", "llava_lite", "--model_args", f"pretrained={bench / 'model'},device=cpu"),
@@ -94,6 +130,7 @@ def test_lmms_eval_command_runs_a_local_task_on_a_model_folder(bench: Path) -> N
         command, cwd=bench, env={**os.environ, **offline}, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "tried to" not in result.stdout + result.stderr  # nothing reached for the network
     (samples_file,) = (bench / "out").rglob("*_samples_tiny_colours.jsonl")
     samples = {s["doc_id"]: s for s in map(json.loads, samples_file.read_text().splitlines())}
     assert sorted(samples) == [0, 1, 2]
