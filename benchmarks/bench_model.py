@@ -2,8 +2,8 @@
 
 Builds a random model from a config (no downloads), exports it with ``export_to_hf_llava``,
 loads the export with transformers, checks logits agree, then times a training-style forward
-(with labels) and greedy generation for both in the same process. Reports tokens/s and the
-ratio ours / transformers (1.0 = same speed).
+(with labels, full logits) and greedy generation for both in the same process, calls
+alternating. Reports tokens/s and the ratio ours / transformers (1.0 = same speed).
 
     python benchmarks/bench_model.py                    # CPU, small model
     python benchmarks/bench_model.py --device cuda --dtype bfloat16 --size large
@@ -16,7 +16,7 @@ import json
 import tempfile
 
 import torch
-from common import SIZES, build, machine, timed
+from common import SIZES, build, interleaved, machine
 from transformers import LlavaForConditionalGeneration
 
 from llava_lite.modeling import export_to_hf_llava
@@ -67,30 +67,30 @@ def main() -> None:
             "seq_len": int(input_ids.shape[1]),
             "max_abs_logit_diff": float(diff),
         }
-        fwd_ours = timed(lambda: ours(input_ids, pixels, labels=input_ids), args.device, args.repeats)
-        fwd_theirs = timed(
-            lambda: theirs(input_ids=input_ids, pixel_values=pixels, labels=input_ids),
+        fwd = interleaved(
+            {
+                "ours": lambda: ours(input_ids, pixels, labels=input_ids),
+                "hf": lambda: theirs(input_ids=input_ids, pixel_values=pixels, labels=input_ids),
+            },
             args.device,
             args.repeats,
         )
-        gen_kwargs = {"max_new_tokens": args.new_tokens, "do_sample": False}
-        gen_ours = timed(
-            lambda: ours.generate(input_ids, pixels, attention_mask=mask, eos_token_id=-1, **gen_kwargs),
+        gen_kwargs = {"max_new_tokens": args.new_tokens, "do_sample": False, "eos_token_id": -1}
+        gen = interleaved(
+            {
+                "ours": lambda: ours.generate(input_ids, pixels, attention_mask=mask, **gen_kwargs),
+                "hf": lambda: theirs.generate(
+                    input_ids=input_ids,
+                    pixel_values=pixels,
+                    attention_mask=mask,
+                    pad_token_id=ours.tokenizer.pad_token_id,
+                    **gen_kwargs,
+                ),
+            },
             args.device,
             args.repeats,
         )
-        gen_theirs = timed(
-            lambda: theirs.generate(
-                input_ids=input_ids,
-                pixel_values=pixels,
-                attention_mask=mask,
-                eos_token_id=-1,
-                pad_token_id=ours.tokenizer.pad_token_id,
-                **gen_kwargs,
-            ),
-            args.device,
-            args.repeats,
-        )
+        fwd_ours, fwd_theirs, gen_ours, gen_theirs = fwd["ours"], fwd["hf"], gen["ours"], gen["hf"]
     tokens = args.batch * input_ids.shape[1]
     new = args.batch * args.new_tokens
     results.update(

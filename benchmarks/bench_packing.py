@@ -26,7 +26,7 @@ On the CPU everything is scaled by ``--scale`` (default 1/8: a 64-token image bl
 
     python benchmarks/bench_packing.py
     python benchmarks/bench_packing.py --lengths-from llava_v1_5_mix665k.json --samples 512
-    python benchmarks/bench_packing.py --device cuda --scale 1 --size large --dtype bfloat16
+    python benchmarks/bench_packing.py --device cuda --scale 1 --size 7b_wide --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 from typing import Any
 
 import torch
-from common import build, machine, peak_memory
+from common import SIZES, build, machine, peak_memory
 
 from llava_lite.config import IGNORE_INDEX
 from llava_lite.data import LlavaCollator, LlavaProcessor, ModalityLengthGroupedSampler, read_records
@@ -88,25 +88,29 @@ def mix_samples(model: LlavaModel, n: int, scale: float, budget: int, seed: int)
     return out
 
 
-def file_samples(model: LlavaModel, path: str, n: int, budget: int, seed: int) -> list[dict[str, Any]]:
+def file_samples(
+    model: LlavaModel, path: str, n: int, budget: int, seed: int
+) -> tuple[list[dict[str, Any]], int]:
     """Up to ``n`` records of a LLaVA JSON/JSONL file through this model's processor (tokens of its
-    tokenizer; images replaced by blank tensors, since only lengths matter); over-long ones skipped."""
+    tokenizer; images replaced by blank tensors, since only lengths matter), and how many records
+    were rejected on the way (over-long or malformed; reported, not hidden)."""
     processor = LlavaProcessor.from_model(model, model_max_length=budget)
     size = model.vision_tower.image_size
     records = [r for r in read_records(path) if r.record is not None]
     random.Random(seed).shuffle(records)
-    out = []
+    out, rejected = [], 0
     for raw in records:
         try:
             sample = processor.process_record(
                 raw.record, torch.zeros(3, size, size) if raw.has_image else None
             )
         except ValueError:  # BadSampleError included: too long, malformed
+            rejected += 1
             continue
         out.append({**sample, "_image": raw.has_image})
         if len(out) == n:
             break
-    return out
+    return out, rejected
 
 
 def with_pixels(samples: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
@@ -129,7 +133,7 @@ def batches_for(mode: str, samples: list[dict[str, Any]], batch: int, seed: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="small")
+    parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--attn", default="sdpa")
@@ -144,11 +148,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = round(FULL_BUDGET * args.scale)
-    image_px = 16 * round(math.sqrt(FULL_IMAGE_TOKENS * args.scale))  # 16 px patches -> ~576 x scale tokens
+    patch = SIZES[args.size]["patch_size"]
+    image_px = patch * round(math.sqrt(FULL_IMAGE_TOKENS * args.scale))  # about 576 x scale image tokens
     base = build(args.size, args.dtype, attn=args.attn, image_size=image_px).to(args.device)
     apply_stage(base.components(), "finetune")
+    rejected = 0
     if args.lengths_from:
-        samples = file_samples(base, args.lengths_from, args.samples, budget, args.seed)
+        samples, rejected = file_samples(base, args.lengths_from, args.samples, budget, args.seed)
     else:
         samples = mix_samples(base, args.samples, args.scale, budget, args.seed)
     samples = with_pixels(samples, base.vision_tower.image_size)
@@ -164,9 +170,14 @@ def main() -> None:
     models = {m: copy.deepcopy(base) for m in modes}
     opts = {m: build_adamw(param_groups(models[m].components(), 1e-5), 1e-5) for m in modes}
 
+    dtype = base.llm.get_input_embeddings().weight.dtype
+
     def to_dev(b: dict[str, Any]) -> dict[str, Any]:
         keys = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values")
-        return {k: b[k].to(args.device) for k in keys if b.get(k) is not None}
+        out = {k: b[k].to(args.device) for k in keys if b.get(k) is not None}
+        if "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].to(dtype)
+        return out
 
     def step(m: str, b: dict[str, Any]) -> None:
         terms = models[m].loss_terms(**to_dev(b))
@@ -225,6 +236,7 @@ def main() -> None:
         "attn": args.attn,
         "lengths": args.lengths_from or f"llava_v1_5_mix665k-like, scale {args.scale:g}",
         "samples": len(samples),
+        "records_rejected": rejected,
         "batch": args.batch,
         "budget": budget,
         "image_tokens": base.num_image_tokens,

@@ -13,21 +13,20 @@ peak, and data-loader samples/s with 0 and 2 workers. Prints a table; the last l
 
     python benchmarks/bench_train.py                        # CPU, all three sizes
     python benchmarks/bench_train.py --sizes small --repeats 3
-    python benchmarks/bench_train.py --device cuda --dtype bfloat16 --sizes medium large
+    python benchmarks/bench_train.py --device cuda --dtype bfloat16 --sizes medium 7b_wide
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import build, machine, matmul_peak_flops, peak_memory
+from common import SIZES, build, interleaved, machine, matmul_peak_flops, peak_memory
 from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
@@ -142,21 +141,9 @@ def bench_one(size: str, stage: int, args: argparse.Namespace) -> dict[str, Any]
     opt_ours = build_adamw(param_groups(ours.components(), 1e-5), 1e-5)
     opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-5)
     steps = {"ours": lambda: our_step(ours, opt_ours, b), "hf": lambda: hf_step(theirs, opt_theirs, b)}
-    for fn in steps.values():
-        fn()  # warm-up; creates the optimiser state
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
-    for _ in range(args.repeats):
-        for name, fn in steps.items():  # interleaved, so both see the same machine load
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+    med = interleaved(steps, args.device, args.repeats)  # the warm-up call creates the optimiser state
     # the smaller of two calls: allocator leftovers only ever add to the resident-set growth
     mem = {name: min(peak_memory(fn, args.device) for _ in range(2)) for name, fn in steps.items()}
-    med = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "size": size,
         "stage": stage,
@@ -204,7 +191,7 @@ def loader_samples_per_s(workers: int, n: int = 64) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["small", "medium", "vocab32k"])
+    parser.add_argument("--sizes", nargs="+", default=["small", "medium", "vocab32k"], choices=sorted(SIZES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=4)

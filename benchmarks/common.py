@@ -94,6 +94,24 @@ SIZES: dict[str, dict[str, Any]] = {
         "patch_size": 14,
         "vocab_size": 32000,
     },
+    # 7B-class width (Llama-2-7B / Vicuna-7B layer shapes, 32K vocabulary) but 4 layers (GPU check).
+    "7b_wide": {
+        "vision": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+        },
+        "llm": {
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 32,
+        },
+        "image_size": 336,
+        "patch_size": 14,
+        "vocab_size": 32000,
+    },
 }
 
 
@@ -123,19 +141,22 @@ def build(size: str, dtype: str = "float32", attn: str | None = None, **spec_ove
     return LlavaModel(cfg).train()
 
 
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, after one warm-up call each; the calls alternate
+    (a, b, a, b, ...) so every function sees the same machine load."""
+    for fn in fns.values():
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _status_bytes(key: str) -> int:
