@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image
 from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import COLORS, SHAPES, SPLITS, build_world, load_scenes
 from llava_lite.synthetic.checker import check_turns
+from llava_lite.synthetic.context import ContextInsufficient, parse_context
 from llava_lite.synthetic.render import visible_areas
 from llava_lite.synthetic.tasks import caption_records, chance_by_type, eval_questions
 
@@ -157,3 +159,27 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         build_world(tmp_path, 1, 1, 1, image_size=16)
     with pytest.raises(ValueError, match="split sizes"):
         build_world(tmp_path, -1, 1, 1)
+
+
+def test_parsed_scene_equals_ground_truth(world) -> None:
+    truth = {s.image_id: s for s in load_scenes(world, "train")}
+    for ctx in load_coco(world.captions("train"), world.instances("train")):
+        parsed = parse_context(ctx)
+        want = truth[ctx.image_id].objects
+        assert [(o.shape, o.color, o.size, o.cell) for o in parsed.objects] == [
+            (o.shape, o.color, o.size, o.cell) for o in want
+        ]
+
+
+def test_context_that_does_not_describe_every_box_is_refused(world) -> None:
+    ctx = load_coco(world.captions("train"), world.instances("train"))[0]
+    box = ctx.objects[0]
+    wrong_shape = next(s for s in SHAPES if s != box.category)
+    for bad, says in (
+        (dataclasses.replace(ctx, captions=("Some shapes.",)), "no caption describes"),
+        (dataclasses.replace(ctx, objects=()), "no object boxes"),
+        (dataclasses.replace(ctx, objects=(dataclasses.replace(box, category=wrong_shape),)), "captions put a"),
+    ):
+        with pytest.raises(ContextInsufficient, match=says) as err:
+            parse_context(bad)
+        assert f"image {ctx.image_id} ({ctx.file_name})" in str(err.value)

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 from PIL import Image
 
 from llava_lite.config import IMAGE_TOKEN
-from llava_lite.generation.offline import DETAIL_INSTRUCTIONS
 from llava_lite.inference import ChatSession, DecodingSettings
+from llava_lite.synthetic.questions import DETAIL_INSTRUCTIONS
 from llava_lite.synthetic.world import WorldPaths
 
 TYPE_ORDER = ("colour", "shape", "count", "position", "all")

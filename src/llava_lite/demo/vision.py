@@ -38,9 +38,9 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, get_cosine_schedule_with_warmup
 
-from llava_lite.generation.offline import parse_context
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.symbolic import SymbolicContext, load_coco
+from llava_lite.synthetic.context import parse_context
 from llava_lite.synthetic.language import article, located
 from llava_lite.synthetic.scene import COLORS, GRID, SHAPES, SIZES, cell_phrase
 from llava_lite.synthetic.world import WorldPaths

@@ -12,12 +12,12 @@ each reply is deterministic from the teacher's seed and the request.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from collections.abc import Callable
 
 from llava_lite.generation.base import GenerationRequest, TeacherError, TeacherReply, Usage
 from llava_lite.symbolic import SymbolicContext
+from llava_lite.synthetic.context import ContextInsufficient, parse_context
 from llava_lite.synthetic.language import (
     article,
     capitalize,
@@ -28,59 +28,23 @@ from llava_lite.synthetic.language import (
     plural,
 )
 from llava_lite.synthetic.questions import (
+    DETAIL_INSTRUCTIONS,
     QUESTION_TYPES,
     SHORT_ANSWER_PROMPT,
     closed_question,
     referring_expression,
 )
-from llava_lite.synthetic.scene import CELL_PHRASES, COLORS, SHAPES, SIZES, Scene, SceneObject, cell_of_point
+from llava_lite.synthetic.scene import COLORS, SHAPES, Scene, SceneObject
 
-_POSITIONS = sorted(CELL_PHRASES, key=len, reverse=True)  # longest first: "top left" before "top"
-_MENTION = re.compile(
-    rf"\b(?P<size>{'|'.join(SIZES)})\s+(?P<color>{'|'.join(COLORS)})\s+(?P<shape>{'|'.join(SHAPES)})"
-    rf"\s+(?:in|on|at)\s+the\s+(?P<pos>{'|'.join(_POSITIONS)})\b",
-    re.IGNORECASE,
-)
-DETAIL_INSTRUCTIONS: tuple[str, ...] = (
-    "Describe the following image in detail.",
-    "Provide a detailed description of the given image.",
-    "What do you see in this picture? Describe everything.",
-)
 Turn = tuple[str, str]
 
 
-def parse_context(context: SymbolicContext) -> Scene:
-    """Rebuild the scene a teacher can know: boxes give shape + cell, captions give colour + size."""
-    mentions: dict[tuple[int, int], tuple[str, str, str]] = {}
-    for caption in context.captions:
-        for m in _MENTION.finditer(caption):
-            cell = CELL_PHRASES[m["pos"].lower()]
-            mentions.setdefault(cell, (m["size"].lower(), m["color"].lower(), m["shape"].lower()))
-    objects = []
-    for box in context.objects:
-        x1, y1, x2, y2 = box.box
-        cell = cell_of_point((x1 + x2) / 2, (y1 + y2) / 2, 1.0, 1.0)
-        where = f"image {context.image_id} ({context.file_name})"
-        if cell not in mentions:
-            raise TeacherError(
-                "context_insufficient", f"{where}: no caption describes the {box.category} box at {cell}"
-            )
-        size, color, shape = mentions[cell]
-        if shape != box.category:
-            raise TeacherError(
-                "context_insufficient",
-                f"{where}: captions put a {shape} where the boxes put a {box.category}",
-            )
-        bbox = (
-            x1 * context.width,
-            y1 * context.height,
-            (x2 - x1) * context.width,
-            (y2 - y1) * context.height,
-        )
-        objects.append(SceneObject(shape, color, size, cell, bbox))
-    if not objects:
-        raise TeacherError("context_insufficient", f"image {context.image_id}: no object boxes")
-    return Scene(context.image_id, context.width, context.height, tuple(objects))
+def _scene(context: SymbolicContext) -> Scene:
+    """The scene the captions and boxes describe; one that they do not is a teacher error."""
+    try:
+        return parse_context(context)
+    except ContextInsufficient as e:
+        raise TeacherError("context_insufficient", str(e)) from e
 
 
 def _list(objs: list[SceneObject] | tuple[SceneObject, ...], with_position: bool = True) -> str:
@@ -379,7 +343,7 @@ class OfflineTeacher:
         self.model = model
 
     async def generate(self, request: GenerationRequest) -> TeacherReply:
-        scene = parse_context(request.context)
+        scene = _scene(request.context)
         key = f"{self.seed}:{request.context.image_id}:{request.response_type}:{request.sample_index}:{request.instruction}"
         rng = random.Random(key)
         if request.response_type == "conversation":

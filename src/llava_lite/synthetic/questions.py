@@ -16,6 +16,13 @@ from llava_lite.synthetic.scene import COLORS, MAX_OBJECTS, SHAPES, Scene, Scene
 
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "position")
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or number."
+# The demo world's detail-description instructions (the offline teacher's fallback when a
+# request names none, and the demo's first chat question).
+DETAIL_INSTRUCTIONS: tuple[str, ...] = (
+    "Describe the following image in detail.",
+    "Provide a detailed description of the given image.",
+    "What do you see in this picture? Describe everything.",
+)
 HORIZONTAL: tuple[str, ...] = ("left", "center", "right")
 VERTICAL: tuple[str, ...] = ("top", "middle", "bottom")
 COUNT_CHOICES: tuple[str, ...] = tuple(str(n) for n in range(1, MAX_OBJECTS + 1))
