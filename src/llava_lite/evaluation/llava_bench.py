@@ -237,8 +237,9 @@ def write_chart(result: BenchResult, path: str | Path) -> None:
 
     names = list(result.scores)
     relative = [result.scores[n]["relative"] for n in names]
-    low = [r - result.scores[n]["ci95"][0] for n, r in zip(names, relative, strict=True)]
-    high = [result.scores[n]["ci95"][1] - r for n, r in zip(names, relative, strict=True)]
+    # A percentile interval need not contain the point estimate (rounding, one-question groups).
+    low = [max(0.0, r - result.scores[n]["ci95"][0]) for n, r in zip(names, relative, strict=True)]
+    high = [max(0.0, result.scores[n]["ci95"][1] - r) for n, r in zip(names, relative, strict=True)]
     fig = Figure(figsize=(1.6 + 1.2 * len(names), 3.6))
     ax = fig.add_subplot()
     ax.bar(names, relative, yerr=[low, high], capsize=4, color="#4C72B0")
