@@ -230,3 +230,29 @@ def test_packed_attention_check_rejects_what_cannot_keep_samples_apart(monkeypat
     monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
     with pytest.raises(ValueError, match="does not keep packed samples apart"):
         check_packed_attention(llm)
+
+
+def test_one_row_packing_lays_the_batch_end_to_end_with_the_same_loss() -> None:
+    model = _model()
+    samples = _samples(model, "mixed")
+    one = PackingCollator(model.tokenizer.pad_token_id, BUDGET, model.image_token_id, one_row=True)(samples)
+    assert one["input_ids"].shape == (1, sum(s["input_ids"].numel() for s in samples))  # no padding
+    loss_padded, grads_padded = _loss_and_grads(model, _padded(model, samples))
+    loss_one, grads_one = _loss_and_grads(model, one)
+    assert abs(float(loss_one - loss_padded)) / float(loss_padded) <= 1e-5
+    for name, grad in grads_padded.items():
+        torch.testing.assert_close(grads_one[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packed_attention_check_catches_separation_that_holds_only_for_one_row(monkeypatch) -> None:
+    """Like flash-attention's varlen path: packed rows kept apart only in a batch of one row."""
+    import transformers.masking_utils as masking
+
+    llm = _model().llm
+    original = masking.find_packed_sequence_indices
+    monkeypatch.setattr(
+        masking, "find_packed_sequence_indices", lambda pos: original(pos) if pos.shape[0] == 1 else None
+    )
+    check_packed_attention(llm, rows_per_batch=1)
+    with pytest.raises(ValueError, match=r"batches of 2 row\(s\).*data.packing.one_row=true"):
+        check_packed_attention(llm, rows_per_batch=2)

@@ -185,7 +185,10 @@ class LlavaDataModule(L.LightningDataModule):
             return self.collator()
         processor = self._processor()
         return PackingCollator(
-            processor.pad_token_id, self.packing.max_tokens_per_row, processor.image_token_id
+            processor.pad_token_id,
+            self.packing.max_tokens_per_row,
+            processor.image_token_id,
+            one_row=self.packing.one_row,
         )
 
     def train_dataloader(self) -> DataLoader:

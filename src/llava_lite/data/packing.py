@@ -33,10 +33,13 @@ from llava_lite.data.conversation import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class PackingConfig:
-    """``data.packing``: ``enabled`` and the token budget of one row."""
+    """``data.packing``: ``enabled``, the token budget of one row, and ``one_row``: the rows of a
+    batch laid end to end in a single row without padding, which flash-attention's varlen path
+    needs (it keeps samples apart only in a batch of one row); eager / SDPA / flex use several."""
 
     enabled: bool = False
     max_tokens_per_row: int = 2048
+    one_row: bool = False
 
     @classmethod
     def from_value(cls, value: PackingConfig | Mapping[str, Any] | None) -> PackingConfig:
@@ -44,12 +47,15 @@ class PackingConfig:
             return cls()
         if isinstance(value, PackingConfig):
             return value
-        unknown = sorted(set(value) - {"enabled", "max_tokens_per_row"})
+        valid = ["enabled", "max_tokens_per_row", "one_row"]
+        unknown = sorted(set(value) - set(valid))
         if unknown:
-            raise ValueError(
-                f"data.packing has unknown keys {unknown}; valid: ['enabled', 'max_tokens_per_row']"
-            )
-        cfg = cls(bool(value.get("enabled", False)), int(value.get("max_tokens_per_row", 2048)))
+            raise ValueError(f"data.packing has unknown keys {unknown}; valid: {valid}")
+        cfg = cls(
+            bool(value.get("enabled", False)),
+            int(value.get("max_tokens_per_row", 2048)),
+            bool(value.get("one_row", False)),
+        )
         if cfg.max_tokens_per_row < 1:
             raise ValueError(f"data.packing.max_tokens_per_row={cfg.max_tokens_per_row}; must be >= 1")
         return cfg
@@ -104,15 +110,25 @@ class PackingCollator(LlavaCollator):
     Output: ``input_ids [R, T]``, ``labels [R, T]``, ``position_ids [R, T]`` (per sample, from 0),
     no ``attention_mask``, ``pixel_values [N, 3, H, W]`` in row-major sample order, ``ids`` in
     the same order, ``real_tokens`` (non-padding), ``trained_tokens``, ``skipped`` and (streaming) ``stream_positions``.
-    Each row's tail padding forms its own segment, which no sample can attend to.
+    Each row's tail padding forms its own segment, which no sample can attend to. ``one_row``
+    lays the rows end to end in one row of all the batch's tokens, without padding.
     """
 
-    def __init__(self, pad_token_id: int, max_tokens_per_row: int, image_token_id: int | None = None) -> None:
+    def __init__(
+        self,
+        pad_token_id: int,
+        max_tokens_per_row: int,
+        image_token_id: int | None = None,
+        one_row: bool = False,
+    ) -> None:
         super().__init__(pad_token_id, model_max_length=max_tokens_per_row, image_token_id=image_token_id)
         self.max_tokens_per_row = max_tokens_per_row
+        self.one_row = one_row
 
     def _pad(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         rows = pack_rows([s["input_ids"].numel() for s in samples], self.max_tokens_per_row)
+        if self.one_row:  # [1, all tokens]: no padding at all
+            rows = [[i for row in rows for i in row]]
         longest = max((sum(samples[i]["input_ids"].numel() for i in row) for row in rows), default=0)
         n = len(rows)
         input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)  # [R, T]

@@ -121,12 +121,15 @@ def last_hidden_state(llm: PreTrainedModel, inputs_embeds: Any, **kwargs: Any) -
 PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
-def check_packed_attention(llm: PreTrainedModel, setting: str = "data.packing.enabled") -> None:
+def check_packed_attention(
+    llm: PreTrainedModel, setting: str = "data.packing.enabled", rows_per_batch: int = 2
+) -> None:
     """Raise unless packed samples stay apart in ``llm``: proved on the model, not assumed.
 
-    A probe row packs a 5-token sample before a 7-token one. The second sample's hidden states
-    must equal its states alone (positions restart) and must not change when the first
-    sample's tokens change (no attention across samples).
+    A probe batch of ``rows_per_batch`` rows (2: packed batches hold several rows; 1: one row,
+    as flash-attention's varlen path needs) packs a 5-token sample before a 7-token one in each
+    row. The 7-token sample's hidden states must equal its states alone (positions restart) and
+    must not change with the sample before it (no attention across samples).
     """
     impl = getattr(llm.config, "_attn_implementation", None)
     model_type = getattr(llm.config, "model_type", "?")
@@ -139,25 +142,36 @@ def check_packed_attention(llm: PreTrainedModel, setting: str = "data.packing.en
     device = embed.weight.device
     gen = torch.Generator().manual_seed(0)
     first, other, probe = (torch.randint(0, embed.weight.shape[0], (n,), generator=gen) for n in (5, 5, 7))
-    positions = torch.cat([torch.arange(5), torch.arange(7)])[None].to(device)  # [1, 12]
+    positions = torch.cat([torch.arange(5), torch.arange(7)]).to(device)  # [12]
 
-    def states(ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return last_hidden_state(llm, embed(ids[None].to(device)), position_ids=pos).float()  # [1, T, D]
+    def states(rows: list[torch.Tensor], pos: torch.Tensor) -> torch.Tensor:
+        ids = torch.stack(rows).to(device)  # [R, T]
+        return last_hidden_state(llm, embed(ids), position_ids=pos.expand(len(rows), -1)).float()  # [R, T, D]
 
     was_training = llm.training
     llm.eval()
     try:
         with torch.no_grad():
-            alone = states(probe, torch.arange(7)[None].to(device))[0]  # [7, D]
-            packed = states(torch.cat([first, probe]), positions)[0, 5:]  # [7, D]
-            swapped = states(torch.cat([other, probe]), positions)[0, 5:]  # [7, D]
+            alone = states([probe], torch.arange(7).to(device))[0]  # [7, D]
+            if rows_per_batch > 1:  # both neighbours in one batch of rows
+                both = states([torch.cat([first, probe]), torch.cat([other, probe])], positions)
+                packed, swapped = both[0, 5:], both[1, 5:]  # [7, D] each
+            else:
+                packed = states([torch.cat([first, probe])], positions)[0, 5:]  # [7, D]
+                swapped = states([torch.cat([other, probe])], positions)[0, 5:]  # [7, D]
     finally:
         llm.train(was_training)
     tol = (1e-4 if embed.weight.dtype == torch.float32 else 3e-2) * float(alone.abs().max())
     leak, drift = float((packed - swapped).abs().max()), float((packed - alone).abs().max())
     if leak > tol or drift > tol:
+        hint = (
+            "; flash-attention keeps samples apart only in a batch of one row: set data.packing.one_row=true"
+            if rows_per_batch > 1
+            else ""
+        )
         raise ValueError(
             f"{setting}=true but this LLM (model_type={model_type}, attn_implementation={impl}) does not keep "
-            f"packed samples apart: a sample's states change by {leak:.3g} with its neighbour and by "
-            f"{drift:.3g} against the sample alone (tolerance {tol:.3g}); turn packing off or use another LLM"
+            f"packed samples apart in batches of {rows_per_batch} row(s): a sample's states change by {leak:.3g} "
+            f"with its neighbour and by {drift:.3g} against the sample alone (tolerance {tol:.3g}); turn "
+            f"packing off or use another LLM{hint}"
         )

@@ -127,8 +127,10 @@ class LlavaLitModule(L.LightningModule):
     # ---- lifecycle -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and getattr(getattr(datamodule, "packing", None), "enabled", False):
-            check_packed_attention(self.model.llm)  # before any step: never silent cross-sample attention
+        packing = getattr(datamodule, "packing", None)
+        if stage == "fit" and packing is not None and packing.enabled:
+            # before any step: never silent cross-sample attention
+            check_packed_attention(self.model.llm, rows_per_batch=1 if packing.one_row else 2)
         # A resumed run takes every weight from its checkpoint, so the stage-1 file is only
         # read when starting fresh.
         if stage == "fit" and self.init_projector_from and self.trainer.ckpt_path is None:
