@@ -47,6 +47,7 @@ from llava_lite.config import IGNORE_INDEX
 from llava_lite.data import LlavaCollator, LlavaProcessor, ModalityLengthGroupedSampler, read_records
 from llava_lite.data.packing import PackingCollator
 from llava_lite.modeling import LlavaModel
+from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.training import apply_stage, build_adamw, param_groups
 
 # component: (samples in the 665K mix, has image, median text tokens, log-normal sigma)
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lengths-from", default=None, help="a LLaVA JSON/JSONL file to take samples from")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--one-row", action="store_true", help="packed batches as one row (flash-attention)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,6 +154,7 @@ def main() -> None:
     image_px = patch * round(math.sqrt(FULL_IMAGE_TOKENS * args.scale))  # about 576 x scale image tokens
     base = build(args.size, args.dtype, attn=args.attn, image_size=image_px).to(args.device)
     apply_stage(base.components(), "finetune")
+    check_packed_attention(base.llm, f"--attn {args.attn} packing", rows_per_batch=1 if args.one_row else 2)
     rejected = 0
     if args.lengths_from:
         samples, rejected = file_samples(base, args.lengths_from, args.samples, budget, args.seed)
@@ -162,7 +165,7 @@ def main() -> None:
     collate = {
         "naive": LlavaCollator(pad_id, image_token_id=base.image_token_id),
         "grouped": LlavaCollator(pad_id, image_token_id=base.image_token_id),
-        "packed": PackingCollator(pad_id, budget, base.image_token_id),
+        "packed": PackingCollator(pad_id, budget, base.image_token_id, one_row=args.one_row),
     }
     modes = list(collate)
     plans = {m: batches_for(m, samples, args.batch, args.seed) for m in modes}
@@ -234,6 +237,7 @@ def main() -> None:
         "device": args.device,
         "size": args.size,
         "attn": args.attn,
+        "one_row": args.one_row,
         "lengths": args.lengths_from or f"llava_v1_5_mix665k-like, scale {args.scale:g}",
         "samples": len(samples),
         "records_rejected": rejected,

@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ATTN="${ATTN:-sdpa}"
+ONE_ROW=""
+[[ "$ATTN" == flash_attention_* ]] && ONE_ROW="--one-row"  # varlen keeps samples apart in one row only
 OUT="${OUT:-$(mktemp -d)}"
 python -c "import torch; assert torch.cuda.is_available(), 'gpu_check.sh needs a CUDA GPU'"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -21,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 timeout 170 python bench_train.py --device cuda --dtype bfloat16 --sizes medium 7b_wide --repeats 5 \
     --no-loader | tee "$OUT/train.txt"
 timeout 110 python bench_packing.py --device cuda --dtype bfloat16 --attn "$ATTN" --size 7b_wide \
-    --scale 1 --samples 256 --batch 16 | tee "$OUT/packing.txt"
+    --scale 1 --samples 256 --batch 16 $ONE_ROW | tee "$OUT/packing.txt"
 
 python - "$OUT" <<'PY'
 import json
