@@ -290,7 +290,8 @@ def test_packing_refuses_an_llm_that_would_mix_samples(tmp_path: Path, data: Pat
         train(cfg)
 
 
-def test_bad_records_are_counted_in_the_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packing", [False, True])
+def test_bad_records_are_counted_in_the_result(tmp_path: Path, packing: bool) -> None:
     records = write_dataset(tmp_path / "data", 4)
     with (records / "train.jsonl").open("a") as f:
         f.write(
@@ -307,7 +308,13 @@ def test_bad_records_are_counted_in_the_result(tmp_path: Path) -> None:
             + "\n"
         )
     cfg = tiny_cfg(
-        tmp_path, records, "tiny_pretrain", "trainer.max_steps=2", "callbacks.model_checkpoint=null"
+        tmp_path,
+        records,
+        "tiny_pretrain",
+        "trainer.max_steps=2",
+        "callbacks.model_checkpoint=null",
+        f"data.packing.enabled={str(packing).lower()}",
+        "data.packing.max_tokens_per_row=160",
     )
     out = train(cfg)
     assert out["bad_samples"] == {"missing_image": 1}
