@@ -25,6 +25,7 @@ from llava_lite.training.module import LlavaLitModule
 
 log = logging.getLogger(__name__)
 
+
 def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with command-line style overrides (for notebooks and tests)."""
     with initialize_config_dir(config_dir=str(config_dir(config_name)), version_base="1.3"):
