@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from llava_lite.config import LlavaConfig
@@ -61,6 +62,7 @@ def doc_to_text(doc):
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model folder, three images, their JSONL dataset and an lmms-eval task folder."""
     root = tmp_path_factory.mktemp("lmms")
+    torch.manual_seed(0)  # the same random weights whatever ran before
     LlavaModel(LlavaConfig.from_name("tiny")).save_pretrained(root / "model")
     rows = []
     for i, (name, rgb) in enumerate(COLOURS.items()):
@@ -157,10 +159,10 @@ def test_loglikelihood_scores_the_continuation_and_knows_the_greedy_one(bench: P
     greedy = lm.generate_until(
         [_request("generate_until", (QUESTION, {"max_new_tokens": 3}, visual, 0, "t", "test"))]
     )[0]
-    first_word = lm.processor.tokenizer.decode(
-        lm.processor.tokenizer(greedy, add_special_tokens=False)["input_ids"][:1]
-    )
-    assert first_word.strip()
+    tokenizer = lm.processor.tokenizer
+    first_token = tokenizer(greedy, add_special_tokens=False)["input_ids"][:1]
+    first_word = tokenizer.decode(first_token)
+    assert first_word.strip() and tokenizer(first_word, add_special_tokens=False)["input_ids"] == first_token
     (score, is_greedy), (other, other_greedy) = lm.loglikelihood(
         [
             _request("loglikelihood", (QUESTION, lambda d, w=first_word: w, visual, 0, "t", "test")),

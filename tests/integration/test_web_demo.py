@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from llava_lite.cli import web as web_cli
@@ -37,6 +38,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("web") / "model"
+    torch.manual_seed(0)  # the same random weights whatever ran before
     LlavaModel(LlavaConfig.from_name("tiny")).save_pretrained(folder)
     Image.new("RGB", (40, 30), (10, 200, 30)).save(folder.parent / "green.png")
     Image.new("RGB", (32, 32), (220, 20, 20)).save(folder.parent / "red.png")
@@ -61,7 +63,7 @@ def server(loaded):
 def _expected(loaded, image: Path, turns: list[str]) -> list[str]:
     """Greedy replies of a ChatSession asked ``turns`` in order, about ``image``."""
     session = ChatSession(*loaded, image=image, settings=DecodingSettings(max_new_tokens=MAX_NEW_TOKENS))
-    return [session.ask(q) for q in turns]
+    return [" ".join(session.ask(q).split()) for q in turns]
 
 
 def _chat(client, question: str, image: Path, chat: list, temperature: float = 0.0):
@@ -80,10 +82,11 @@ def _chat(client, question: str, image: Path, chat: list, temperature: float = 0
 
 
 def _content(message: dict) -> str:
+    """A chat message's text, whitespace runs as one space (the Chatbot turns tabs into spaces)."""
     content = message["content"]
     if isinstance(content, list):  # Gradio may hand text back as [{"type": "text", "text": ...}]
         content = "".join(part.get("text", "") for part in content)
-    return str(content)
+    return " ".join(str(content).split())
 
 
 def test_multi_turn_chat_streams_and_matches_the_library(server, loaded, model_dir: Path) -> None:

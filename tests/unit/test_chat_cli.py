@@ -4,6 +4,7 @@ import io
 import threading
 
 import pytest
+import torch
 from PIL import Image
 
 from llava_lite.cli import chat as chat_cli
@@ -16,6 +17,7 @@ from llava_lite.modeling import LlavaModel
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chat") / "model"
+    torch.manual_seed(0)  # the same random weights whatever ran before
     LlavaModel(LlavaConfig.from_name("tiny")).save_pretrained(folder)
     Image.new("RGB", (40, 30), (10, 200, 30)).save(folder.parent / "green.png")
     return folder
