@@ -29,7 +29,9 @@ from llava_lite.modeling import load_pretrained
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llava-lite-chat", description=__doc__.split("\n\n")[0])
-    p.add_argument("model_dir", help="a model folder: llava_lite (save_pretrained), llava-hf or original LLaVA")
+    p.add_argument(
+        "model_dir", help="a model folder: llava_lite (save_pretrained), llava-hf or original LLaVA"
+    )
     p.add_argument("--image", default=None, help="image path (omit for a text-only chat)")
     p.add_argument("--question", default=None, help="ask once, print the answer, exit")
     p.add_argument("--template", default=None, help="conversation template (default: the model's)")
