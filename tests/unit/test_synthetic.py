@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llava_lite.modeling.tokenizer import default_corpus
 from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import COLORS, SHAPES, SPLITS, build_world, load_scenes
 from llava_lite.synthetic.checker import check_turns
 from llava_lite.synthetic.context import ContextInsufficient, parse_context
 from llava_lite.synthetic.render import visible_areas
+from llava_lite.synthetic.scene import SIZES as OBJECT_SIZES
 from llava_lite.synthetic.tasks import caption_records, chance_by_type, eval_questions
 
 SIZES = {"n_train": 40, "n_val": 8, "n_test": 16, "image_size": 96}
@@ -183,3 +185,11 @@ def test_context_that_does_not_describe_every_box_is_refused(world) -> None:
         with pytest.raises(ContextInsufficient, match=says) as err:
             parse_context(bad)
         assert f"image {ctx.image_id} ({ctx.file_name})" in str(err.value)
+
+
+def test_the_library_corpus_does_not_describe_this_world() -> None:
+    """The tiny tokenizers' built-in corpus is generic; the demo trains on the world's own text."""
+    text = " ".join(default_corpus()).lower()
+    looks = [f"{c} {s}" for c in COLORS for s in SHAPES] + [f"{z} {c}" for z in OBJECT_SIZES for c in COLORS]
+    found = [phrase for phrase in looks if phrase in text]
+    assert not found, f"tiny_corpus.txt describes the synthetic world: {found}"
