@@ -1,25 +1,20 @@
 """Make a tiny "pretrained LLM" offline: a text-only warm-up on the world's language.
 
-LLaVA starts from Vicuna, which already reads, refers and answers; a random Llama does not,
-and a 4-layer model learns to find "the circle" among several objects and report its colour
-only after about a thousand steps of seeing such questions (measured: with perfect symbolic
-inputs, held-out accuracy sits near 65% for 600 steps, then climbs past 80%). Stage 2 alone
-cannot pay for that on two CPU cores, so the warm-up teaches it, without pixels:
+LLaVA starts from Vicuna, which already reads, refers and answers; a random 4-layer Llama
+does not, and learning to find one object among several takes more steps than stage 2 can
+pay for on CPU, so this warm-up teaches it on text, without pixels (measurements behind the
+recipe: ``docs/demo.md``):
 
 * the image's place holds **scene cells**: one position per grid cell, in the raster order
   of the vision tower's nine patch tokens, so where a cell is is where its token is, as for
   patch tokens. Each cell's input vector is learned: the sum of a size, a colour and a shape
-  embedding, or one "nothing" vector, read from the same captions and boxes a teacher sees.
-  (Embedding a cell as the mean of the LLM's word embeddings, "small red circle top left",
-  measured about 2.5 points lower overall, with colour questions near 55% against 66-73%);
+  embedding, or one "nothing" vector, read from the same captions and boxes a teacher sees;
 * documents are the instruction conversations (chat template) and the stage-1 caption pairs
   (``plain`` template) with scene cells where ``<image>``'s tokens go; next-token loss on
   every text token;
-* batches are drawn at random, so every step mixes captions, descriptions and conversations
-  (length-grouped batches pad less but measured lower: 78.3% for the whole demo after 1,800
-  grouped steps, 79.9% after 1,200 random ones), and each is cut into length-sorted
-  micro-batches whose summed loss is the batch's token mean, so the gradient is the random
-  batch's at close to the grouped batches' cost.
+* batches are drawn at random, so every step mixes captions, descriptions and conversations,
+  and each is cut into length-sorted micro-batches whose summed loss is the batch's token
+  mean: the random batch's gradient with less padding.
 
 The cell embeddings are dropped afterwards. LLaVA's stage 1 then does what the paper says it
 does, train the projector to turn visual features into vectors the frozen LLM reads, and
@@ -73,9 +68,8 @@ class LLMWarmupSettings:
     warmup_steps: int = 30
     weight_decay: float = 0.0
     template: str = "vicuna_v1"
-    # Random batches (every step mixes captions, descriptions and conversations) measured
-    # better than length-grouped ones; cutting each into length-sorted micro-batches keeps
-    # its gradient and pads less: 0.5 s a step at batch 32 in one piece, 0.28 s in four.
+    # Random batches measured better than length-grouped ones (docs/demo.md); micro-batches
+    # keep a random batch's gradient and pad less.
     group_by_length: bool = False
     micro_batches: int = 4
     seed: int = 0

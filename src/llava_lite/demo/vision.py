@@ -9,15 +9,13 @@ LLaVA starts from CLIP; offline there is none, so the demo trains a small
   (``feature_layer`` = ``select_layer``), classified by small linear heads into *what* is
   there (one of the 48 looks "a small red circle" or "nothing") and *where* the cell is
   ("in the top left"): dense supervision from the boxes, as detection-style pretraining
-  does. Labels come from the captions and boxes through the offline teacher's parser, the
-  same symbolic data a teacher sees; the heads are dropped after pretraining.
+  does. Labels come from the captions and boxes through ``synthetic.context.parse_context``,
+  the same symbolic data a teacher sees; the heads are dropped after pretraining.
 
-Global CLIP alone is known to ignore counts and positions, and this ViT's upper layers did not
-keep positions on their own (a linear probe of a model trained without the *where* loss
-reads a cell's row and column at chance); the regional losses are what put "what is where"
-into the tokens LLaVA's projector reads. The result is saved the way hub CLIP checkpoints
-are (``CLIPModel`` + ``CLIPImageProcessor`` + tokenizer), so the LLaVA config names the
-folder as ``vision.name_or_path``.
+Global CLIP alone ignores counts and positions (measured: ``docs/demo.md``); the regional
+losses are what put "what is where" into the tokens LLaVA's projector reads. The result is
+saved the way hub CLIP checkpoints are (``CLIPModel`` + ``CLIPImageProcessor`` + tokenizer),
+so the LLaVA config names the folder as ``vision.name_or_path``.
 """
 
 from __future__ import annotations
@@ -103,10 +101,9 @@ def pixel_statistics(
 ) -> dict[str, list[float]]:
     """Per-channel mean and std of a split's pixels, for the image processor.
 
-    OpenAI's CLIP statistics put this world's dark background far from zero, so every patch
-    token starts with the same large component and the small objects and positions drown in
-    it (patch tokens of one image are then almost parallel and cell-level losses stall);
-    normalising with the data's own statistics, as one does for a new domain, avoids that.
+    OpenAI's CLIP statistics put this world's dark background far from zero, where the
+    small objects drown in one shared component of every patch token (``docs/demo.md``);
+    the data's own statistics, as for any new domain, avoid that.
     """
     data = json.loads(world.captions(split).read_text())
     files = [world.image_root / im["file_name"] for im in data["images"][:max_images]]

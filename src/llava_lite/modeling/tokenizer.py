@@ -22,7 +22,8 @@ CHAT_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 def default_corpus() -> list[str]:
     """The built-in training text: chat phrasing, LLaVA instructions, COCO-style captions, answer
-    formats. No synthetic-world vocabulary: the demo trains its tokenizers on the world's own text."""
+    formats, common colour and shape words. No phrases of the synthetic world: the demo trains
+    its tokenizers on the world's own text."""
     text = resources.files("llava_lite.modeling").joinpath("tiny_corpus.txt").read_text()
     return [line for line in text.splitlines() if line.strip()]
 
