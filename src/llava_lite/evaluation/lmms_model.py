@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import Image
 from tqdm import tqdm
 
@@ -28,8 +27,13 @@ from llava_lite.modeling import load_pretrained
 MODEL_ID = "llava_lite"
 
 
-def manifest() -> ModelManifest:
-    """The ``lmms_eval.models`` entry point: where lmms-eval finds ``--model llava_lite``."""
+def manifest() -> Any:
+    """The ``lmms_eval.models`` entry point: where lmms-eval finds ``--model llava_lite``.
+
+    Imported here, not at the top: ``lmms_eval.models`` loads the entry points when it is first
+    imported, which would then import this module half-initialised."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.LlavaLite")
 
 
