@@ -36,7 +36,9 @@ def repair_torn_tail(path: str | Path) -> int:
     return dropped
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: str | Path, torn_tail_ok: bool = False) -> Iterator[dict[str, Any]]:
+    """The records of ``path`` (none when it is missing). A torn last line is an error, or,
+    with ``torn_tail_ok`` (a reader that must not write), logged and not a record."""
     path = Path(path)
     if not path.exists():
         return
@@ -45,6 +47,9 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             if not line.endswith("\n"):
+                if torn_tail_ok:
+                    log.warning("%s:%d: torn last line left in place and not read", path, lineno)
+                    return
                 raise ValueError(f"{path}:{lineno}: torn last line; call repair_torn_tail first")
             try:
                 yield json.loads(line)

@@ -2,7 +2,7 @@
 
 It binds 127.0.0.1 only and speaks the API's JSON shapes, so the real ``AsyncAnthropic``
 client (its retries, parsing and errors included) can be exercised offline. Replies are
-well-formed tool calls built from the request; ``script`` makes the next requests
+well-formed tool calls built from the request (the judge's scores are always 8 and 4); ``script`` makes the next requests
 misbehave, and the ``batch_*`` attributes make Message Batches misbehave (see
 :meth:`FakeAnthropicAPI._messages` and ``__init__``). ``GET /v1/models/{id}`` answers from
 ``models`` (id -> ``lifecycle`` / ``retires_at`` overrides); any other id is an active
@@ -215,6 +215,10 @@ class FakeAnthropicAPI:
         if tool == "record_description":
             content = [
                 _tool_use(n, tool, {"description": f"A scene with several things in view, variant {tag}."})
+            ]
+        elif tool == "record_scores":  # the judge: Assistant 1 scores 8, Assistant 2 scores 4
+            content = [
+                _tool_use(n, tool, {"explanation": "ok", "assistant_1_score": 8, "assistant_2_score": 4})
             ]
         else:
             turns = [

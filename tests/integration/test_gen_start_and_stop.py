@@ -117,6 +117,24 @@ def test_a_failed_start_leaves_a_finished_run_folder_as_it_was(api, tmp_path):
     assert not (out / ".lock").exists()
 
 
+def test_a_dry_run_changes_nothing_in_a_run_folder(api, tmp_path):
+    settings = _settings(tmp_path, max_images=N_IMAGES - 1)
+    _run(api.url, settings)
+    out = tmp_path / "out"
+    with open(out / "instruct.jsonl", "ab") as f:
+        f.write(b'{"id": "torn')  # a killed run's partial last line: a dry run must not cut it
+    before = _snapshot(out)
+    n_logged = len(api.log)
+    summary = _run(api.url, _settings(tmp_path, dry_run=True))
+    assert summary.estimate["requests"] == 3  # only the image left out above is pending
+    assert _snapshot(out) == before and len(api.log) == n_logged
+
+
+def test_a_dry_run_creates_no_run_folder(api, tmp_path):
+    summary = _run(api.url, _settings(tmp_path, dry_run=True))
+    assert summary.estimate["requests"] == N_JOBS and not (tmp_path / "out").exists()
+
+
 # ---- the budget waits for requests in flight ---------------------------------------------------
 @pytest.mark.parametrize("concurrency", [1, 8])
 def test_the_budget_waits_for_requests_in_flight_instead_of_stopping(api, tmp_path, concurrency):

@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from llava_lite.claude.cache import RequestCache, request_key
@@ -274,7 +275,9 @@ class ClaudeJudge(PaysForMessages):
             self._fatal = e
             raise
 
-    async def judge_all(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+    async def judge_all(
+        self, requests: Sequence[JudgeRequest], cache_file: str | Path | None = None
+    ) -> list[Judgement]:
         """Every request, at most ``concurrency`` in flight, results in request order.
 
         Requests with the same body are judged once (sent together, each would be paid for);
@@ -282,20 +285,33 @@ class ClaudeJudge(PaysForMessages):
         credentials) is raised only after every request already sent has returned, so each
         paid reply is in the cache for the rerun; after an :class:`ApiFatalError` nothing
         more is sent.
+
+        ``cache_file`` (for a judge built without a cache): the request cache of this call,
+        closed at its end and created only once the model check passed, so a refused start
+        leaves no new file behind. The model is checked unless every reply is stored.
         """
+        if cache_file is not None and self.cache is not None:
+            raise ValueError(f"cache_file={cache_file}: this judge already has a cache ({self.cache.path})")
         keys = [cache_key(build_body(r, self.model, self.max_tokens)) for r in requests]
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
         semaphore = asyncio.Semaphore(self.concurrency)
         try:
+            if cache_file is not None and Path(cache_file).is_file():
+                self.cache = RequestCache(cache_file)  # an earlier run's: are all replies stored?
             if self.cache is None or any(key not in self.cache for key in first):
                 await self.check_model()  # before any paid work; ApiFatalError for a retired model
+            if cache_file is not None and self.cache is None:
+                self.cache = RequestCache(cache_file)
             results = await asyncio.gather(
                 *(self.judge(requests[i], semaphore) for i in first.values()), return_exceptions=True
             )
         finally:
             await self.aclose()
+            if cache_file is not None and self.cache is not None:
+                self.cache.close()
+                self.cache = None
         for r in results:
             if isinstance(r, BaseException):
                 raise r

@@ -263,16 +263,20 @@ def evaluate(
     reviews_file: str | Path | None = None,
     both_orders: bool = True,
     chart_file: str | Path | None = None,
+    cache_file: str | Path | None = None,
 ) -> BenchResult:
     """Judge every answered question (in both orders unless ``both_orders=False``); write one
-    review per judgement (LLaVA's ``tuple`` layout) and, if asked, the per-category chart."""
+    review per judgement (LLaVA's ``tuple`` layout) and, if asked, the per-category chart.
+
+    The benchmark files are read and joined before anything is sent or written;
+    ``cache_file`` is the judge's request cache (see :meth:`ClaudeJudge.judge_all`)."""
     questions = read_questions(questions_file)
     requests, missing = build_requests(
         questions, contexts, read_answers(references_file), read_answers(answers_file), questions_file
     )
     if both_orders:
         requests = [r for request in requests for r in (request, request.swapped())]
-    judgements = run_sync(judge.judge_all(requests))
+    judgements = run_sync(judge.judge_all(requests, cache_file))
     if reviews_file is not None:
         write_jsonl_atomic(reviews_file, (j.to_record() for j in judgements))  # reruns replay the cache
     result = summarize(judgements, missing=len(missing))

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from llava_lite.claude.cache import RequestCache
 from llava_lite.claude.prices import Budget
 from llava_lite.evaluation import llava_bench, scienceqa
 from llava_lite.evaluation.judge import ClaudeJudge
@@ -98,34 +97,32 @@ class _Runner:
         return {"llava_file": str(out), "split": q.split, "records": n}
 
     def llava_bench(self) -> dict[str, Any]:
-        b = self.s.llava_bench
+        b, j = self.s.llava_bench, self.s.judge
         questions_file = _required(b.questions_file, "llava_bench.questions_file")
+        references_file = _required(b.references_file, "llava_bench.references_file")
         if b.context_file:
             contexts = llava_bench.read_contexts(b.context_file)
         elif b.captions_file:
             contexts = llava_bench.contexts_from_coco(b.captions_file, b.instances_file)
         else:
             raise ValueError("llava_bench needs context_file or captions_file (+ instances_file)")
+        # a judge model without prices fails here, before any answer or file is written
+        judge = ClaudeJudge.from_settings(j, budget=Budget(j.budget_usd))
         answers_file = self.out(b.answers_file)
         generation = None
         if self.s.model_dir:
             generation = self.answer(read_questions(questions_file), answers_file, b.image_root)
-        j = self.s.judge
-        cache = RequestCache(self.out(j.cache_file))
-        judge = ClaudeJudge.from_settings(j, cache=cache, budget=Budget(j.budget_usd))
-        try:
-            result = llava_bench.evaluate(
-                judge,
-                questions_file,
-                _required(b.references_file, "llava_bench.references_file"),
-                answers_file,
-                contexts,
-                reviews_file=self.out(b.reviews_file),
-                both_orders=j.both_orders,
-                chart_file=self.out("llava_bench_scores.png"),
-            )
-        finally:
-            cache.close()
+        result = llava_bench.evaluate(
+            judge,
+            questions_file,
+            references_file,
+            answers_file,
+            contexts,
+            reviews_file=self.out(b.reviews_file),
+            both_orders=j.both_orders,
+            chart_file=self.out("llava_bench_scores.png"),
+            cache_file=self.out(j.cache_file),  # created only once the judge's model check passed
+        )
         return {"answers_file": str(answers_file), "generation": generation, **result.to_dict()}
 
 

@@ -13,8 +13,10 @@ written through temp + rename.
 
 Starting checks everything that can fail before the run folder is touched: the input
 files, the prices of the model (when the teacher is built), and, before any paid work,
-the model's lifecycle (:meth:`PaidTeacher.check_model`). A failed start leaves an existing
-run folder exactly as it was.
+the model's lifecycle (:meth:`PaidTeacher.check_model`), and the output already written.
+A failed start leaves an existing run folder exactly as it was. A dry run
+(``dry_run=true``) writes nothing at all, not even ``summary.json``: its estimate is
+returned in :attr:`RunSummary.estimate` (the command prints it).
 
 A budget stop or an API that refuses this client (:class:`ApiFatalError`: bad key, no
 permission or credit, unreachable) stops new requests, lets the ones in flight finish
@@ -177,10 +179,13 @@ class GenerationPipeline:
         unpaid teachers read the whole context themselves."""
         return self.paid is None or self.paid.shows(context, response_type)
 
-    def done_ids(self) -> set[str]:
+    def done_ids(self, repair: bool = True) -> set[str]:
+        """Ids already in the output. ``repair=False`` (the dry run) leaves a torn last line in
+        place and does not count it: its job was never done."""
         path = self.out_dir / OUTPUT_FILE
-        repair_torn_tail(path)
-        return {r["id"] for r in read_jsonl(path)}
+        if repair:
+            repair_torn_tail(path)
+        return {r["id"] for r in read_jsonl(path, torn_tail_ok=not repair)}
 
     # ---- running ---------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -188,19 +193,27 @@ class GenerationPipeline:
         return run_sync(self.arun())
 
     async def arun(self) -> RunSummary:
+        """Start (read-only: inputs, lock, model check, pending jobs), then either the dry run's
+        estimate, which writes nothing, or the paid work, which ends by writing ``summary.json``."""
         start = time.monotonic()
         lock: int | None = None
+        dry = self.settings.dry_run
         try:
             contexts = self.contexts()  # a missing or malformed input fails before the folder is touched
             if self.out_dir.is_dir():  # locking changes nothing in the folder
                 lock = _lock_output_dir(self.out_dir)
-            if self.paid is not None and not self.settings.dry_run:
+            if self.paid is not None and not dry:
                 await self.paid.check_model()  # before any paid work and any write
+            pending = list(self.jobs(contexts, self.done_ids(repair=not dry)))
+            if dry:
+                self.summary.estimate = self.estimate(pending)
+                self.summary.elapsed_s = time.monotonic() - start
+                return self.summary
             if lock is None:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 lock = _lock_output_dir(self.out_dir)
             try:
-                await self._run(contexts)
+                await self._run(pending)
             finally:
                 self.summary.elapsed_s = time.monotonic() - start
                 self._finish_summary()
@@ -213,14 +226,10 @@ class GenerationPipeline:
                 await self.paid.aclose()
         return self.summary
 
-    async def _run(self, contexts: list[SymbolicContext]) -> None:
-        if self.paid is not None and not self.settings.dry_run:
+    async def _run(self, pending: list[GenerationRequest]) -> None:
+        if self.paid is not None:
             self.cache = RequestCache(self.out_dir / CACHE_FILE)
             self.paid.use_cache(self.cache)
-        pending = list(self.jobs(contexts, self.done_ids()))
-        if self.settings.dry_run:
-            self.summary.estimate = self.estimate(pending)
-            return
         with JsonlAppender(self.out_dir / OUTPUT_FILE) as writer:
             await self._rounds(pending, writer)
         if self._fatal is not None:

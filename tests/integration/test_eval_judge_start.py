@@ -1,0 +1,100 @@
+"""How a LLaVA-Bench judging run starts, against the local API stand-in: the judge's start
+checks (prices, the model's lifecycle) come before its request cache is created, and a failed
+start, through the console command too, leaves the run folder exactly as it was (Hydra writes
+nothing into it)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llava_lite.claude.client import ApiFatalError
+from llava_lite.evaluation.run import run_eval
+from llava_lite.evaluation.settings import settings_from
+
+KEY = "sk-ant-judge-start-5d0e"
+
+
+def _bench(tmp_path: Path) -> list[str]:
+    """Benchmark files with the model's answers already given; the overrides that judge them."""
+    rows = {
+        "questions.jsonl": [
+            {"question_id": i, "image": "001.jpg", "text": f"Question {i}?", "category": c}
+            for i, c in enumerate(("conv", "detail", "complex"))
+        ],
+        "context.jsonl": [{"image": "001.jpg", "caption": "A plain blue square."}],
+        "answers_gpt4.jsonl": [{"question_id": i, "text": f"reference {i}"} for i in range(3)],
+    }
+    for name, lines in rows.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "llava_bench_answers.jsonl").write_text(
+        "".join(json.dumps({"question_id": i, "text": f"answer {i}"}) + "\n" for i in range(3))
+    )
+    return [
+        "task=llava_bench",
+        f"output_dir={out}",
+        f"llava_bench.questions_file={tmp_path / 'questions.jsonl'}",
+        f"llava_bench.context_file={tmp_path / 'context.jsonl'}",
+        f"llava_bench.references_file={tmp_path / 'answers_gpt4.jsonl'}",
+    ]
+
+
+def _settings(overrides: list[str], **judge):
+    cfg: dict = {}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, _, name = key.rpartition(".")
+        (cfg.setdefault(section, {}) if section else cfg)[name] = value
+    cfg["judge"] = {"model": "claude-test", "prices": {"input": 3.0, "output": 15.0}, **judge}
+    return settings_from(cfg)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_failed_judge_start_creates_no_request_cache(api, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    overrides = _bench(tmp_path)
+    out = tmp_path / "out"
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match="claude-unpriced"):
+        run_eval(_settings(overrides, model="claude-unpriced", prices=None, base_url=api.url))
+    api.models["claude-test"] = {"lifecycle": "retired"}
+    with pytest.raises(ApiFatalError, match="model_retired"):
+        run_eval(_settings(overrides, base_url=api.url))
+    assert _snapshot(out) == before and api.calls() == []  # no judge_requests.sqlite either
+
+
+def test_a_failed_cli_start_leaves_a_judged_run_folder_as_it_was(api, tmp_path):
+    args = [*_bench(tmp_path), f"judge.base_url={api.url}", "judge.model=claude-test",
+            "judge.prices={input:3.0,output:15.0}"]  # fmt: skip
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY}
+    env.pop("LLAVA_LITE_TRACEBACK", None)
+    command = [sys.executable, "-m", "llava_lite.cli.evaluate", *args]
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    out = tmp_path / "out"
+    assert json.loads((out / "llava_bench_results.json").read_text())["judged"] == 3
+    before = _snapshot(out)
+    assert not any(name.startswith("hydra") for name in before), sorted(before)
+    api.models["claude-test"] = {"lifecycle": "retired"}
+    failed = subprocess.run(
+        [*command, "judge.max_tokens=512"],  # a new request body: not in the cache, so the model is asked
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert failed.returncode == 1 and "model_retired" in failed.stderr
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "answers_gpt4.jsonl", "context.jsonl", "out", "questions.jsonl"
+    ]  # fmt: skip
