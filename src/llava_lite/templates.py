@@ -6,7 +6,7 @@ chat. Depends only on a tokenizer, never on ``llava_lite.data`` or ``llava_lite.
 
 A template renders messages as :class:`Segment` s, each marked trained (an assistant answer
 plus its end-of-turn token) or not (system prompt, user turns, role prefixes); the data
-layer (``llava_lite.data.conversation.encode_conversation``) turns them into token ids and
+layer (``llava_lite.data.tokenize.encode_conversation``) turns them into token ids and
 exact labels. Prompt strings equal the original LLaVA's character for character.
 """
 

@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from api_helpers import pipeline_settings
 from llava_lite.cli.generate import config_dir
 from llava_lite.cli.generate import run as cli_run
-from llava_lite.data.conversation import normalize_conversation
-from llava_lite.data.records import iter_file
+from llava_lite.data.schema import normalize_conversation
+from llava_lite.data.sources import iter_file
 from llava_lite.generation.pipeline import GenerationPipeline, _lock_output_dir
 from llava_lite.io import read_jsonl
 

@@ -489,3 +489,26 @@ def test_loader_tells_each_batch_the_trained_tokens_of_its_optimiser_step(tmp_pa
         total = sum(b["trained_tokens"] for b in window)
         assert [b["step_trained_tokens"] for b in window] == [total] * len(window)
     assert windows[0][0]["step_trained_tokens"] != windows[1][0]["step_trained_tokens"]
+
+
+def test_map_style_record_is_normalised_once(tmp_path: Path, image_root: Path, monkeypatch) -> None:
+    """Reading, length grouping and every ``__getitem__`` share one normalisation per record."""
+    import llava_lite.data.processor as processor_module
+    import llava_lite.data.schema as schema
+
+    calls: list[str] = []
+    real = schema.normalize_conversation
+
+    def counting(conversations, *args, **kwargs):
+        calls.append(str(conversations[-1]["value"]))
+        return real(conversations, *args, **kwargs)
+
+    monkeypatch.setattr(schema, "normalize_conversation", counting)
+    monkeypatch.setattr(processor_module, "normalize_conversation", counting)
+    ds = LlavaDataset(
+        write_jsonl(tmp_path / "d.jsonl", mixed_records(6)), processor(), image_root=str(image_root)
+    )
+    ds.modality_lengths()
+    samples = [ds[i] for i in range(len(ds))] + [ds[0]]
+    assert len(ids_of(samples)) == 7
+    assert len(calls) == 6 and len(set(calls)) == 6

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from llava_lite.data import IGNORE_INDEX, LlavaDataset, LlavaProcessor, LlavaStreamingDataset
-from llava_lite.data.conversation import normalize_conversation
+from llava_lite.data.schema import normalize_conversation
 from llava_lite.evaluation.llava_bench import build_requests, read_contexts
 from llava_lite.inference.answers import read_answers, read_questions
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer

@@ -1,13 +1,15 @@
 """LLaVA instruction data: templates with exact labels, images, datasets, batching, DataModule."""
 
+from llava_lite.config import IGNORE_INDEX
 from llava_lite.data.bad_samples import BAD_SAMPLE_REASONS, BadSampleCounter, BadSampleError, SkipReport
 from llava_lite.data.collate import LlavaCollator
-from llava_lite.data.conversation import IGNORE_INDEX, encode_conversation, normalize_conversation
 from llava_lite.data.datamodule import LlavaDataModule
 from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset, build_sample
 from llava_lite.data.processor import LlavaProcessor
-from llava_lite.data.records import RawRecord, expand_files, read_records
 from llava_lite.data.sampler import ModalityLengthGroupedSampler, padding_fraction
+from llava_lite.data.schema import RawRecord, normalize_conversation
+from llava_lite.data.sources import expand_files, read_records
+from llava_lite.data.tokenize import encode_conversation
 from llava_lite.templates import TEMPLATES, get_template, prompt_for_generation
 
 __all__ = [

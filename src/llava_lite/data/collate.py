@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from llava_lite.config import IGNORE_INDEX
 from llava_lite.data.bad_samples import SkipReport
-from llava_lite.data.conversation import IGNORE_INDEX
 
 PADDING_SIDES = ("right", "left")
 

@@ -28,8 +28,8 @@ from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset
 from llava_lite.data.loader import ResumableLoader
 from llava_lite.data.packing import PackingCollator, PackingConfig
 from llava_lite.data.processor import LlavaProcessor
-from llava_lite.data.records import read_records
 from llava_lite.data.sampler import ModalityLengthGroupedSampler, ResumableSampler
+from llava_lite.data.sources import read_records
 
 log = logging.getLogger(__name__)
 

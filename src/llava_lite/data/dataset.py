@@ -33,9 +33,10 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, SkipReport, check_policy
-from llava_lite.data.conversation import approx_length
 from llava_lite.data.processor import LlavaProcessor
-from llava_lite.data.records import RawRecord, check_record, expand_files, iter_file, read_records
+from llava_lite.data.sampler import approx_length
+from llava_lite.data.schema import RawRecord, check_record
+from llava_lite.data.sources import expand_files, iter_file, read_records
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,15 @@ __all__ = ["LlavaDataset", "LlavaStreamingDataset", "build_sample", "read_record
 
 
 def build_sample(raw: RawRecord, processor: LlavaProcessor, image_root: str | None = None) -> dict[str, Any]:
-    """Check, load the image, tokenise; raises a ``BadSampleError`` that names record and file."""
+    """Check (once: a checked record keeps its messages), load the image, tokenise; raises a
+    ``BadSampleError`` that names record and file."""
+    messages = check_record(raw, processor.image_token)
     try:
-        check_record(raw, processor.image_token)
-        assert raw.record is not None
         image = None
         if raw.has_image:
             source = raw.image_bytes if raw.image_bytes is not None else raw.image_path
             image = processor.load_image(source, image_root)
-        sample = processor.process_record(raw.record, image)
+        sample = processor.process_messages(messages, image, raw.record_id)
     except BadSampleError as err:
         raise err.located(raw.record_id, raw.source) from None
     sample["id"] = raw.record_id
@@ -122,8 +123,8 @@ class LlavaDataset(Dataset):
         n_img = self.processor.num_image_tokens if self.processor else 0
         lengths, has_image = [], []
         for raw in self.records:
-            assert raw.record is not None
-            words = approx_length([("", t.get("value", "")) for t in raw.record.get("conversations", [])])
+            assert raw.messages is not None  # checked in __init__
+            words = approx_length(raw.messages)
             lengths.append(words + (n_img if raw.has_image else 0))
             has_image.append(raw.has_image)
         return lengths, has_image

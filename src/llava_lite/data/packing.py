@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
+from llava_lite.config import IGNORE_INDEX
 from llava_lite.data.collate import LlavaCollator
-from llava_lite.data.conversation import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

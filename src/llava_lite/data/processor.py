@@ -17,8 +17,9 @@ from PIL import Image
 
 from llava_lite.config import IGNORE_INDEX, IMAGE_ASPECTS, IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.conversation import check_reserved_text, encode_conversation, normalize_conversation
 from llava_lite.data.images import make_square, open_image
+from llava_lite.data.schema import normalize_conversation
+from llava_lite.data.tokenize import check_reserved_text, encode_conversation
 from llava_lite.templates import Message, get_template, prompt_for_generation
 
 log = logging.getLogger(__name__)
@@ -129,13 +130,22 @@ class LlavaProcessor:
         ``image`` may be a PIL image or an already preprocessed ``[3, H, W]`` tensor.
         Raises ``BadSampleError`` (without file name; the dataset adds it) for bad records.
         """
+        messages = normalize_conversation(record.get("conversations"), self.image_token, image is not None)
+        return self.process_messages(messages, image, str(record.get("id", "")))
+
+    def process_messages(
+        self, messages: Sequence[Message], image: Image.Image | torch.Tensor | None, record_id: str = ""
+    ) -> dict[str, Any]:
+        """Normalised messages (``llava_lite.data.schema``) + image → the sample ``process_record`` returns.
+
+        The datasets call this with the messages ``check_record`` already normalised.
+        """
         has_image = image is not None
-        messages = normalize_conversation(record.get("conversations"), self.image_token, has_image)
         check_reserved_text(messages, self.reserved_text, self.image_token)
         enc = encode_conversation(messages, self.tokenizer, self.template, self.image_token)
         input_ids, labels = self._expand_image(enc.input_ids, enc.labels, 1 if has_image else 0)
         n_tokens = len(input_ids)
-        input_ids, labels = self._fit_length(input_ids, labels, str(record.get("id", "")))
+        input_ids, labels = self._fit_length(input_ids, labels, record_id)
         pixel_values = None
         if has_image:
             pixel_values = image if isinstance(image, torch.Tensor) else self.preprocess_image(image)
@@ -143,7 +153,7 @@ class LlavaProcessor:
             "input_ids": torch.tensor(input_ids, dtype=torch.long),  # [T]
             "labels": torch.tensor(labels, dtype=torch.long),  # [T]
             "pixel_values": pixel_values,  # [3, H, W] or None
-            "id": str(record.get("id", "")),
+            "id": record_id,
         }
         if len(input_ids) < n_tokens:  # the collator reports it, the DataModule counts it
             sample["truncated"] = f"{n_tokens} tokens cut to model_max_length={self.model_max_length}"

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
+from llava_lite.templates import Message
+
 log = logging.getLogger(__name__)
+
+_WS = re.compile(r"\s+")
+
+
+def approx_length(messages: Sequence[Message]) -> int:
+    """A cheap length estimate in words, for grouping by length before anything is tokenised."""
+    return sum(len(_WS.split(content.strip())) for _, content in messages)
 
 
 class ModalityLengthGroupedSampler(Sampler[int]):

@@ -1,5 +1,5 @@
 """WebDataset tar shards: LLaVA JSON + image folder in, streamable shards out (read back by
-``llava_lite.data.records``, like every other record source).
+``llava_lite.data.sources``, like every other record source).
 
 Each sample is ``{key}.json`` (the LLaVA record, unchanged) plus ``{key}.{ext}`` (the image
 file's bytes, not re-encoded) when the record has an image. Keys are the record's global
@@ -22,7 +22,8 @@ from webdataset import TarWriter
 
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, check_policy
 from llava_lite.data.images import resolve_image_path
-from llava_lite.data.records import IMAGE_EXTS, RawRecord, check_record, read_records
+from llava_lite.data.schema import RawRecord, check_record
+from llava_lite.data.sources import IMAGE_EXTS, read_records
 
 log = logging.getLogger(__name__)
 

@@ -36,20 +36,17 @@ import torch
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
-from llava_lite.config import IMAGE_TOKEN
+from llava_lite.config import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.collate import LlavaCollator
-from llava_lite.data.conversation import (
-    IGNORE_INDEX,
-    encode_conversation,
-    get_template,
-    normalize_conversation,
-)
 from llava_lite.data.sampler import ModalityLengthGroupedSampler
+from llava_lite.data.schema import normalize_conversation
+from llava_lite.data.tokenize import encode_conversation
 from llava_lite.demo.vision import LOOKS
 from llava_lite.modeling.llm import prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.synthetic.scene import COLORS, SHAPES, SIZES
+from llava_lite.templates import get_template
 
 NOTHING_LOOK = LOOKS.index(None)  # an empty cell's index
 

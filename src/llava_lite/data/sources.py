@@ -1,8 +1,10 @@
-"""Reading LLaVA records from JSON lists, JSONL shards and WebDataset tars (paths, globs, fsspec URLs).
+"""Record sources: JSON lists, JSONL files and WebDataset tars (paths, globs, fsspec URLs).
 
-Reading never drops anything on its own: a line that is not a JSON object comes back as a
-:class:`RawRecord` carrying a ``malformed_json`` error, so the caller's bad-sample policy
-decides and every record keeps a stable position for sharding and resuming.
+Each yields :class:`~llava_lite.data.schema.RawRecord` objects in file order. Reading never
+drops anything on its own: a line that is not a JSON object comes back as a ``RawRecord``
+carrying a ``malformed_json`` error, so the caller's bad-sample policy decides and every
+record keeps a stable position for sharding and resuming. Checking the structure is the
+schema's work (:func:`~llava_lite.data.schema.check_record`), not the reader's.
 """
 
 from __future__ import annotations
@@ -10,56 +12,18 @@ from __future__ import annotations
 import glob
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.conversation import normalize_conversation
+from llava_lite.data.schema import RawRecord
 
 RECORD_FORMATS = ("json", "jsonl", "wds")
 # Image members of a WebDataset sample (``{key}.{ext}`` beside ``{key}.json``).
 IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "gif", "tiff")
 _DATA_SUFFIXES = (".json", ".jsonl", ".tar")
-
-
-@dataclass
-class RawRecord:
-    """One record as read, before any tokenisation or image loading."""
-
-    record: dict[str, Any] | None
-    source: str  # the file or shard it came from
-    index: int  # position within that file (list index or line number - 1)
-    image_bytes: bytes | None = None  # set when the image travels with the record (WebDataset)
-    error: BadSampleError | None = None
-
-    @property
-    def record_id(self) -> str:
-        if self.record is not None and self.record.get("id") is not None:
-            return str(self.record["id"])
-        return f"#{self.index}"
-
-    @property
-    def has_image(self) -> bool:
-        return self.record is not None and bool(self.record.get("image"))
-
-    @property
-    def image_path(self) -> str:
-        """The record's one image path; a list of exactly one path is accepted too."""
-        assert self.record is not None
-        image = self.record["image"]
-        if isinstance(image, list):
-            if len(image) != 1:
-                raise BadSampleError(
-                    "image_token_mismatch", f"{len(image)} images; one image per record is supported"
-                )
-            image = image[0]
-        if not isinstance(image, str):
-            raise BadSampleError("missing_image", f"'image' is {type(image).__name__}, not a path")
-        return image
 
 
 def expand_files(paths: str | Sequence[str]) -> list[str]:
@@ -147,19 +111,6 @@ def read_records(paths: str | Sequence[str]) -> Iterator[RawRecord]:
     """All records of all files (globs expanded, sorted), in a fixed order."""
     for path in expand_files(paths):
         yield from iter_file(path)
-
-
-def check_record(raw: RawRecord, image_token: str = IMAGE_TOKEN) -> None:
-    """Structural checks that need no tokenizer; raises a located ``BadSampleError``."""
-    try:
-        if raw.error is not None:
-            raise raw.error
-        assert raw.record is not None
-        if raw.has_image:
-            _ = raw.image_path  # validates the field
-        normalize_conversation(raw.record.get("conversations"), image_token, raw.has_image)
-    except BadSampleError as err:
-        raise err.located(raw.record_id, raw.source) from None
 
 
 def iter_wds_shard(url: str, take: Callable[[], bool] | None = None) -> Iterator[RawRecord]:

@@ -1,4 +1,4 @@
-"""LLaVA conversations: normalised messages and exact, per-turn label masking.
+"""Tokenisation and labels: normalised messages to token ids with exact, per-turn label masking.
 
 A template (:mod:`llava_lite.templates`) renders a conversation as text segments, each
 trained or not. :func:`encode_conversation` tokenises the whole text once and finds every
@@ -21,7 +21,6 @@ one extra ``"▁"`` token there. Text that spells a token the tokenizer splits o
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,23 +36,7 @@ from llava_lite.templates import (
     tokenize_text,
 )
 
-__all__ = [
-    "IGNORE_INDEX",
-    "EncodedConversation",
-    "approx_length",
-    "check_reserved_text",
-    "encode_conversation",
-    "get_template",
-    "normalize_conversation",
-]
-
-_ROLE_ALIASES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-}
+__all__ = ["EncodedConversation", "check_reserved_text", "encode_conversation"]
 
 
 @dataclass
@@ -63,61 +46,6 @@ class EncodedConversation:
     input_ids: list[int]
     labels: list[int]
     turn_spans: list[tuple[int, int]]
-
-
-# ---- normalising LLaVA records --------------------------------------------------------
-def normalize_conversation(
-    conversations: Any, image_token: str = IMAGE_TOKEN, has_image: bool = False
-) -> list[Message]:
-    """LLaVA ``conversations`` → validated ``(role, content)`` messages.
-
-    Roles alternate user/assistant (after an optional leading system message) and end with
-    the assistant. A leading assistant turn is dropped, as LLaVA's ``preprocess`` does (some
-    ShareGPT records in ``llava_v1_5_mix665k.json`` open with a "gpt" turn). With an image,
-    the first user turn carries exactly one ``image_token``, moved to the front and followed
-    by a newline as LLaVA does ("<image>\\nquestion"); a record with an image but no marker
-    gets one. Without an image, no marker may appear. An empty answer is rejected
-    (``empty_answer``): it would train only an end-of-turn token.
-    """
-    if not isinstance(conversations, list) or not conversations:
-        raise BadSampleError("no_conversations", "'conversations' must be a non-empty list")
-    messages: list[Message] = []
-    for i, turn in enumerate(conversations):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise BadSampleError("no_conversations", f"turn {i} is not {{'from': ..., 'value': str}}")
-        role = _ROLE_ALIASES.get(str(turn.get("from", "")).lower())
-        if role is None:
-            raise BadSampleError("not_alternating", f"turn {i} has unknown speaker {turn.get('from')!r}")
-        messages.append((role, turn["value"]))
-    system = [messages.pop(0)] if messages[0][0] == "system" else []
-    if messages and messages[0][0] == "assistant":
-        messages.pop(0)
-    if not any(role == "assistant" for role, _ in messages):
-        raise BadSampleError("no_assistant_turn", "the conversation has no assistant ('gpt') turn")
-    for i, (role, _) in enumerate(messages):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != expected:
-            raise BadSampleError(
-                "not_alternating", f"turn {i + len(system)} is {role!r}, expected {expected!r}"
-            )
-    if len(messages) % 2:
-        raise BadSampleError("not_alternating", "the conversation ends with a user turn")
-    for i, (role, content) in enumerate(messages):
-        if role == "assistant" and not content.strip():
-            raise BadSampleError("empty_answer", f"turn {i + len(system)} (assistant) has no text")
-
-    markers = sum(content.count(image_token) for _, content in messages)
-    if has_image:
-        if markers > 1:
-            raise BadSampleError("image_token_mismatch", f"{markers} {image_token} markers for one image")
-        if markers == 1 and image_token not in messages[0][1]:
-            raise BadSampleError("image_token_mismatch", f"{image_token} is not in the first user turn")
-        question = messages[0][1].replace(image_token, "").strip()
-        messages[0] = ("user", f"{image_token}\n{question}")
-    elif markers:
-        raise BadSampleError("image_token_mismatch", f"{image_token} marker but the record has no image")
-    return system + messages
-
 
 
 def encode_conversation(
@@ -164,7 +92,7 @@ def encode_conversation(
 
 def check_reserved_text(messages: Sequence[Message], reserved: Sequence[str], image_token: str) -> None:
     """Reject text that spells one of ``reserved`` (``ChatTemplate.reserved_text``), the image
-    token excepted (``normalize_conversation`` places and counts it)."""
+    token excepted (``llava_lite.data.schema.normalize_conversation`` places and counts it)."""
     for i, (role, content) in enumerate(messages):
         for token in reserved:
             if token != image_token and token in content:
@@ -173,11 +101,3 @@ def check_reserved_text(messages: Sequence[Message], reserved: Sequence[str], im
                     f"turn {i} ({role}) spells {token!r}, a special token or template marker; "
                     "tokenised it would be that token, not text",
                 )
-
-
-_WS = re.compile(r"\s+")
-
-
-def approx_length(messages: Sequence[Message]) -> int:
-    """A cheap length estimate in words, for grouping by length before anything is tokenised."""
-    return sum(len(_WS.split(content.strip())) for _, content in messages)

@@ -9,7 +9,8 @@ import pytest
 
 from llava_lite.config import IGNORE_INDEX
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.conversation import encode_conversation, normalize_conversation
+from llava_lite.data.schema import normalize_conversation
+from llava_lite.data.tokenize import encode_conversation
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer, default_corpus
 from llava_lite.templates import TEMPLATES, ChatTemplate, Segment, get_template, prompt_for_generation
 
