@@ -138,3 +138,27 @@ def test_the_offline_encoding_raises_no_deprecation_warning(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[15339, 1917]"
+
+
+def test_teacher_and_judge_pass_every_claude_setting_to_the_paying_layer(tmp_path):
+    from dataclasses import fields, replace
+
+    from llava_lite.claude.client import call_deadline_s
+    from llava_lite.evaluation.judge import ClaudeJudge
+    from llava_lite.generation.pipeline import GenerationPipeline
+    from llava_lite.generation.settings import settings_from
+
+    prices = Prices(input=1.0, output=2.0)
+    claude = ClaudeSettings(model="claude-x", max_tokens=77, concurrency=3, max_retries=1, timeout_s=9.0,
+                            max_retry_wait_s=4.0, base_url="http://127.0.0.1:9", prices=prices)  # fmt: skip
+    assert set(claude.paying()) | {"model", "base_url"} == {f.name for f in fields(ClaudeSettings)}
+    judge = ClaudeJudge.from_settings(claude)
+    cap = tmp_path / "captions.json"
+    cap.write_text('{"images": [], "annotations": []}')
+    settings = settings_from({"captions_file": str(cap), "output_dir": str(tmp_path / "out")})
+    settings = replace(settings, teacher=TeacherSettings(**vars(claude)))
+    teacher = GenerationPipeline(settings).teacher
+    for paid in (judge, teacher):
+        assert (paid.model, paid.max_tokens, paid.concurrency, paid.prices) == ("claude-x", 77, 3, prices)
+        assert paid.deadline_s == call_deadline_s(1, 9.0, 4.0)
+        assert paid._client_kwargs["base_url"] == "http://127.0.0.1:9"

@@ -8,6 +8,7 @@ configuration. ``prices`` null means the entry for ``model`` in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from llava_lite.claude.prices import Prices
 
@@ -27,6 +28,18 @@ class ClaudeSettings:
     # (max_retries + 1) * timeout_s + max_retries * max_retry_wait_s
     base_url: str | None = None  # None: the SDK default or ANTHROPIC_BASE_URL
     prices: Prices | None = None  # None: PRICES[model]
+
+    def paying(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`~llava_lite.claude.paying.PaysForMessages` that these
+        settings hold (the model, ``base_url``, cache and budget are passed on their own)."""
+        return {
+            "max_tokens": self.max_tokens,
+            "concurrency": self.concurrency,
+            "max_retries": self.max_retries,
+            "timeout_s": self.timeout_s,
+            "max_retry_wait_s": self.max_retry_wait_s,
+            "prices": self.prices,
+        }
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -223,18 +223,7 @@ class ClaudeJudge(PaysForMessages):
         cls, settings: ClaudeSettings, *, cache: RequestCache | None = None, budget: Budget | None = None
     ) -> ClaudeJudge:
         """A judge configured by ``settings`` (``ValueError`` for a model without prices)."""
-        return cls(
-            settings.model,
-            max_tokens=settings.max_tokens,
-            concurrency=settings.concurrency,
-            max_retries=settings.max_retries,
-            timeout_s=settings.timeout_s,
-            max_retry_wait_s=settings.max_retry_wait_s,
-            base_url=settings.base_url,
-            cache=cache,
-            budget=budget,
-            prices=settings.prices,
-        )
+        return cls(settings.model, base_url=settings.base_url, cache=cache, budget=budget, **settings.paying())
 
     @property
     def spent_usd(self) -> float:

@@ -122,19 +122,14 @@ class GenerationPipeline:
         if t.base_url is not None:
             client_kwargs.setdefault("base_url", t.base_url)
         return ClaudeTeacher(
-            model=t.model,
-            max_tokens=t.max_tokens,
+            t.model,
             context=s.context,
             prompt_version=s.prompt_version,
             prompt_caching=t.prompt_caching,
-            concurrency=t.concurrency,
-            max_retries=t.max_retries,
-            timeout_s=t.timeout_s,
-            max_retry_wait_s=t.max_retry_wait_s,
             budget=self.budget,
-            prices=t.prices,
             estimator=TokenEstimator(s.estimate.encoding, s.estimate.token_ratio),
             client_kwargs=client_kwargs,
+            **t.paying(),
         )
 
     # ---- jobs ------------------------------------------------------------------------
