@@ -4,10 +4,12 @@ local dataset, run with the ``lmms-eval`` command as the README shows it."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -150,27 +152,71 @@ def _request(kind: str, arguments: tuple) -> Instance:
     )
 
 
-def test_loglikelihood_scores_the_continuation_and_knows_the_greedy_one(bench: Path) -> None:
+def test_loglikelihood_agrees_with_greedy_decoding(bench: Path) -> None:
+    """``is_greedy`` matches what ``generate`` decodes (a different code path: KV cache, one token
+    at a time), and the greedy continuation scores at least as high as any other of its length."""
     lm = LlavaLite(pretrained=str(bench / "model"), device="cpu")
     image = Image.open(bench / "green.png").convert("RGB")
-    doc = {"image": image, "question": QUESTION}
-    lm.task_dict = {"t": {"test": [doc]}}
+    lm.task_dict = {"t": {"test": [{"image": image}]}}
     visual = lambda d: [d["image"]]  # noqa: E731
-    greedy = lm.generate_until(
-        [_request("generate_until", (QUESTION, {"max_new_tokens": 3}, visual, 0, "t", "test"))]
-    )[0]
     tokenizer = lm.processor.tokenizer
-    first_token = tokenizer(greedy, add_special_tokens=False)["input_ids"][:1]
-    first_word = tokenizer.decode(first_token)
-    assert first_word.strip() and tokenizer(first_word, add_special_tokens=False)["input_ids"] == first_token
-    (score, is_greedy), (other, other_greedy) = lm.loglikelihood(
+    prompt = lm.processor.prompt(QUESTION, image)
+    greedy = lm.model.generate(
+        prompt["input_ids"][None], prompt["pixel_values"][None], max_new_tokens=4, eos_token_id=[]
+    )[0].tolist()  # [4]
+    continuations = ["zzzz qqqq", "green", "It is a square."]
+    # A prefix of the greedy reply that survives decode -> encode is a greedy continuation.
+    for k in range(1, 5):
+        text = tokenizer.decode(greedy[:k])
+        if tokenizer(text, add_special_tokens=False)["input_ids"] == greedy[:k]:
+            continuations.append(text)
+    results = lm.loglikelihood(
+        [_request("loglikelihood", (QUESTION, c, visual, 0, "t", "test")) for c in continuations]
+    )
+    for text, (score, is_greedy) in zip(continuations, results, strict=True):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        decoded = lm.model.generate(
+            prompt["input_ids"][None], prompt["pixel_values"][None], max_new_tokens=len(ids), eos_token_id=[]
+        )[0].tolist()
+        assert is_greedy == (decoded == ids), text
+        assert score < 0
+    scores = dict(zip(continuations, (r[0] for r in results), strict=True))
+    assert scores["zzzz qqqq"] < max(scores.values())
+
+
+class _Peaked(torch.nn.Module):
+    """A stand-in LLaVA forward whose logits put ``peak`` on ``wanted`` after every position."""
+
+    def __init__(self, vocab: int, wanted: list[int], peak: float) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a device
+        self.vocab, self.wanted, self.peak = vocab, wanted, peak
+
+    def forward(self, ids, pixel_values=None):
+        logits = torch.zeros(*ids.shape, self.vocab)  # [1, T, V]
+        for i, token in enumerate(self.wanted):  # position -len-1+i predicts token i
+            logits[0, ids.shape[1] - len(self.wanted) - 1 + i, token] = self.peak
+        return SimpleNamespace(logits=logits)
+
+
+def test_loglikelihood_sums_the_continuation_log_probs(bench: Path) -> None:
+    lm = LlavaLite(pretrained=str(bench / "model"), device="cpu")
+    lm.task_dict = {"t": {"test": [{}]}}
+    tokenizer = lm.processor.tokenizer
+    text = "green square"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    vocab = len(tokenizer)
+    lm.model = _Peaked(vocab, ids, peak=5.0)
+    no_image = lambda d: []  # noqa: E731
+    (score, is_greedy), (_, other_greedy) = lm.loglikelihood(
         [
-            _request("loglikelihood", (QUESTION, lambda d, w=first_word: w, visual, 0, "t", "test")),
-            _request("loglikelihood", (QUESTION, "zzzz qqqq", visual, 0, "t", "test")),
+            _request("loglikelihood", (QUESTION, text, no_image, 0, "t", "test")),
+            _request("loglikelihood", (QUESTION, "zzzz qqqq", no_image, 0, "t", "test")),
         ]
     )
+    per_token = 5.0 - math.log(math.exp(5.0) + vocab - 1)  # log-softmax of the peaked token
+    assert score == pytest.approx(len(ids) * per_token, rel=1e-5)
     assert is_greedy and not other_greedy
-    assert score < 0 and other < score
 
 
 def test_bad_model_args_and_multi_image_docs_are_refused(bench: Path) -> None:
