@@ -24,8 +24,8 @@ from llava_lite.data import (
     padding_fraction,
     read_records,
 )
-from llava_lite.data.loader import ResumableLoader
 from llava_lite.data.packing import PackingCollator
+from llava_lite.data.resume import ResumableLoader
 from llava_lite.data.wds_shards import convert_to_wds
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 
@@ -438,7 +438,7 @@ def test_map_style_sampler_resumes_mid_epoch(
 
 
 def test_resumable_sampler_splits_ranks_and_resumes_each() -> None:
-    from llava_lite.data.sampler import ResumableSampler
+    from llava_lite.data.resume import ResumableSampler
 
     lengths = [random.Random(i).randint(1, 300) for i in range(40)]
     has_image = [i % 3 != 0 for i in range(40)]
@@ -512,3 +512,21 @@ def test_map_style_record_is_normalised_once(tmp_path: Path, image_root: Path, m
     samples = [ds[i] for i in range(len(ds))] + [ds[0]]
     assert len(ids_of(samples)) == 7
     assert len(calls) == 6 and len(set(calls)) == 6
+
+
+def test_position_restored_before_setup_is_kept_until_its_sampler_exists(tmp_path: Path) -> None:
+    """A checkpoint written between ``load_state_dict`` and the first loader still holds the position."""
+    path = write_jsonl(tmp_path / "d.jsonl", [text_record(i) for i in range(12)])
+    state = {"bad_samples": {}, "sampler": {"epoch": 0, "consumed": 4, "num_replicas": 1}}
+    module = LlavaDataModule(path, batch_size=2, seed=1)
+    module.attach_processor(processor())
+    module.load_state_dict(state)
+    assert module.state_dict()["sampler"] == state["sampler"]  # saved again before setup
+    module.setup("fit")
+    rest = [i for b in module.train_dataloader() for i in module.observe_batch(b)["ids"]]
+    fresh = LlavaDataModule(path, batch_size=2, seed=1)
+    fresh.attach_processor(processor())
+    fresh.setup("fit")
+    full = [i for b in fresh.train_dataloader() for i in b["ids"]]
+    assert rest == full[4:]
+    assert module.state_dict()["sampler"]["consumed"] == 12

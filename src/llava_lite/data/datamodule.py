@@ -5,7 +5,7 @@ The model is built before the data can be tokenised, so the processor arrives la
 
 Every batch the Trainer consumes passes :meth:`on_before_batch_transfer` (in the main
 process, after DataLoader workers), which takes out the skip reports and stream positions
-and counts / records them; the batch that reaches the LightningModule holds only
+and counts them / advances the training position (``llava_lite.data.resume.DataPosition``); the batch that reaches the LightningModule holds only
 ``input_ids``, ``attention_mask`` (padded) or ``position_ids`` (packed), ``labels``,
 ``pixel_values``, ``ids``, ``trained_tokens`` and ``step_trained_tokens`` (the trained tokens of
 the batch's whole optimiser step). Outside a Trainer, call :meth:`observe_batch` on each batch yourself.
@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader
 from llava_lite.data.bad_samples import BadSampleCounter, SkipReport, check_policy
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset
-from llava_lite.data.loader import ResumableLoader
 from llava_lite.data.packing import PackingCollator, PackingConfig
 from llava_lite.data.processor import LlavaProcessor
-from llava_lite.data.sampler import ModalityLengthGroupedSampler, ResumableSampler
+from llava_lite.data.resume import DataPosition, ResumableLoader, ResumableSampler
+from llava_lite.data.sampler import ModalityLengthGroupedSampler
 from llava_lite.data.sources import read_records
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.val_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.counters = {"train": BadSampleCounter(), "val": BadSampleCounter()}
         self.truncations = {"train": BadSampleCounter(), "val": BadSampleCounter()}  # kept, but cut
-        self.train_sampler: ResumableSampler | None = None
-        self._pending_state: dict[str, Any] | None = None
-        self._pending_sampler_state: dict[str, Any] | None = None
+        self.position = DataPosition()  # where training stands in train_dataset
 
     def attach_processor(self, processor: LlavaProcessor) -> None:
         if self.packing.enabled:
@@ -118,8 +116,6 @@ class LlavaDataModule(L.LightningDataModule):
             self._setup_streaming()
         else:
             self._setup_map()
-        if self._pending_state is not None:
-            self.load_state_dict(self._pending_state)
 
     def _setup_map(self) -> None:
         train = list(read_records(self.train_files))
@@ -156,6 +152,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.train_dataset = LlavaStreamingDataset(
             self.train_files, shuffle=self.shuffle, split=held_out, **kw
         )
+        self.position.follow_stream(self.train_dataset.position)
         if self.val_files:
             self.val_dataset = LlavaStreamingDataset(self.val_files, shuffle=False, **kw)
         elif held_out:
@@ -222,7 +219,7 @@ class LlavaDataModule(L.LightningDataModule):
                 base = ModalityLengthGroupedSampler(
                     lengths, has_image, self.batch_size, world_size=world or 1, seed=self.seed
                 )
-            self.train_sampler = ResumableSampler(
+            sampler = ResumableSampler(
                 len(ds),
                 num_replicas=world or 1,
                 rank=rank or 0,
@@ -230,10 +227,14 @@ class LlavaDataModule(L.LightningDataModule):
                 seed=self.seed,
                 base=base,
             )
-            if self._pending_sampler_state is not None:
-                self.train_sampler.load_state_dict(self._pending_sampler_state)
-                self._pending_sampler_state = None
+            self.position.follow_sampler(sampler)
+        assert self.train_sampler is not None
         return self.train_sampler
+
+    @property
+    def train_sampler(self) -> ResumableSampler | None:
+        """The map-style training sampler, once ``train_dataloader`` has made it."""
+        return self.position.sampler
 
     def val_dataloader(self) -> DataLoader | list:
         self._processor()
@@ -269,13 +270,9 @@ class LlavaDataModule(L.LightningDataModule):
         for report in batch.pop("truncated", []):
             self.truncations[split].add(report, quiet=True)  # the processor has logged it
         positions = batch.pop("stream_positions", [])
-        if split != "train":
-            return batch
-        if positions and isinstance(self.train_dataset, LlavaStreamingDataset):
-            self.train_dataset.observe(positions)
-        elif self.train_sampler is not None:
+        if split == "train":
             # map-style: every index yields one sample or one skip report
-            self.train_sampler.advance(len(batch.get("ids", [])) + len(skipped))
+            self.position.advance(positions, len(batch.get("ids", [])) + len(skipped))
         return batch
 
     def truncated_count(self, split: str = "train") -> int:
@@ -287,30 +284,14 @@ class LlavaDataModule(L.LightningDataModule):
         return self.counters[split].counts()
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "bad_samples": {k: [r.as_dict() for r in c.reports()] for k, c in self.counters.items()}
-        }
-        if isinstance(self.train_dataset, LlavaStreamingDataset):
-            state["stream"] = self.train_dataset.state_dict()
-        if self.train_sampler is not None:
-            state["sampler"] = self.train_sampler.state_dict()
-        return state
+        bad = {k: [r.as_dict() for r in c.reports()] for k, c in self.counters.items()}
+        return {"bad_samples": bad, **self.position.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.train_dataset is None:
-            self._pending_state = state_dict  # applied in setup()
-            return
-        self._pending_state = None
         for split, reports in state_dict.get("bad_samples", {}).items():
             for report in reports:
                 self.counters[split].add(SkipReport(**report), quiet=True)
-        if "stream" in state_dict and isinstance(self.train_dataset, LlavaStreamingDataset):
-            self.train_dataset.load_state_dict(state_dict["stream"])
-        if "sampler" in state_dict:
-            if self.train_sampler is not None:
-                self.train_sampler.load_state_dict(state_dict["sampler"])
-            else:
-                self._pending_sampler_state = state_dict["sampler"]
+        self.position.load_state_dict(state_dict)
 
 
 def _as_list(files: str | Sequence[str]) -> list[str]:

@@ -12,15 +12,15 @@ but every slot still reads every file. With many more files than slots, ``shard_
 gives slot ``s`` files ``s, s + S, ...`` instead (each file read once; per-rank sample
 counts then differ by up to a file, so bound DDP runs by ``max_steps``).
 
-Each slot shuffles its records through a seeded buffer; its output order is a pure function of (seed, epoch, slot), which is what makes
-resuming exact: the state is "slot s has delivered m records", and a resumed slot replays
-its order without loading anything and continues at m + 1.
+Each slot shuffles its records through a seeded buffer; its output order is a pure function
+of (seed, epoch, slot), which is what makes resuming exact: the state
+(:class:`~llava_lite.data.resume.StreamPosition`) is "slot s has delivered m records", and a
+resumed slot replays its order without loading anything and continues at m + 1.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import posixpath
 import random
@@ -34,11 +34,10 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, SkipReport, check_policy
 from llava_lite.data.processor import LlavaProcessor
+from llava_lite.data.resume import StreamPosition
 from llava_lite.data.sampler import approx_length
 from llava_lite.data.schema import RawRecord, check_record
 from llava_lite.data.sources import expand_files, iter_file, read_records
-
-log = logging.getLogger(__name__)
 
 SHARD_BY = ("record", "file")
 
@@ -176,41 +175,26 @@ class LlavaStreamingDataset(IterableDataset):
         if split is not None and (split[0] not in ("train", "val") or not 0.0 <= split[1] < 1.0):
             raise ValueError(f"split must be ('train' | 'val', fraction in [0, 1)), got {split!r}")
         self.split = split
-        self.epoch = 0
-        self._delivered: dict[int, int] = {}  # slot -> records delivered this epoch (main process)
-        self._resume: dict[int, int] = {}  # slot -> records to skip on the next pass
-        self._resume_slots: int | None = None
-        self._slots_seen: int | None = None
+        self.position = StreamPosition(seed)
 
-    # ---- epochs and resuming --------------------------------------------------------
+    # ---- epochs and resuming (the position itself: ``llava_lite.data.resume``) -------------
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
+
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (new file order and buffer shuffle); forgets positions of the old one."""
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self._delivered, self._resume, self._resume_slots, self._slots_seen = {}, {}, None, None
+        self.position.set_epoch(epoch)
 
     def observe(self, positions: Sequence[tuple[int, int, int, int]]) -> None:
         """Record ``(epoch, slot, num_slots, position)`` of samples the consumer has taken."""
-        for epoch, slot, num_slots, pos in positions:
-            if epoch == self.epoch:
-                self._delivered[slot] = max(self._delivered.get(slot, 0), pos)
-                self._slots_seen = num_slots
+        self.position.observe(positions)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "seed": self.seed,
-            "num_slots": self._slots_seen,
-            "delivered": dict(self._delivered),
-        }
+        return self.position.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            log.warning("resuming a stream saved with seed %s under seed %s", state.get("seed"), self.seed)
-        self.epoch = int(state["epoch"])
-        self._delivered = {int(k): int(v) for k, v in state.get("delivered", {}).items()}
-        self._resume = dict(self._delivered)
-        self._resume_slots = self._slots_seen = state.get("num_slots")
+        self.position.load_state_dict(state)
 
     # ---- sharding -------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -275,17 +259,7 @@ class LlavaStreamingDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         processor = _require(self.processor)
         slot, num_slots = self._slot()
-        skip = 0
-        if self._resume:
-            if self._resume_slots == num_slots:
-                skip = self._resume.get(slot, 0)
-            elif slot == 0:
-                log.warning(
-                    "stream state was saved with %s reader slots, now %s: restarting epoch %s from its start",
-                    self._resume_slots,
-                    num_slots,
-                    self.epoch,
-                )
+        skip = self.position.to_skip(slot, num_slots)
         held: dict[str, Any] | None = None  # one sample held back so later skip reports can ride on it
         pending: list[SkipReport] = []
         pos = 0

@@ -8,17 +8,13 @@ so each batch holds samples of similar length while batch order stays random.
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 from collections.abc import Iterator, Sequence
 
-import torch
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 from llava_lite.templates import Message
-
-log = logging.getLogger(__name__)
 
 _WS = re.compile(r"\s+")
 
@@ -100,72 +96,3 @@ def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -
     total = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
     real = sum(lengths[i] for b in batches for i in b)
     return 1.0 - real / total if total else 0.0
-
-
-class ResumableSampler(DistributedSampler):
-    """A per-rank sampler for map-style data that can stop mid-epoch and resume at the same index.
-
-    The global order of an epoch is a seeded permutation (or ``base``'s order, e.g. a
-    :class:`ModalityLengthGroupedSampler`), padded to a multiple of ``num_replicas`` as
-    ``DistributedSampler`` does; rank ``r`` takes positions ``r, r + W, ...``. Being a
-    ``DistributedSampler``, Lightning uses it as is instead of wrapping it. ``__len__`` is
-    always the full epoch, so a resumed epoch ends after the remaining indices, at the step
-    count Lightning expects.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        shuffle: bool = True,
-        seed: int = 0,
-        base: Sampler[int] | None = None,
-    ) -> None:
-        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.base = base
-        self.consumed = 0  # indices of this epoch already delivered on this rank
-        self._start = 0  # where the next pass starts
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.consumed = self._start = 0
-        super().set_epoch(epoch)
-
-    def global_order(self) -> list[int]:
-        if self.base is not None:
-            if hasattr(self.base, "set_epoch"):
-                self.base.set_epoch(self.epoch)
-            order = list(self.base)
-        elif self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(len(self.dataset), generator=gen).tolist()
-        else:
-            order = list(range(len(self.dataset)))
-        if order and len(order) < self.total_size:
-            order += (order * (self.total_size // len(order) + 1))[: self.total_size - len(order)]
-        return order
-
-    def __iter__(self) -> Iterator[int]:
-        mine = self.global_order()[self.rank : self.total_size : self.num_replicas]
-        start, self._start = self._start, 0
-        yield from mine[start:]
-
-    def advance(self, n: int) -> None:
-        """Record that ``n`` more indices were consumed (called for every batch the trainer takes)."""
-        self.consumed += n
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "num_replicas": self.num_replicas}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        if int(state.get("num_replicas", self.num_replicas)) != self.num_replicas:
-            log.warning(
-                "sampler state saved with %s ranks, now %s: restarting the epoch",
-                state["num_replicas"],
-                self.num_replicas,
-            )
-            self.consumed = self._start = 0
-            return
-        self.consumed = self._start = int(state["consumed"])
