@@ -309,6 +309,16 @@ def test_bench_files_end_to_end(api, tmp_path):
     assert result.paid_requests == 6
 
 
+def test_both_orders_give_each_question_a_reference_first_then_a_model_first_request():
+    q = [Question(5, "Q?", "x.jpg", "conv"), Question(6, "R?", "x.jpg", "detail")]
+    refs, answers = {k: {"text": f"ref {k}"} for k in "56"}, {k: {"text": f"ours {k}"} for k in "56"}
+    requests, _ = llava_bench.build_requests(q, {"x.jpg": "c"}, refs, answers, both_orders=True)
+    assert [(r.question_id, r.model_first) for r in requests] == [(5, False), (5, True), (6, False), (6, True)]
+    assert requests[0] == replace(requests[1], model_first=False)
+    one, _ = llava_bench.build_requests(q, {"x.jpg": "c"}, refs, answers)
+    assert one == requests[::2]
+
+
 def test_bench_unknown_category_and_missing_context(tmp_path):
     q = [Question(5, "Q?", "x.jpg", "summary")]
     with pytest.raises(ValueError, match="question 5 has category 'summary'"):
@@ -475,9 +485,10 @@ def _judged(qid, category, model_first, scores, error=None):
 
 def test_a_swapped_request_puts_the_model_first_and_its_scores_come_back_in_reference_model_order(api, tmp_path):
     request = _request(answer="an answer worth 6")
-    prompt = render_prompt(request.swapped())
+    model_first = replace(request, model_first=True)
+    prompt = render_prompt(model_first)
     assert prompt.index("an answer worth 6") < prompt.index("[Assistant 2]") < prompt.index("A red bus.\n\n[End")
-    straight, swapped = asyncio.run(_judge(api, tmp_path).judge_all([request, request.swapped()]))
+    straight, swapped = asyncio.run(_judge(api, tmp_path).judge_all([request, model_first]))
     assert straight.scores == swapped.scores == (8.0, 6.0)
     assert (straight.to_record()["order"], swapped.to_record()["order"]) == ("reference_first", "model_first")
 

@@ -5,11 +5,13 @@ import json
 import pytest
 
 from llava_lite.claude.cache import request_key
+from llava_lite.claude.prices import Prices
 from llava_lite.generation.base import RESPONSE_TYPES, GenerationRequest, TeacherError
 from llava_lite.generation.messages import (
     PAPER_CONTEXT,
     ContextOptions,
     build_request_body,
+    few_shot_block,
     parse_qa_layout,
     parse_reply,
 )
@@ -37,8 +39,9 @@ def _request(rtype="conversation", **kw):
 
 
 def _body(rtype="conversation", options=None, **kw):
+    prompts, options = load_prompt_set(rtype), options or PAPER_CONTEXT[rtype]
     return build_request_body(
-        _request(rtype), load_prompt_set(rtype), "claude-test", 512, options or PAPER_CONTEXT[rtype], **kw
+        _request(rtype), prompts, "claude-test", 512, options, few_shot_block(prompts, options), **kw
     )
 
 
@@ -88,6 +91,7 @@ def test_context_options_choose_what_the_teacher_reads():
             "m",
             10,
             ContextOptions(captions=False, boxes=True),
+            "",
         )
 
 
@@ -169,3 +173,12 @@ def test_cache_key_covers_request_identity_and_prompt_version():
     for change in ({"prompt_version": "v2"}, {"sample_index": 1}, {"attempt": 1}, {"image_id": 43}):
         assert request_key(body, **{**base, **change}) != key
     assert request_key({**body, "model": "other"}, **base) != key
+
+
+def test_the_teachers_body_is_the_one_built_from_its_prompts_and_context_options():
+    from llava_lite.generation.teacher import ClaudeTeacher
+
+    options = {"conversation": ContextOptions(captions=True, boxes=True)}
+    teacher = ClaudeTeacher("claude-test", context=options, prices=Prices(input=1.0, output=2.0), max_tokens=512)
+    for rtype in RESPONSE_TYPES:  # the few-shot block rendered once per type is the per-request one
+        assert teacher.body(_request(rtype)) == _body(rtype, options.get(rtype))

@@ -88,9 +88,6 @@ class JudgeRequest:
     model_answer: str
     model_first: bool = False
 
-    def swapped(self) -> JudgeRequest:
-        return replace(self, model_first=not self.model_first)
-
 
 @dataclass
 class Judgement:

@@ -84,12 +84,15 @@ def build_requests(
     references: Mapping[str, Mapping[str, Any]],
     answers: Mapping[str, Mapping[str, Any]],
     source: str | Path = "questions",
+    both_orders: bool = False,
 ) -> tuple[list[JudgeRequest], list[str]]:
     """Judge requests for answered questions, and the ids of questions with no model answer.
 
+    With ``both_orders`` each question gives two requests, reference first, then model first.
     A question with no context or no reference answer is an error: the benchmark files do
     not belong together.
     """
+    orders = (False, True) if both_orders else (False,)
     requests: list[JudgeRequest] = []
     missing: list[str] = []
     for q in questions:
@@ -103,7 +106,7 @@ def build_requests(
         if answer is None:
             missing.append(q.key)
             continue
-        requests.append(
+        requests.extend(
             JudgeRequest(
                 question_id=q.question_id,
                 category=category,
@@ -111,7 +114,9 @@ def build_requests(
                 question=q.text,
                 reference_answer=str(reference["text"]),
                 model_answer=str(answer["text"]),
+                model_first=model_first,
             )
+            for model_first in orders
         )
     return requests, missing
 
@@ -272,13 +277,14 @@ def evaluate(
     ``cache_file`` is the judge's request cache (see :meth:`ClaudeJudge.judge_all`)."""
     questions = read_questions(questions_file)
     requests, missing = build_requests(
-        questions, contexts, read_answers(references_file), read_answers(answers_file), questions_file
+        questions,
+        contexts,
+        read_answers(references_file),
+        read_answers(answers_file),
+        questions_file,
+        both_orders=both_orders,
     )
-    if both_orders:
-        requests = [r for request in requests for r in (request, request.swapped())]
     judgements = run_sync(judge.judge_all(requests, cache_file))
-    if reviews_file is not None:
-        write_jsonl_atomic(reviews_file, (j.to_record() for j in judgements))  # reruns replay the cache
     result = summarize(judgements, missing=len(missing))
     result.judge = {
         "model": judge.model,
@@ -290,6 +296,8 @@ def evaluate(
         judge.cache_hits,
         judge.spent_usd,
     )
+    if reviews_file is not None:
+        write_jsonl_atomic(reviews_file, (j.to_record() for j in judgements))  # reruns replay the cache
     if chart_file is not None:
         write_chart(result, chart_file)
     return result

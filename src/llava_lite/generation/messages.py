@@ -105,17 +105,20 @@ def build_request_body(
     model: str,
     max_tokens: int,
     options: ContextOptions,
+    examples_text: str,
     prompt_caching: bool = True,
 ) -> dict[str, Any]:
     """A complete ``messages.create`` body (also a Message Batches ``params``).
 
     The system prompt and the few-shot block are identical for every request of a type, so a
     ``cache_control`` breakpoint on the last system block caches tools + system + examples.
+    ``examples_text`` is ``few_shot_block(prompts, options)``, which the teacher renders once
+    per type.
     """
     if request.response_type != prompts.response_type:
         raise ValueError(f"request is {request.response_type!r} but prompts are {prompts.response_type!r}")
     tool = tool_for(request.response_type)
-    examples: dict[str, Any] = {"type": "text", "text": few_shot_block(prompts, options)}
+    examples: dict[str, Any] = {"type": "text", "text": examples_text}
     if prompt_caching:
         examples["cache_control"] = {"type": "ephemeral"}
     return {

@@ -347,7 +347,8 @@ class GenerationPipeline:
             self.summary.rejects[e.reason] += 1
             log.info("image %s %s: rejected %s", request.context.image_id, request.response_type, e)
             return e.reason, reply.cached
-        writer.append(self._record(request, conversations, reply.model))
+        record = self._record(request, conversations, reply.model)
+        writer.append(record)
         self.summary.samples[request.response_type] += 1
         return None
 

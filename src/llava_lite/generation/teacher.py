@@ -32,7 +32,13 @@ from llava_lite.generation.base import (
     TeacherError,
     TeacherReply,
 )
-from llava_lite.generation.messages import PAPER_CONTEXT, ContextOptions, build_request_body, parse_reply
+from llava_lite.generation.messages import (
+    PAPER_CONTEXT,
+    ContextOptions,
+    build_request_body,
+    few_shot_block,
+    parse_reply,
+)
 from llava_lite.generation.prompts import PROMPT_VERSION, PromptSet, load_prompt_set
 from llava_lite.generation.validation import is_clean_text
 from llava_lite.symbolic import SymbolicContext
@@ -69,6 +75,8 @@ class ClaudeTeacher(PaysForMessages):
         self.prompt_version = prompt_version
         self.prompt_caching = prompt_caching
         self.prompts: dict[str, PromptSet] = {t: load_prompt_set(t, prompt_version) for t in RESPONSE_TYPES}
+        # the few-shot block of each type, rendered once: part of every request's shared prefix
+        self._examples = {t: few_shot_block(self.prompts[t], self.context[t]) for t in RESPONSE_TYPES}
         self.replay_only = replay_only  # batch mode: never fall back to a full-price live call
         self._semaphore = asyncio.Semaphore(self.concurrency)
         self.batch_replies = 0
@@ -82,12 +90,14 @@ class ClaudeTeacher(PaysForMessages):
             self.model,
             request.max_tokens or self.max_tokens,
             self.context[request.response_type],
+            self._examples[request.response_type],
             self.prompt_caching,
         )
 
-    def key(self, request: GenerationRequest, body: dict[str, Any] | None = None) -> str:
+    def key(self, request: GenerationRequest, body: dict[str, Any]) -> str:
+        """The cache key of ``request`` sent as ``body`` (its :meth:`body`)."""
         return request_key(
-            body if body is not None else self.body(request),
+            body,
             prompt_version=self.prompt_version,
             image_id=request.context.image_id,
             response_type=request.response_type,
@@ -106,11 +116,11 @@ class ClaudeTeacher(PaysForMessages):
             else:
                 self.cache_hits += 1
             message, batch = hit
-            return self._reply(message, request, cached=True, batch=batch)
-        if self.replay_only:
+        elif self.replay_only:
             raise TeacherError("no_batch_result", f"no stored reply for {key[:12]}")
-        message = await self._call(body, key)
-        return self._reply(message, request, cached=False, batch=False)
+        else:
+            message, batch = await self._call(body, key), False
+        return self._reply(message, request, cached=hit is not None, batch=batch)
 
     async def _call(self, body: dict[str, Any], key: str) -> dict[str, Any]:
         try:
