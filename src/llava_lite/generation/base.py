@@ -9,20 +9,42 @@ buy replies in batches through it, reads what it bought, and closes it.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from llava_lite.claude.prices import Prices, Usage
+from llava_lite.claude.prices import Budget, Prices, Usage
 from llava_lite.claude.replies import ReplyError
 from llava_lite.symbolic import SymbolicContext
 
 if TYPE_CHECKING:
     from llava_lite.claude.cache import RequestCache
     from llava_lite.claude.estimate import TokenEstimator
-    from llava_lite.generation.batches import BatchStats
-    from llava_lite.generation.settings import BatchSettings
 
 RESPONSE_TYPES = ("conversation", "detail", "complex_reasoning")
+
+
+@dataclass
+class BatchSettings:
+    """How a paid teacher buys replies in Message Batches (``batch`` in ``conf/generate.yaml``)."""
+
+    enabled: bool = False
+    max_requests_per_batch: int = 10_000
+    poll_interval_s: float = 30.0
+    max_wait_s: float = 26 * 3600.0
+    max_rounds: int = 3  # resubmissions of errored / expired requests
+
+
+@dataclass
+class BatchStats:
+    """What buying in Message Batches did (summed into the run summary's ``batch``)."""
+
+    submitted: int = 0
+    succeeded: int = 0
+    batches: int = 0
+    unfinished: Counter[str] = field(default_factory=Counter)  # errored / expired / ... / missing: requeued
+    skipped_results: Counter[str] = field(default_factory=Counter)  # malformed_line / unknown_id / duplicate
+    budget_stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,11 +95,17 @@ class PaidTeacher(Teacher, Protocol):
     cache_hits: int  # replies replayed from earlier runs
     batch_replies: int  # replies bought in Message Batches this run (read back from the cache)
     usage: Usage  # billed tokens of this run
+    budget: Budget
+    cache: RequestCache | None
 
     @property
     def estimator(self) -> TokenEstimator: ...
 
     def body(self, request: GenerationRequest) -> dict[str, Any]: ...
+
+    def key(self, request: GenerationRequest, body: dict[str, Any]) -> str: ...
+
+    def worst_case_usd(self, body: dict[str, Any], batch: bool = False) -> float: ...
 
     def shows(self, context: SymbolicContext, response_type: str) -> bool:
         """Whether the parts of ``context`` this type is shown are non-empty."""

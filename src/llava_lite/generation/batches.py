@@ -25,9 +25,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anthropic
 import httpx2
@@ -40,22 +38,9 @@ from llava_lite.claude.client import (
     usage_from_message,
 )
 from llava_lite.claude.prices import BudgetExceeded
-from llava_lite.generation.base import GenerationRequest
-
-if TYPE_CHECKING:
-    from llava_lite.generation.teacher import ClaudeTeacher
+from llava_lite.generation.base import BatchStats, GenerationRequest, PaidTeacher
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchStats:
-    submitted: int = 0
-    succeeded: int = 0
-    batches: int = 0
-    unfinished: Counter[str] = field(default_factory=Counter)  # errored / expired / ... / missing: requeued
-    skipped_results: Counter[str] = field(default_factory=Counter)  # malformed_line / unknown_id / duplicate
-    budget_stopped: bool = False
 
 
 class BatchError(RuntimeError):
@@ -63,9 +48,13 @@ class BatchError(RuntimeError):
 
 
 class BatchRunner:
+    """Buys a paid teacher's replies in Message Batches, through its SDK client (``client``,
+    which :class:`~llava_lite.claude.paying.PaysForMessages` builds on first use and so is no
+    member of the :class:`PaidTeacher` check: that would build it)."""
+
     def __init__(
         self,
-        teacher: ClaudeTeacher,
+        teacher: PaidTeacher,
         *,
         max_requests_per_batch: int = 10_000,
         poll_interval_s: float = 30.0,

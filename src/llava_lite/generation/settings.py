@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from llava_lite.claude.settings import ClaudeSettings
 from llava_lite.config import validated_settings
-from llava_lite.generation.base import RESPONSE_TYPES
+from llava_lite.generation.base import RESPONSE_TYPES, BatchSettings
 from llava_lite.generation.messages import ContextOptions
 from llava_lite.generation.prompts import PROMPT_VERSION
 from llava_lite.generation.validation import ValidationConfig
@@ -29,15 +29,6 @@ class TeacherSettings(ClaudeSettings):
     prompt_caching: bool = True
     max_tokens_after_cut: int = 4096  # a retry after a reply cut by max_tokens doubles it, up to this
     seed: int = 0  # offline teacher only
-
-
-@dataclass
-class BatchSettings:
-    enabled: bool = False
-    max_requests_per_batch: int = 10_000
-    poll_interval_s: float = 30.0
-    max_wait_s: float = 26 * 3600.0
-    max_rounds: int = 3  # resubmissions of errored / expired requests
 
 
 @dataclass

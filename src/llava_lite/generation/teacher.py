@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llava_lite.claude.cache import RequestCache, request_key
 from llava_lite.claude.client import ApiCallError, usage_from_message
@@ -27,6 +27,8 @@ from llava_lite.claude.prices import Usage
 from llava_lite.claude.settings import DEFAULT_MODEL
 from llava_lite.generation.base import (
     RESPONSE_TYPES,
+    BatchSettings,
+    BatchStats,
     GenerationRequest,
     Teacher,
     TeacherError,
@@ -42,10 +44,6 @@ from llava_lite.generation.messages import (
 from llava_lite.generation.prompts import PROMPT_VERSION, PromptSet, load_prompt_set
 from llava_lite.generation.validation import is_clean_text
 from llava_lite.symbolic import SymbolicContext
-
-if TYPE_CHECKING:
-    from llava_lite.generation.batches import BatchStats
-    from llava_lite.generation.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
