@@ -264,8 +264,14 @@ def test_from_model_overrides_every_processor_setting() -> None:
 def test_truncations_are_counted_across_dataloader_workers(tmp_path) -> None:
     from llava_lite.data import LlavaDataModule
 
-    long = {"id": "long", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red " * 200}]}
-    short = {"id": "short", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Red."}]}
+    long = {
+        "id": "long",
+        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red " * 200}],
+    }
+    short = {
+        "id": "short",
+        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Red."}],
+    }
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (short, long, short | {"id": "s2"})) + "\n")
     dm = LlavaDataModule(
@@ -283,3 +289,18 @@ def test_truncations_are_counted_across_dataloader_workers(tmp_path) -> None:
         seen += batch["ids"]
     assert sorted(seen) == ["long", "s2", "short"]
     assert dm.truncated_count() == 1 and dm.bad_sample_counts() == {}
+
+
+def test_an_over_long_record_is_rejected_before_its_image_is_opened(tmp_path) -> None:
+    """``process_messages`` tokenises first: a too-long record never reads its image file."""
+    from llava_lite.data.schema import normalize_conversation
+
+    proc = make_processor(model_max_length=120)
+    long_answer = " ".join(["the red circle"] * 40)
+    messages = normalize_conversation(record(answer=long_answer)["conversations"], has_image=True)
+    with pytest.raises(BadSampleError) as err:
+        proc.process_messages(messages, "absent.png", "r", image_root=str(tmp_path))
+    assert err.value.reason == "too_long"
+    with pytest.raises(BadSampleError) as err:  # the same image path, with a short answer, is opened
+        proc.process_messages(normalize_conversation(record()["conversations"], has_image=True), "absent.png")
+    assert err.value.reason == "missing_image"

@@ -51,9 +51,8 @@ def build_sample(raw: RawRecord, processor: LlavaProcessor, image_root: str | No
     try:
         image = None
         if raw.has_image:
-            source = raw.image_bytes if raw.image_bytes is not None else raw.image_path
-            image = processor.load_image(source, image_root)
-        sample = processor.process_messages(messages, image, raw.record_id)
+            image = raw.image_bytes if raw.image_bytes is not None else raw.image_path
+        sample = processor.process_messages(messages, image, raw.record_id, image_root)
     except BadSampleError as err:
         raise err.located(raw.record_id, raw.source) from None
     sample["id"] = raw.record_id

@@ -102,3 +102,10 @@ def make_square(img: Image.Image, aspect: str, image_processor: Any) -> Image.Im
             return img
         return center_crop_square(img)
     raise ValueError(f"image_aspect={aspect!r}; valid: {list(IMAGE_ASPECTS)}")
+
+
+def open_square(
+    source: str | bytes | Image.Image, image_root: str | None, aspect: str, image_processor: Any
+) -> Image.Image:
+    """The decoded RGB image made square by ``aspect``: the processor's whole image path before pixels."""
+    return make_square(open_image(source, image_root), aspect, image_processor)

@@ -8,7 +8,6 @@ inputs the same way: ``LlavaProcessor.from_model(model)``.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,13 +15,10 @@ import torch
 from PIL import Image
 
 from llava_lite.config import IGNORE_INDEX, IMAGE_ASPECTS, IMAGE_TOKEN
-from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.images import make_square, open_image
+from llava_lite.data.images import open_square
 from llava_lite.data.schema import normalize_conversation
-from llava_lite.data.tokenize import check_reserved_text, encode_conversation
+from llava_lite.data.tokenize import check_reserved_text, encode_conversation, expand_image_slots, fit_length
 from llava_lite.templates import Message, get_template, prompt_for_generation
-
-log = logging.getLogger(__name__)
 
 # What happens to a sample longer than model_max_length (the data config's ``overlong``).
 OVERLONG_POLICIES = ("skip", "raise", "truncate")
@@ -114,12 +110,13 @@ class LlavaProcessor:
     # ---- images ---------------------------------------------------------------------
     def load_image(self, source: str | bytes | Image.Image, image_root: str | None = None) -> torch.Tensor:
         """Open (path, fsspec URL, bytes or PIL), convert to RGB, square by ``image_aspect``, preprocess."""
-        return self.preprocess_image(open_image(source, image_root))
-
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        square = make_square(image.convert("RGB"), self.image_aspect, self.image_processor)
+        square = open_square(source, image_root, self.image_aspect, self.image_processor)
         out = self.image_processor(images=square, return_tensors="pt")
         return out["pixel_values"][0].float()  # [3, H, W]
+
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """A PIL image → ``[3, H, W]`` pixel values, as :meth:`load_image` does."""
+        return self.load_image(image)
 
     # ---- training samples -----------------------------------------------------------
     def process_record(
@@ -134,21 +131,33 @@ class LlavaProcessor:
         return self.process_messages(messages, image, str(record.get("id", "")))
 
     def process_messages(
-        self, messages: Sequence[Message], image: Image.Image | torch.Tensor | None, record_id: str = ""
+        self,
+        messages: Sequence[Message],
+        image: str | bytes | Image.Image | torch.Tensor | None,
+        record_id: str = "",
+        image_root: str | None = None,
     ) -> dict[str, Any]:
         """Normalised messages (``llava_lite.data.schema``) + image → the sample ``process_record`` returns.
 
-        The datasets call this with the messages ``check_record`` already normalised.
+        The datasets call this with the messages ``check_record`` already normalised and the
+        image's path or bytes (under ``image_root``), which is opened only once the text has
+        tokenised within the length limit.
         """
         has_image = image is not None
         check_reserved_text(messages, self.reserved_text, self.image_token)
         enc = encode_conversation(messages, self.tokenizer, self.template, self.image_token)
-        input_ids, labels = self._expand_image(enc.input_ids, enc.labels, 1 if has_image else 0)
+        input_ids, labels = expand_image_slots(
+            enc.input_ids, enc.labels, self.image_token_id, self.num_image_tokens, 1 if has_image else 0
+        )
         n_tokens = len(input_ids)
-        input_ids, labels = self._fit_length(input_ids, labels, record_id)
+        input_ids, labels = fit_length(
+            input_ids, labels, self.model_max_length, self.overlong, self.image_token_id, record_id
+        )
+        if len(input_ids) < n_tokens:
+            self.truncations += 1
         pixel_values = None
         if has_image:
-            pixel_values = image if isinstance(image, torch.Tensor) else self.preprocess_image(image)
+            pixel_values = image if isinstance(image, torch.Tensor) else self.load_image(image, image_root)
         sample = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),  # [T]
             "labels": torch.tensor(labels, dtype=torch.long),  # [T]
@@ -158,47 +167,6 @@ class LlavaProcessor:
         if len(input_ids) < n_tokens:  # the collator reports it, the DataModule counts it
             sample["truncated"] = f"{n_tokens} tokens cut to model_max_length={self.model_max_length}"
         return sample
-
-    def _expand_image(self, ids: list[int], labels: list[int], n_images: int) -> tuple[list[int], list[int]]:
-        """Each image-token id becomes ``num_image_tokens`` ignored image slots."""
-        found = ids.count(self.image_token_id)
-        if found != n_images:
-            raise BadSampleError(
-                "image_token_mismatch", f"{found} image tokens after tokenisation, {n_images} images"
-            )
-        out_ids: list[int] = []
-        out_labels: list[int] = []
-        for tok, lab in zip(ids, labels, strict=True):
-            if tok == self.image_token_id:
-                out_ids += [tok] * self.num_image_tokens
-                out_labels += [IGNORE_INDEX] * self.num_image_tokens
-            else:
-                out_ids.append(tok)
-                out_labels.append(lab)
-        return out_ids, out_labels
-
-    def _fit_length(self, ids: list[int], labels: list[int], record_id: str) -> tuple[list[int], list[int]]:
-        limit = self.model_max_length
-        if len(ids) <= limit:
-            return ids, labels
-        why = f"{len(ids)} tokens > model_max_length={limit}"
-        if self.overlong != "truncate":  # "skip" / "raise": the policy of this rejection
-            raise BadSampleError("too_long", f"{why} (overlong={self.overlong})", policy=self.overlong)
-        image_end = max((i + 1 for i, t in enumerate(ids) if t == self.image_token_id), default=0)
-        if image_end > limit:
-            raise BadSampleError("too_long", f"{why}; truncating would cut the image block")
-        cut = sum(lab != IGNORE_INDEX for lab in labels[limit:])
-        ids, labels = ids[:limit], labels[:limit]
-        if all(lab == IGNORE_INDEX for lab in labels):
-            raise BadSampleError("no_trained_tokens", f"nothing to train in the first {limit} tokens")
-        self.truncations += 1
-        log.warning(
-            "truncated record %r (overlong=truncate): %s; %d trained tokens cut, the answer is trained without its end",
-            record_id,
-            why,
-            cut,
-        )
-        return ids, labels
 
     # ---- generation prompts ---------------------------------------------------------
     def prompt(
@@ -223,5 +191,11 @@ class LlavaProcessor:
             messages[first] = ("user", f"{self.image_token}\n{text}")
             pixel_values = image if isinstance(image, torch.Tensor) else self.load_image(image)
         ids = prompt_for_generation(messages, self.tokenizer, self.template, self.image_token)
-        ids, _ = self._expand_image(ids, [IGNORE_INDEX] * len(ids), 1 if image is not None else 0)
+        ids, _ = expand_image_slots(
+            ids,
+            [IGNORE_INDEX] * len(ids),
+            self.image_token_id,
+            self.num_image_tokens,
+            1 if image is not None else 0,
+        )
         return {"input_ids": torch.tensor(ids, dtype=torch.long), "pixel_values": pixel_values}

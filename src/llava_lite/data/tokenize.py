@@ -21,6 +21,7 @@ one extra ``"▁"`` token there. Text that spells a token the tokenizer splits o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,15 @@ from llava_lite.templates import (
     tokenize_text,
 )
 
-__all__ = ["EncodedConversation", "check_reserved_text", "encode_conversation"]
+__all__ = [
+    "EncodedConversation",
+    "check_reserved_text",
+    "encode_conversation",
+    "expand_image_slots",
+    "fit_length",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,3 +110,49 @@ def check_reserved_text(messages: Sequence[Message], reserved: Sequence[str], im
                     f"turn {i} ({role}) spells {token!r}, a special token or template marker; "
                     "tokenised it would be that token, not text",
                 )
+
+
+def expand_image_slots(
+    ids: list[int], labels: list[int], image_token_id: int, num_image_tokens: int, n_images: int
+) -> tuple[list[int], list[int]]:
+    """Each image-token id becomes ``num_image_tokens`` ignored image slots."""
+    found = ids.count(image_token_id)
+    if found != n_images:
+        raise BadSampleError(
+            "image_token_mismatch", f"{found} image tokens after tokenisation, {n_images} images"
+        )
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    for tok, lab in zip(ids, labels, strict=True):
+        if tok == image_token_id:
+            out_ids += [tok] * num_image_tokens
+            out_labels += [IGNORE_INDEX] * num_image_tokens
+        else:
+            out_ids.append(tok)
+            out_labels.append(lab)
+    return out_ids, out_labels
+
+
+def fit_length(
+    ids: list[int], labels: list[int], limit: int, overlong: str, image_token_id: int, record_id: str
+) -> tuple[list[int], list[int]]:
+    """Ids and labels within ``limit`` tokens under the ``overlong`` policy (``LlavaProcessor``'s)."""
+    if len(ids) <= limit:
+        return ids, labels
+    why = f"{len(ids)} tokens > model_max_length={limit}"
+    if overlong != "truncate":  # "skip" / "raise": the policy of this rejection
+        raise BadSampleError("too_long", f"{why} (overlong={overlong})", policy=overlong)
+    image_end = max((i + 1 for i, t in enumerate(ids) if t == image_token_id), default=0)
+    if image_end > limit:
+        raise BadSampleError("too_long", f"{why}; truncating would cut the image block")
+    cut = sum(lab != IGNORE_INDEX for lab in labels[limit:])
+    ids, labels = ids[:limit], labels[:limit]
+    if all(lab == IGNORE_INDEX for lab in labels):
+        raise BadSampleError("no_trained_tokens", f"nothing to train in the first {limit} tokens")
+    log.warning(
+        "truncated record %r (overlong=truncate): %s; %d trained tokens cut, the answer is trained without its end",
+        record_id,
+        why,
+        cut,
+    )
+    return ids, labels
