@@ -43,6 +43,7 @@ from llava_lite.data.sampler import ModalityLengthGroupedSampler
 from llava_lite.data.schema import normalize_conversation
 from llava_lite.data.tokenize import encode_conversation
 from llava_lite.demo.vision import LOOKS
+from llava_lite.modeling.llava import splice_features
 from llava_lite.modeling.llm import prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.synthetic.scene import COLORS, SHAPES, SIZES
@@ -154,11 +155,10 @@ def build_documents(
 
 def _embed(model: LlamaForCausalLM, scene: SceneEmbedding, ids: Tensor, docs: list[Document]) -> Tensor:
     """Token embeddings with the image positions holding each document's scene cells, in order."""
-    x = model.get_input_embeddings()(ids)  # [B, T, D]
     # [B, T]: nine per row, one run where build_documents put the one <image> marker
     slots = ids == docs[0].image_id
     cells = scene(torch.tensor([d.cells for d in docs]))  # [B, 9, D]
-    return x.masked_scatter(slots.unsqueeze(-1), cells)
+    return splice_features(model.get_input_embeddings()(ids), slots, cells)  # [B, T, D]
 
 
 def _batches(docs: list[Document], batch_size: int, seed: int, by_length: bool) -> Iterator[list[int]]:

@@ -51,6 +51,16 @@ class LossTerms(NamedTuple):
     logits: Tensor | None  # [N, V] logits at the trained positions only; None with a fused loss
 
 
+def splice_features(inputs_embeds: Tensor, slots: Tensor, features: Tensor) -> Tensor:
+    """Scatter ``features`` ``[N, P, D]`` into the ``slots`` ``[B, T]`` of ``inputs_embeds`` ``[B, T, D]``.
+
+    Row-major, so the n-th image's P features fill the n-th block of P slots. Also used by the
+    demo's text warm-up, whose "image" features are learned scene cells instead of pixels.
+    """
+    flat = features.reshape(-1, features.shape[-1]).to(inputs_embeds.dtype)  # [N*P, D]
+    return inputs_embeds.masked_scatter(slots.unsqueeze(-1), flat)
+
+
 class LlavaModel(nn.Module):
     """A LLaVA model built from a :class:`LlavaConfig`; see the module docstring for the data flow."""
 
@@ -112,9 +122,7 @@ class LlavaModel(nn.Module):
             )
         if n_images == 0:
             return inputs_embeds
-        features = self.encode_images(pixel_values)  # [N, P, D]
-        features = features.reshape(-1, features.shape[-1]).to(inputs_embeds.dtype)  # [N*P, D]
-        return inputs_embeds.masked_scatter(slots.unsqueeze(-1), features)
+        return splice_features(inputs_embeds, slots, self.encode_images(pixel_values))  # [B, T, D]
 
     def forward(
         self,
