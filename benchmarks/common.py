@@ -9,6 +9,7 @@ implementations can be measured in one process, one call after the other; on CUD
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import re
 import statistics
@@ -58,24 +59,6 @@ SIZES: dict[str, dict[str, Any]] = {
         "patch_size": 16,
         "vocab_size": None,
     },
-    # The small model with a Llama/Vicuna-sized 32K vocabulary: the LM head is most of the work.
-    "vocab32k": {
-        "vision": {
-            "hidden_size": 192,
-            "intermediate_size": 768,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 3,
-        },
-        "llm": {
-            "hidden_size": 256,
-            "intermediate_size": 688,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-        },
-        "image_size": 224,
-        "patch_size": 16,
-        "vocab_size": 32000,
-    },
     # ViT-B/16-ish tower at 336 px / 14 px (576 image tokens) + a ~0.5B-parameter Llama (GPU).
     "large": {
         "vision": {
@@ -113,6 +96,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "vocab_size": 32000,
     },
 }
+# The small model with a Llama/Vicuna-sized 32K vocabulary: the LM head is most of the work.
+SIZES["vocab32k"] = {**copy.deepcopy(SIZES["small"]), "vocab_size": 32000}
 
 
 def build(size: str, dtype: str = "float32", attn: str | None = None, **spec_overrides: Any) -> LlavaModel:

@@ -81,6 +81,19 @@ class JsonlAppender:
         self.close()
 
 
+def read_json(path: Path, expected: type, what: str, missing_hint: str = "") -> Any:
+    """Read one JSON file that must hold a ``what`` (e.g. "JSON object"), in one clear error each way."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found{missing_hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, expected):
+        raise ValueError(f"{path}: expected a {what}, got {type(data).__name__}")
+    return data
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write a whole JSON file through a temp file + rename, so readers never see half of it."""
     _write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")

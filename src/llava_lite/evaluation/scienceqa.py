@@ -24,7 +24,7 @@ from typing import Any
 
 from llava_lite.evaluation.metrics import GroupedAccuracy
 from llava_lite.inference.answers import Question
-from llava_lite.io import write_json_atomic
+from llava_lite.io import read_json, write_json_atomic
 
 OPTIONS = ("A", "B", "C", "D", "E")
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -63,15 +63,7 @@ def _check_problem(pid: str, problem: Any, source: Path) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (expected the ScienceQA release layout)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json(path, dict, "JSON object", " (expected the ScienceQA release layout)")
 
 
 # ---- prompts and conversion ---------------------------------------------------------------

@@ -13,7 +13,6 @@ already in the answers file are skipped.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.inference.decoding import DecodingSettings
-from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail
+from llava_lite.io import JsonlAppender, read_json, read_jsonl, repair_torn_tail
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +56,10 @@ class AnswerStats:
 def load_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """A JSON array file or JSON Lines, as dicts (error names the file and line)."""
     path = Path(path)
+    if path.suffix == ".json":
+        return read_json(path, list, "JSON array of records")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
-        return data
     return list(read_jsonl(path))
 
 
