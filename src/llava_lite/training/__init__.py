@@ -11,6 +11,7 @@ from llava_lite.training.freeze import (
     trainable_components,
 )
 from llava_lite.training.module import LlavaLitModule
+from llava_lite.training.objective import ObjectiveModule, fit_objective
 from llava_lite.training.optim import build_adamw, build_cosine_schedule, param_groups
 from llava_lite.training.projector import PROJECTOR_FILE, load_projector, save_projector
 from llava_lite.training.run import accumulation_steps, build_datamodule, compose_config, config_dir, train
@@ -19,6 +20,7 @@ __all__ = [
     "PROJECTOR_FILE",
     "STAGES",
     "LlavaLitModule",
+    "ObjectiveModule",
     "ParamCount",
     "ProjectorCheckpoint",
     "accumulation_steps",
@@ -30,6 +32,7 @@ __all__ = [
     "compose_config",
     "config_dir",
     "count_parameters",
+    "fit_objective",
     "format_parameter_table",
     "load_projector",
     "param_groups",
