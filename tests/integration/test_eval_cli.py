@@ -94,7 +94,7 @@ def test_scienceqa_generate_score_and_resume(model_dir, release, tmp_path):
         f"model_dir={model_dir}",
         f"scienceqa.base_dir={release}",
         f"output_dir={out}",
-        "generation.max_new_tokens=3",
+        "decoding.max_new_tokens=3",
         "scienceqa.questions_file=sqa_q.jsonl",
     )
     result = eval_cli.run(cfg)
@@ -152,7 +152,7 @@ def test_llava_bench_generate_judge_and_replay(model_dir, tmp_path, monkeypatch)
             "task=llava_bench",
             f"model_dir={model_dir}",
             f"output_dir={tmp_path / 'out'}",
-            "generation.max_new_tokens=4",
+            "decoding.max_new_tokens=4",
             f"judge.base_url={api.url}",
             "judge.model=claude-test",
             "judge.prices={input:3.0,output:15.0}",  # claude-test has no entry in the price table
@@ -181,7 +181,10 @@ def test_llava_bench_generate_judge_and_replay(model_dir, tmp_path, monkeypatch)
     reviews = (tmp_path / "out" / "llava_bench_reviews.jsonl").read_text()
     assert KEY not in reviews and len(reviews.splitlines()) == 6
     lines = [json.loads(line) for line in reviews.splitlines()]
-    assert {(r["order"], tuple(r["tuple"])) for r in lines} == {("reference_first", (8, 4)), ("model_first", (4, 8))}
+    assert {(r["order"], tuple(r["tuple"])) for r in lines} == {
+        ("reference_first", (8, 4)),
+        ("model_first", (4, 8)),
+    }
     assert {(r["judge_model"], r["prompt_version"]) for r in lines} == {("claude-test", "judge-v1")}
 
 

@@ -1,5 +1,6 @@
 """How a LLaVA-Bench judging run starts, against the local API stand-in: the judge's start
-checks (prices, the model's lifecycle) come before its request cache is created, and a failed
+checks (prices, the model's lifecycle) come before its request cache is created and before any
+answer is generated, and a failed
 start, through the console command too, leaves the run folder exactly as it was (Hydra writes
 nothing into it)."""
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from llava_lite.claude.client import ApiFatalError
 from llava_lite.evaluation.run import run_eval
@@ -98,3 +100,51 @@ def test_a_failed_cli_start_leaves_a_judged_run_folder_as_it_was(api, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "answers_gpt4.jsonl", "context.jsonl", "out", "questions.jsonl"
     ]  # fmt: skip
+
+
+def test_a_retired_judge_model_is_found_before_any_answer_is_generated(api, tmp_path, monkeypatch):
+    """With answers to generate, the judge's model is checked first: nobody waits for answers
+    (nor for the model to load) to learn that the judge cannot run, and nothing is written."""
+    import llava_lite.evaluation.run as run_module
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    overrides = _bench(tmp_path)
+    out = tmp_path / "out"
+    (out / "llava_bench_answers.jsonl").unlink()  # every question still to answer
+    before = _snapshot(out)
+    api.models["claude-test"] = {"lifecycle": "retired"}
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the judge's model check")
+
+    monkeypatch.setattr(run_module, "load_model_dir", no_model)
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "001.jpg")
+    settings = _settings(
+        [*overrides, f"model_dir={tmp_path / 'any-model'}", f"llava_bench.image_root={tmp_path}"],
+        base_url=api.url,
+    )
+    with pytest.raises(ApiFatalError, match="model_retired"):
+        run_eval(settings)
+    assert _snapshot(out) == before
+    assert len(api.calls("/v1/models/claude-test")) == 1 and api.calls() == []  # asked, nothing paid
+
+
+def test_answers_all_given_need_no_judge_check_before_answering(api, tmp_path, monkeypatch):
+    """Nothing to answer: no early model check (the judge decides, and replays need none)."""
+    import llava_lite.evaluation.run as run_module
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    checked = []
+
+    async def spy(judge):
+        checked.append(judge.model)
+
+    def no_model(*args, **kwargs):
+        raise ValueError("no model")
+
+    monkeypatch.setattr(run_module, "_check_judge_model", spy)
+    monkeypatch.setattr(run_module, "load_model_dir", no_model)
+    overrides = _bench(tmp_path)
+    with pytest.raises(ValueError, match="no model"):  # all answered: straight to loading the model
+        run_eval(_settings([*overrides, "model_dir=m"], base_url=api.url))
+    assert checked == []

@@ -135,7 +135,7 @@ def test_busy_port_is_one_clear_error(model_dir: Path, tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(
-            OSError, match=rf"port {port} on 127.0.0.1 is already in use; choose another with --port"
+            OSError, match=rf"^127\.0\.0\.1:{port} is already in use .*; choose another port with --port"
         ):
             web.check_port_free("127.0.0.1", port)
         env = {k: v for k, v in os.environ.items() if k != "LLAVA_LITE_TRACEBACK"}
@@ -148,7 +148,9 @@ def test_busy_port_is_one_clear_error(model_dir: Path, tmp_path: Path) -> None:
             timeout=120,
         )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"llava-lite-web: error: port {port} on 127.0.0.1 is already in use" in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("llava-lite-web: error: ")]
+    assert error.startswith(f"llava-lite-web: error: 127.0.0.1:{port} is already in use")
+    assert f"--port {port + 1}" in error
 
 
 def test_cli_defaults_to_loopback() -> None:

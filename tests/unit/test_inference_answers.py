@@ -95,7 +95,7 @@ def test_resume_skips_answered_and_repairs_torn_tail(model, processor, images):
 
 
 def test_missing_image_names_question(model, processor, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"question 7: image .*nope.png not found"):
+    with pytest.raises(FileNotFoundError, match=r"question 7: missing_image: .*nope.png not found"):
         generate_answers(
             model, processor, [Question(7, "Q?", "nope.png")], tmp_path / "a.jsonl", image_root=tmp_path
         )
@@ -115,9 +115,37 @@ def test_read_questions_validates(tmp_path):
     assert read_questions(good) == [Question(1, "a?", "x.jpg", "conv")]
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"question_id": 1, "text": "a?"}\n{"question_id": 1, "text": "b?"}\n')
-    with pytest.raises(ValueError, match=r"dup\.jsonl record 1: duplicate question_id 1"):
+    with pytest.raises(ValueError, match=r"dup\.jsonl:2: duplicate question_id 1"):
         read_questions(dup)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"question_id": 3}]))
     with pytest.raises(ValueError, match=r"bad\.json record 0: question 3 has no 'text'"):
         read_questions(bad)
+
+
+def test_question_lines_are_named_by_line_number_and_the_last_newline_is_optional(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"question_id": 1, "text": "a?"}\n\n{"question_id": 2, "text": "b?"}'
+    )  # no final newline
+    assert [q.question_id for q in read_questions(path)] == [1, 2]
+    path.write_text('{"question_id": 1, "text": "a?"}\n\n{"question_id": 2}\n')
+    with pytest.raises(ValueError, match=r"q\.jsonl:3: question 2 has no 'text'"):
+        read_questions(path)
+    path.write_bytes(b'{"question_id": 1, "text": "a?"}\n{"question_id": 2, "text": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"q\.jsonl:2: not UTF-8 text"):
+        read_questions(path)
+
+
+def test_an_image_that_does_not_open_names_the_question_and_keeps_earlier_answers(model, processor, images):
+    (images / "text.png").write_text("not an image")
+    out = images / "answers.jsonl"
+    questions = [QUESTIONS[0], QUESTIONS[1], Question(5, "And this?", "text.png")]
+    with pytest.raises(ValueError, match=r"^question 5: unreadable_image: .*text\.png: not an image PIL"):
+        generate_answers(model, processor, questions, out, image_root=images, batch_size=1, settings=SETTINGS)
+    assert set(read_answers(out)) == {"0", "q1"}  # the batches before it are kept
+    with pytest.raises(FileNotFoundError, match="question 5: missing_image"):
+        generate_answers(
+            model, processor, [Question(5, "?", "gone.png")], images / "new.jsonl", image_root=images
+        )
+    assert not (images / "new.jsonl").exists()  # found before anything was written

@@ -24,7 +24,7 @@ import torch
 from llava_lite.cli.errors import run_cli
 from llava_lite.data import LlavaProcessor
 from llava_lite.inference import ChatSession, DecodingSettings
-from llava_lite.modeling import load_pretrained
+from llava_lite.inference.loading import load_model_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(args: argparse.Namespace) -> tuple[Any, LlavaProcessor]:
     """``args.model_dir`` on ``args.device`` in eval mode, and its processor (``--template``)."""
-    model = load_pretrained(args.model_dir, trust_remote_code=args.trust_remote_code)
-    model.to(args.device).eval()
-    return model, LlavaProcessor.from_model(model, template=args.template)
+    return load_model_dir(
+        args.model_dir, device=args.device, template=args.template, trust_remote_code=args.trust_remote_code
+    )
 
 
 def session_from_args(args: argparse.Namespace) -> ChatSession:

@@ -8,19 +8,25 @@ Examples::
         llava_bench.questions_file=bench/questions.jsonl llava_bench.context_file=bench/context.jsonl \\
         llava_bench.references_file=bench/answers_gpt4.jsonl
 
+Decoding is set under ``decoding.`` (``decoding.max_new_tokens=64``; older configs called it
+``generation``, which is now an error naming the new key).
+
 Configs: the packaged ``conf/`` (``llava_lite.hydra_conf.config_dir``), or ``$LLAVA_LITE_CONF``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from llava_lite.cli import hydra_app
+from llava_lite.cli.errors import run_cli
 from llava_lite.evaluation.run import run_eval
-from llava_lite.evaluation.settings import settings_from
+from llava_lite.evaluation.settings import check_overrides, settings_from
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -33,7 +39,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main() -> None:
     """Console entry point; arguments are Hydra overrides (``key=value``)."""
-    hydra_app.hydra_main("eval", run)
+    prog = Path(sys.argv[0]).name
+    run_cli(prog, lambda: check_overrides(sys.argv[1:]))  # an old key name: one line, exit 1
+    hydra_app.hydra_main("eval", run, prog=prog)
 
 
 if __name__ == "__main__":

@@ -220,7 +220,9 @@ class ClaudeJudge(PaysForMessages):
         cls, settings: ClaudeSettings, *, cache: RequestCache | None = None, budget: Budget | None = None
     ) -> ClaudeJudge:
         """A judge configured by ``settings`` (``ValueError`` for a model without prices)."""
-        return cls(settings.model, base_url=settings.base_url, cache=cache, budget=budget, **settings.paying())
+        return cls(
+            settings.model, base_url=settings.base_url, cache=cache, budget=budget, **settings.paying()
+        )
 
     @property
     def spent_usd(self) -> float:

@@ -9,16 +9,26 @@ answers file are kept, judge replies already paid for are replayed from the cach
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llava_lite.claude.aio import run_sync
 from llava_lite.claude.prices import Budget
 from llava_lite.evaluation import llava_bench, scienceqa
 from llava_lite.evaluation.judge import ClaudeJudge
 from llava_lite.evaluation.settings import EvalSettings
-from llava_lite.inference.answers import Question, generate_answers, read_answers, read_questions
+from llava_lite.inference.answers import (
+    Question,
+    check_images,
+    generate_answers,
+    read_answers,
+    read_questions,
+    unanswered,
+)
+from llava_lite.inference.loading import load_model_dir
 from llava_lite.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -36,24 +46,44 @@ def _required(value: str | None, name: str) -> str:
     return value
 
 
+async def _check_judge_model(judge: ClaudeJudge) -> None:
+    """The judge's model lifecycle, asked now (``ApiFatalError`` for a retired or unknown one);
+    the client is closed after, as it belongs to this event loop."""
+    try:
+        await judge.check_model()
+    finally:
+        await judge.aclose()
+
+
 class _Runner:
     def __init__(self, settings: EvalSettings) -> None:
         self.s = settings
-        self.output_dir = Path(settings.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = Path(settings.output_dir)  # created by the first file written into it
 
     def out(self, name: str) -> Path:
         path = Path(name)
         return path if path.is_absolute() else self.output_dir / path
 
-    def answer(self, questions: list[Question], answers_file: Path, image_root: str | None) -> dict[str, int]:
-        """Generate the missing answers with the model in ``model_dir``."""
-        from llava_lite.data import LlavaProcessor
-        from llava_lite.modeling import load_pretrained
+    def answer(
+        self,
+        questions: list[Question],
+        answers_file: Path,
+        image_root: str | None,
+        before: Callable[[], None] | None = None,
+    ) -> dict[str, int]:
+        """Generate the missing answers with the model in ``model_dir``.
 
+        What fails fast comes first: missing images, then ``before`` (run only when there is
+        something to answer), then the model folder; nothing is written until answers are.
+        """
         model_dir = _required(self.s.model_dir, "model_dir")
-        model = load_pretrained(model_dir).to(_resolve_device(self.s.device)).eval()
-        processor = LlavaProcessor.from_model(model, template=self.s.template)
+        todo = unanswered(questions, answers_file)
+        check_images(todo, image_root)
+        if todo and before is not None:
+            before()
+        model, processor = load_model_dir(
+            model_dir, device=_resolve_device(self.s.device), template=self.s.template
+        )
         stats = generate_answers(
             model,
             processor,
@@ -61,7 +91,7 @@ class _Runner:
             answers_file,
             image_root=image_root,
             batch_size=self.s.batch_size,
-            settings=self.s.generation,
+            settings=self.s.decoding,
             model_id=self.s.model_id or Path(model_dir).resolve().name,
         )
         return stats.to_dict()
@@ -78,12 +108,12 @@ class _Runner:
         base = Path(_required(q.base_dir, "scienceqa.base_dir"))
         problems = scienceqa.load_split(base, q.split)
         questions = scienceqa.to_questions(problems, q.split, q.use_caption)
-        if q.questions_file:
-            scienceqa.write_question_file(questions, self.out(q.questions_file))
         answers_file = self.out(q.answers_file)
         generation = None
         if self.s.model_dir:
             generation = self.answer(questions, answers_file, str(base / "images"))
+        if q.questions_file:  # after the answers: a start that fails writes nothing
+            scienceqa.write_question_file(questions, self.out(q.questions_file))
         answers = read_answers(answers_file)
         result = scienceqa.score(problems, answers).to_dict()
         return {"answers_file": str(answers_file), "generation": generation, **result}
@@ -111,7 +141,13 @@ class _Runner:
         answers_file = self.out(b.answers_file)
         generation = None
         if self.s.model_dir:
-            generation = self.answer(read_questions(questions_file), answers_file, b.image_root)
+            # a retired or unknown judge model is found before anyone waits for answers
+            generation = self.answer(
+                read_questions(questions_file),
+                answers_file,
+                b.image_root,
+                before=lambda: run_sync(_check_judge_model(judge)),
+            )
         result = llava_bench.evaluate(
             judge,
             questions_file,
@@ -126,9 +162,30 @@ class _Runner:
         return {"answers_file": str(answers_file), "generation": generation, **result.to_dict()}
 
 
+def _new_folders(path: Path) -> list[Path]:
+    """The folders that creating ``path`` would create, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
 def run_eval(settings: EvalSettings) -> dict[str, Any]:
-    """Run ``settings.task``; the result is also written to ``{output_dir}/{task}_results.json``."""
+    """Run ``settings.task``; the result is also written to ``{output_dir}/{task}_results.json``.
+
+    A run that fails leaves no empty ``output_dir`` behind (nor the empty parents it created).
+    """
     runner = _Runner(settings)
-    result = {"task": settings.task, **getattr(runner, settings.task)()}
-    write_json_atomic(runner.out(f"{settings.task}_results.json"), result)
+    created = _new_folders(runner.output_dir.absolute())
+    try:
+        result = {"task": settings.task, **getattr(runner, settings.task)()}
+        write_json_atomic(runner.out(f"{settings.task}_results.json"), result)
+    except BaseException:
+        for folder in created:  # deepest first; stops at the first that holds something
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
+        raise
     return result

@@ -80,7 +80,7 @@ class EvalSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8
     output_dir: str = "outputs/eval"
-    generation: DecodingSettings = field(default_factory=DecodingSettings)  # how answers are decoded
+    decoding: DecodingSettings = field(default_factory=DecodingSettings)  # how answers are decoded
     answers: AnswersSettings = field(default_factory=AnswersSettings)
     scienceqa: ScienceQASettings = field(default_factory=ScienceQASettings)
     llava_bench: BenchSettings = field(default_factory=BenchSettings)
@@ -93,6 +93,35 @@ class EvalSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
+# Keys an older eval config used, and what they are called now.
+RENAMED = {"generation": "decoding"}
+
+
+def renamed_key_error(key: str) -> ValueError:
+    """The one error for a key that was renamed (no silent alias: two names would drift)."""
+    new = RENAMED[key]
+    return ValueError(
+        f"{key}: the eval config's decoding block is now called {new!r} "
+        f"(llava_lite.inference.DecodingSettings); rename {key}.* to {new}.*"
+    )
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Command-line overrides that use a renamed key (``generation.max_new_tokens=8``,
+    ``+generation=...``, ``~generation``) fail in one line before Hydra composes anything."""
+    for item in overrides:
+        if item.startswith("-"):  # Hydra's own flags (--cfg, --multirun, ...)
+            continue
+        key = item.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
+        if key in RENAMED:
+            raise renamed_key_error(key)
+
+
 def settings_from(cfg: DictConfig | dict[str, Any] | EvalSettings) -> EvalSettings:
-    """Validate a Hydra / dict config against :class:`EvalSettings` (types, unknown keys)."""
+    """Validate a Hydra / dict config against :class:`EvalSettings` (types, unknown keys; a
+    renamed key gets one error naming its new name)."""
+    if not isinstance(cfg, EvalSettings):
+        for key in RENAMED:
+            if key in cfg:
+                raise renamed_key_error(key)
     return validated_settings(EvalSettings, cfg)

@@ -13,8 +13,9 @@ already in the answers file are skipped.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from typing import Any
 import torch
 
 from llava_lite.config import IMAGE_TOKEN
+from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.inference.decoding import DecodingSettings
+from llava_lite.inference.loading import image_error
 from llava_lite.io import JsonlAppender, read_json, read_jsonl, repair_torn_tail
 
 log = logging.getLogger(__name__)
@@ -53,14 +56,33 @@ class AnswerStats:
         return {"answered": self.answered, "skipped_done": self.skipped_done, "total": self.total}
 
 
-def load_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """A JSON array file or JSON Lines, as dicts (error names the file and line)."""
+def numbered_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(where, record)`` of a JSON array file (``where`` = "FILE record I") or of JSON Lines
+    ("FILE:LINE", blank lines skipped, the last line's newline optional); a line that is not
+    JSON or not UTF-8 is an error naming the file and the line."""
     path = Path(path)
     if path.suffix == ".json":
-        return read_json(path, list, "JSON array of records")
+        for i, record in enumerate(read_json(path, list, "JSON array of records")):
+            yield f"{path} record {i}", record
+        return
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    return list(read_jsonl(path))
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                torn = "" if raw.endswith(b"\n") else "; a torn last line (a run killed mid-write?)"
+                raise ValueError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.pos + 1}){torn}"
+                ) from None
+            yield f"{path}:{lineno}", record
 
 
 def parse_question(record: Any, where: str) -> Question:
@@ -95,25 +117,57 @@ def read_questions(path: str | Path) -> list[Question]:
     """Questions from a LLaVA questions file; duplicate ids are an error (resume keys on them)."""
     questions: list[Question] = []
     seen: set[str] = set()
-    for i, record in enumerate(load_json_or_jsonl(path)):
-        q = parse_question(record, f"{path} record {i}")
+    for where, record in numbered_records(path):
+        q = parse_question(record, where)
         if q.key in seen:
-            raise ValueError(f"{path} record {i}: duplicate question_id {q.question_id!r}")
+            raise ValueError(f"{where}: duplicate question_id {q.question_id!r}")
         seen.add(q.key)
         questions.append(q)
     return questions
 
 
 def read_answers(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Answers file → ``{str(question_id): record}`` (read only; a torn last line is an error)."""
+    """Answers file → ``{str(question_id): record}`` (read only; a torn last line is an error,
+    which :func:`generate_answers` repairs)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found")
     answers: dict[str, dict[str, Any]] = {}
-    for i, record in enumerate(read_jsonl(path), 1):
-        if "question_id" not in record or not isinstance(record.get("text"), str):
-            raise ValueError(f"{path}:{i}: an answer needs 'question_id' and a 'text' string")
+    for where, record in numbered_records(path):
+        if (
+            not isinstance(record, dict)
+            or "question_id" not in record
+            or not isinstance(record.get("text"), str)
+        ):
+            raise ValueError(f"{where}: an answer needs 'question_id' and a 'text' string")
         answers[str(record["question_id"])] = record
     return answers
+
+
+def unanswered(questions: Sequence[Question], answers_file: str | Path) -> list[Question]:
+    """The questions ``answers_file`` has no answer for yet (read only: a torn last line, which
+    the writer will repair, counts as not answered)."""
+    done: set[str] = set()
+    if Path(answers_file).is_file():
+        for record in read_jsonl(answers_file, torn_tail_ok=True):
+            if isinstance(record, dict) and "question_id" in record:
+                done.add(str(record["question_id"]))
+    return [q for q in questions if q.key not in done]
+
+
+def image_path(question: Question, image_root: str | Path | None) -> Path | None:
+    """Where ``question``'s image is read from (None for a text-only question)."""
+    if not question.image:
+        return None
+    return Path(image_root) / question.image if image_root is not None else Path(question.image)
+
+
+def check_images(questions: Iterable[Question], image_root: str | Path | None) -> None:
+    """Every named image exists: checked before any answer is generated (a benchmark's images
+    are many; whether each decodes is found when it is read, naming the question)."""
+    for q in questions:
+        path = image_path(q, image_root)
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"question {q.question_id!r}: missing_image: {path} not found")
 
 
 def _answer_id(model_id: str, question_id: int | str, text: str) -> str:
@@ -151,6 +205,7 @@ def generate_answers(
     repair_torn_tail(answers_file)  # a run killed mid-line left at most one partial line
     done = read_answers(answers_file) if Path(answers_file).is_file() else {}
     todo = [q for q in questions if q.key not in done]
+    check_images(todo, image_root)  # before the first answer: a missing image is found at once
     stats = AnswerStats(skipped_done=len(questions) - len(todo), total=len(questions))
     if stats.skipped_done:
         log.info(
@@ -165,27 +220,33 @@ def generate_answers(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    out: JsonlAppender | None = None  # opened with the first answer: a failed start writes nothing
     try:
-        with JsonlAppender(answers_file) as out:
-            for batch_questions in _batches(todo, batch_size):
-                texts = _answer_batch(
-                    model, processor, collator, batch_questions, image_root, settings, system, device
+        for batch_questions in _batches(todo, batch_size):
+            texts = _answer_batch(
+                model, processor, collator, batch_questions, image_root, settings, system, device
+            )
+            if out is None:
+                out = JsonlAppender(answers_file)
+            for q, text in zip(batch_questions, texts, strict=True):
+                prompt = f"{processor.image_token}\n{q.text}" if q.image else q.text
+                out.append(
+                    {
+                        "question_id": q.question_id,
+                        "prompt": prompt,
+                        "text": text,
+                        "answer_id": _answer_id(model_id, q.question_id, text),
+                        "model_id": model_id,
+                        "metadata": {},
+                    }
                 )
-                for q, text in zip(batch_questions, texts, strict=True):
-                    prompt = f"{processor.image_token}\n{q.text}" if q.image else q.text
-                    out.append(
-                        {
-                            "question_id": q.question_id,
-                            "prompt": prompt,
-                            "text": text,
-                            "answer_id": _answer_id(model_id, q.question_id, text),
-                            "model_id": model_id,
-                            "metadata": {},
-                        }
-                    )
-                    stats.answered += 1
+                stats.answered += 1
     finally:
         model.train(was_training)
+        if out is not None:
+            out.close()
+    if out is None and not Path(answers_file).exists():
+        JsonlAppender(answers_file).close()  # nothing to answer: an empty answers file, for readers
     return stats
 
 
@@ -201,16 +262,16 @@ def _answer_batch(
 ) -> list[str]:
     samples = []
     for q in questions:
-        image = None
-        if q.image:
-            path = Path(image_root) / q.image if image_root is not None else Path(q.image)
-            if not path.is_file():
-                raise FileNotFoundError(f"question {q.question_id!r}: image {path} not found")
-            image = str(path)
+        path = image_path(q, image_root)
+        image = None if path is None else str(path)
         try:
             samples.append(processor.prompt(q.text, image, system=system))
+        except BadSampleError as e:
+            if e.reason in ("missing_image", "unreadable_image"):
+                raise image_error(e, f"question {q.question_id!r}") from None
+            raise ValueError(f"question {q.question_id!r}: {e}") from None
         except (OSError, ValueError) as e:
-            raise ValueError(f"question {q.question_id!r} (image {image}): {e}") from e
+            raise ValueError(f"question {q.question_id!r}: {e}") from e
     batch = collator(samples)
     pixel_values = batch["pixel_values"]
     new_tokens = model.generate(

@@ -24,7 +24,9 @@ import torch
 from PIL import Image
 from transformers import TextIteratorStreamer
 
+from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.inference.decoding import DecodingSettings
+from llava_lite.inference.loading import image_error
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,20 @@ class ChatSession:
         self.set_image(image)
 
     def set_image(self, image: ImageSource | None) -> None:
-        """Talk about ``image`` (or no image) from now on; a new conversation starts."""
-        self.pixel_values = (
-            None
-            if image is None
-            else self.processor.load_image(str(image) if isinstance(image, Path) else image)
-        )
+        """Talk about ``image`` (or no image) from now on; a new conversation starts.
+
+        An image that does not open raises ``FileNotFoundError`` / ``ValueError`` (one line
+        naming the file) and leaves the session as it was.
+        """
+        try:
+            pixel_values = (
+                None
+                if image is None
+                else self.processor.load_image(str(image) if isinstance(image, Path) else image)
+            )
+        except BadSampleError as err:
+            raise image_error(err) from None
+        self.pixel_values = pixel_values
         self.history.clear()
 
     def reset(self) -> None:

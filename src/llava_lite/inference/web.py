@@ -141,7 +141,10 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                raise OSError(f"port {port} on {host} is already in use; choose another with --port") from err
+                raise OSError(
+                    f"{host}:{port} is already in use (another server listens there); choose another port "
+                    f"with --port, e.g. --port {port + 1 if port < 65535 else 8000}"
+                ) from err
             raise OSError(f"cannot listen on {host}:{port}: {err.strerror}") from err
 
 
