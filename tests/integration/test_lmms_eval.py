@@ -222,6 +222,8 @@ def test_loglikelihood_sums_the_continuation_log_probs(bench: Path) -> None:
 def test_bad_model_args_and_multi_image_docs_are_refused(bench: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown llava_lite model_args \['tempature'\]; valid: \["):
         LlavaLite(pretrained=str(bench / "model"), tempature="0.2")
+    with pytest.raises(FileNotFoundError, match=r"model_dir=.*nowhere: no such folder"):
+        LlavaLite(pretrained=str(bench / "nowhere"))
     lm = LlavaLite(pretrained=str(bench / "model"), device="cpu")
     image = Image.open(bench / "red.png")
     lm.task_dict = {"t": {"test": [{"images": [image, image]}]}}

@@ -20,9 +20,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
-from llava_lite.data import LlavaProcessor
-from llava_lite.inference import ChatSession, DecodingSettings
-from llava_lite.modeling import load_pretrained
+from llava_lite.inference import ChatSession, DecodingSettings, load_model_dir
 
 MODEL_ID = "llava_lite"
 
@@ -64,8 +62,9 @@ class LlavaLite(lmms):
             )
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_pretrained(pretrained, trust_remote_code=_flag(trust_remote_code)).to(device).eval()
-        self.processor = LlavaProcessor.from_model(self.model, template=template)
+        self.model, self.processor = load_model_dir(
+            pretrained, device=device, template=template, trust_remote_code=_flag(trust_remote_code)
+        )  # a folder that is not a model: one error naming it, as in llava-lite-eval
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size_per_gpu = int(batch_size)
 
