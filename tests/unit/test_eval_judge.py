@@ -538,3 +538,14 @@ def test_the_chart_is_a_png_with_one_bar_per_category_and_overall(tmp_path):
     data = (tmp_path / "charts" / "scores.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     assert list(result.scores) == ["complex", "conv", "detail", "all"]
+
+
+def test_bench_context_lines_are_named_by_file_and_line(tmp_path):
+    path = tmp_path / "context.jsonl"
+    path.write_text('{"image": "a.jpg", "caption": "A cat."}\n\n{"image": "b.jpg", "caption": "A dog."}')
+    assert llava_bench.read_contexts(path) == {"a.jpg": "A cat.", "b.jpg": "A dog."}  # no final newline
+    path.write_text('{"image": "a.jpg", "caption": "A cat."}\n\n[1]\n')
+    with pytest.raises(ValueError, match=r"context\.jsonl:3: a context line needs an 'image' string"):
+        llava_bench.read_contexts(path)
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.jsonl"):
+        llava_bench.read_contexts(tmp_path / "nowhere.jsonl")

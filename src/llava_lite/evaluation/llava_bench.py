@@ -31,8 +31,8 @@ import numpy as np
 from llava_lite.claude.aio import run_sync
 from llava_lite.evaluation.judge import JUDGE_PROMPT_VERSION, ClaudeJudge, Judgement, JudgeRequest
 from llava_lite.evaluation.metrics import GroupedRelativeScore
-from llava_lite.inference.answers import Question, read_answers, read_questions
-from llava_lite.io import read_jsonl, write_jsonl_atomic
+from llava_lite.inference.answers import Question, numbered_records, read_answers, read_questions
+from llava_lite.io import write_jsonl_atomic
 from llava_lite.symbolic import load_coco
 
 CATEGORIES = {
@@ -57,16 +57,16 @@ def category_of(question: Question, source: str | Path) -> str:
 def read_contexts(path: str | Path) -> dict[str, str]:
     """``{image: context text}`` from a LLaVA-Bench context JSONL (either layout above)."""
     contexts: dict[str, str] = {}
-    for i, record in enumerate(read_jsonl(path), 1):
-        image = record.get("image")
+    for where, record in numbered_records(path):  # errors name the file and line
+        image = record.get("image") if isinstance(record, dict) else None
         if not isinstance(image, str):
-            raise ValueError(f"{path}:{i}: a context line needs an 'image' string")
+            raise ValueError(f"{where}: a context line needs an 'image' string")
         captions = record.get("caption", record.get("captions"))
         lines = [captions] if isinstance(captions, str) else [str(c) for c in captions or []]
         boxes = [f"{inst['category']}: {inst['bbox']}" for inst in record.get("instances") or []]
         text = "\n".join(lines) + ("\n\n" + "\n".join(boxes) if boxes else "")
         if not text.strip():
-            raise ValueError(f"{path}:{i}: image {image!r} has neither captions nor instances")
+            raise ValueError(f"{where}: image {image!r} has neither captions nor instances")
         contexts[image] = text
     return contexts
 
