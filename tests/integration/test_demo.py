@@ -24,10 +24,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     assert f"run folder: {run.resolve()}" in printed and "question type" in printed
     for name in (
         "metrics.csv",
+        "metrics_paraphrased.csv",
         "summary.json",
         "loss_curves.png",
+        "accuracy.png",
         "sample.png",
         "data/eval_test.json",
+        "data/eval_test_paraphrased.json",
         "data/instruct/instruct.json",
         "stage1/projector.safetensors",
         "stage2/model/model.safetensors",
@@ -43,4 +46,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     with (run / "metrics.csv").open() as f:
         rows = {r["question_type"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"colour", "shape", "count", "position", "all"}
-    assert summary["chats"] and all(a for _, a in summary["chats"][0]["turns"])
+    assert (
+        summary["accuracy_paraphrased"]["all"]["count"] == overall["count"]
+    )  # the same questions, other words
+    chat = summary["chats"][0]
+    assert chat["image"].startswith("test/") and all(a for _, a in chat["turns"])  # a held-out image
+    assert 0 <= chat["claims_right"] <= chat["claims"] and chat["claims"] >= len(chat["turns"])
+    assert f"{chat['claims_right']}/{chat['claims']} claims right" in printed

@@ -104,24 +104,43 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
     assert json.loads((tmp_path / "llm" / "config.json").read_text())["model_type"] == "llama"
 
 
-def test_llm_warmup_micro_batches_keep_the_batch_gradient(world, tmp_path) -> None:
-    """Cutting a batch into length-sorted micro-batches only saves padding: same losses, same weights."""
-    scenes = _scenes(world)
-    captions = caption_records(world, "train", 2)
-    runs = {}
-    for micro in (1, 3):
-        settings = LLMWarmupSettings(
-            hidden_size=32, intermediate_size=64, num_layers=1, steps=4, batch_size=6, lr=3e-3,
-            warmup_steps=1, micro_batches=micro,
-        )  # fmt: skip
-        result = warmup_llm(captions[:8], captions[8:], scenes, tmp_path / f"llm{micro}", settings)
-        weights = AutoModelForCausalLM.from_pretrained(result.path).lm_head.weight
-        runs[micro] = ([loss for _, loss in result.losses], weights)
-    assert runs[1][0] == pytest.approx(runs[3][0], rel=1e-4)
-    assert torch.allclose(runs[1][1], runs[3][1], atol=1e-5)
-    assert len(set(runs[1][0])) == 4  # it trained: four different losses
-    with pytest.raises(ValueError, match="micro_batches must be at least 1"):
-        warmup_llm(captions, [], scenes, tmp_path / "llm0", LLMWarmupSettings(micro_batches=0))
+def test_llm_warmup_packed_rows_keep_documents_apart(world) -> None:
+    """A packed step's loss is the token mean of each document's loss alone: no attention across
+    documents, positions restarting, and scene cells spliced into the right document."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llava_lite.data.packing import PackingCollator
+    from llava_lite.demo.text import _packed, embed_documents
+    from llava_lite.modeling.llm import prepare_tokenizer
+    from llava_lite.modeling.tokenizer import build_tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer("sentencepiece")
+    image_id = prepare_tokenizer(tokenizer, "<image>")
+    captions = caption_records(world, "train", 2)[:7]
+    docs = build_documents([(r, "plain") for r in captions], _scenes(world), tokenizer)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128))  # fmt: skip
+    scene = SceneEmbedding(32, positions=True)
+    collate = PackingCollator(tokenizer.pad_token_id, 100, image_token_id=image_id)
+    batch = _packed(collate, docs, list(range(len(docs))))
+    assert max(len(d.input_ids) for d in docs) <= 100  # nothing cut
+    assert batch["input_ids"].shape[0] < len(docs) and "attention_mask" not in batch  # packed rows
+    with torch.no_grad():
+        embeds = embed_documents(llm, scene, batch["input_ids"], batch["cells"], image_id)
+        packed = llm(
+            inputs_embeds=embeds, position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False
+        ).loss
+        total = count = 0.0
+        for d in docs:
+            ids, labels = torch.tensor([d.input_ids]), torch.tensor([d.labels])
+            alone = llm(
+                inputs_embeds=embed_documents(llm, scene, ids, torch.tensor([d.cells]), image_id),
+                labels=labels,
+            )
+            n = int((labels[:, 1:] != -100).sum())
+            total, count = total + alone.loss * n, count + n
+    assert torch.allclose(packed, total / count, atol=1e-5)
 
 
 def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
@@ -130,6 +149,12 @@ def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
     settings = LLMWarmupSettings(hidden_size=32, intermediate_size=64, num_layers=1, steps=1, batch_size=1)
     with pytest.raises(ValueError, match=r"lost-7.*nowhere\.png"):
         warmup_llm([record], [], _scenes(world), tmp_path / "llm", settings)
+    captions = caption_records(world, "train", 1)[:3]
+    short_rows = LLMWarmupSettings(
+        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, max_tokens_per_row=12
+    )
+    with pytest.raises(ValueError, match=r"record \S+_cap0 has \d+ tokens > max_tokens_per_row=12"):
+        warmup_llm([], captions, _scenes(world), tmp_path / "llm", short_rows)  # never cut silently
 
 
 def test_cell_looks_describe_every_cell_from_captions_and_boxes(world) -> None:
@@ -150,6 +175,45 @@ def test_scene_embedding_adds_size_colour_and_shape() -> None:
                             idx[("small", "blue", "cross")], idx[("large", "blue", "cross")], 0, 0]))  # fmt: skip
     assert torch.allclose(e[0] - e[1], e[2] - e[3], atol=1e-6)  # the size difference is one vector
     assert not torch.allclose(e[0], e[2]) and torch.equal(e[4], e[5]) and torch.equal(e[4], scene.nothing)
+
+
+def test_scene_embedding_positions_and_tied_words() -> None:
+    """Row and column vectors are shared along a row / column; tied cells are sums of the LLM's word vectors."""
+    from torch import nn
+
+    from llava_lite.synthetic.scene import COLORS, COLUMNS, ROWS, SHAPES, SIZES
+
+    idx = {look: i for i, look in enumerate(LOOKS)}
+    same = torch.full((9,), idx[("small", "red", "circle")])
+    e = SceneEmbedding(16, positions=True)(same)  # [9, 16]: one look in every cell
+    assert torch.allclose(e[0] - e[1], e[3] - e[4], atol=1e-6)  # left -> center is one vector in each row
+    assert torch.allclose(e[0] - e[3], e[2] - e[5], atol=1e-6)  # top -> middle is one vector in each column
+    words = [*SIZES, *COLORS, *SHAPES, *ROWS, *COLUMNS]
+    table = nn.Embedding(len(words), 16)
+    tied = SceneEmbedding(16, positions=True, word_ids={w: i for i, w in enumerate(words)})
+    got = tied(same, table)
+    want = sum(table.weight[words.index(w)] for w in ("small", "red", "circle", "top", "left"))
+    assert torch.allclose(got[0], want, atol=1e-6)
+
+
+def test_short_answer_turns_make_one_document_per_closed_form_turn() -> None:
+    from llava_lite.demo.text import short_answer_turns
+    from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
+
+    record = {"id": "r1", "image": "a.png", "conversations": [
+        {"from": "human", "value": f"<image>\nWhat color is the circle?\n{SHORT_ANSWER_PROMPT}"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Where is the circle?"}, {"from": "gpt", "value": "The circle is on the left."},
+        {"from": "human", "value": f"How many objects are in the image?\n{SHORT_ANSWER_PROMPT}"},
+        {"from": "gpt", "value": "2"}]}  # fmt: skip
+    turns = short_answer_turns([record])
+    assert [t["id"] for t in turns] == ["r1_turn0", "r1_turn2"] and all(t["image"] == "a.png" for t in turns)
+    assert turns[1]["conversations"] == [
+        {"from": "human", "value": f"<image>\nHow many objects are in the image?\n{SHORT_ANSWER_PROMPT}"},
+        {"from": "gpt", "value": "2"},
+    ]
+    with pytest.raises(ValueError, match="corpus='everything'; valid"):
+        warmup_llm([record], [], {}, "unused", LLMWarmupSettings(corpus="everything"))
 
 
 def test_demo_seed_reaches_every_step() -> None:

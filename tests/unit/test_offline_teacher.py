@@ -13,7 +13,7 @@ from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.checker import check_turns
-from llava_lite.synthetic.questions import DETAIL_INSTRUCTIONS, SHORT_ANSWER_PROMPT
+from llava_lite.synthetic.questions import DETAIL_INSTRUCTIONS, SHORT_ANSWER_PROMPT, WORDINGS
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,25 @@ def test_checker_catches_falsified_long_answers(world, contexts) -> None:
                         [(q, falsified)], truth[ctx.image_id], description=rt == "detail"
                     ).ok
     assert total > 200 and caught / total > 0.95
+
+
+def test_no_training_text_uses_a_held_out_wording(contexts) -> None:
+    """The teacher writes several wordings per question type, never one of the held-out pool."""
+    teacher = OfflineTeacher(seed=0, short_answer_rate=0.5)
+    questions = [
+        q.split("\n")[0].lower()
+        for ctx in contexts
+        for rt in RESPONSE_TYPES
+        for index in range(2)
+        for q, _ in _reply(teacher, _request(ctx, rt, index)).turns
+    ]
+    held_out = [_frame_regex(f) for frames in WORDINGS["held_out"].values() for f in frames]
+    leaked = [q for q in questions if any(p.match(q) for p in held_out)]
+    assert not leaked, leaked[:5]
+    for key, frames in WORDINGS["train"].items():
+        used = {f for f in frames if any(_frame_regex(f).match(q) for q in questions)}
+        assert len(used) >= 3, (key, used)  # no type is one fixed phrase
+
+
+def _frame_regex(frame: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(frame.lower()).replace(re.escape("{ref}"), "the .+?") + "$")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from llava_lite.config import IMAGE_TOKEN
 from llava_lite.inference import ChatSession, DecodingSettings
-from llava_lite.synthetic.questions import DETAIL_INSTRUCTIONS
+from llava_lite.synthetic.checker import check_turns
+from llava_lite.synthetic.questions import DETAIL_INSTRUCTIONS, chat_questions
+from llava_lite.synthetic.scene import Scene
 from llava_lite.synthetic.world import WorldPaths
 
 TYPE_ORDER = ("colour", "shape", "count", "position", "all")
@@ -56,34 +58,62 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
-def sample_conversation(
-    model: Any, processor: Any, world: WorldPaths, eval_records: list[dict[str, Any]], k: int, path: Path
+def sample_chat(
+    model: Any, processor: Any, world: WorldPaths, image: str, scene: Scene, seed: int, path: Path
 ) -> dict[str, Any]:
-    """Chat about the k-th held-out image (a description, then its closed-form questions); save a PNG."""
-    images = list(dict.fromkeys(r["image"] for r in eval_records))
-    image = images[k % len(images)]
-    # The closed-form question without its short-answer instruction: the chat asks freely.
-    questions = [
-        r["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip().split("\n")[0]
-        for r in eval_records
-        if r["image"] == image
-    ][:3]
-    questions.insert(0, DETAIL_INSTRUCTIONS[k % len(DETAIL_INSTRUCTIONS)])  # first, as in the training data
+    """Chat about one held-out image: a description, then free-form questions of each type.
+
+    Every closed-form claim in the answers (colour, shape, count, position, and each object a
+    description names) is checked against the image's annotations (``synthetic.checker``);
+    returns the turns, the number of claims checked and right, the problems, and writes a PNG.
+    """
+    rng = random.Random(f"{seed}:chat:{image}")
+    questions = [rng.choice(DETAIL_INSTRUCTIONS), *chat_questions(scene, rng)]
     session = ChatSession(model, processor, world.image_root / image, DecodingSettings(max_new_tokens=96))
     turns = [(q, session.ask(q)) for q in questions]
+    described = check_turns(turns[:1], scene, description=True)
+    answered = check_turns(turns[1:], scene)
+    checked = described.checked + answered.checked
+    problems = described.problems + answered.problems
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
     left.imshow(Image.open(world.image_root / image).convert("RGB"), interpolation="nearest")
-    left.set_title(image, fontsize=8)
+    left.set_title(f"{image} (held out)", fontsize=8)
     left.axis("off")
     text = "\n\n".join(
         textwrap.fill(f"USER: {q}", 90) + "\n" + textwrap.fill(f"ASSISTANT: {a}", 90) for q, a in turns
     )
+    text += f"\n\nclaims checked against the annotations: {checked - len(problems)}/{checked} right"
     right.text(0, 1, text, va="top", ha="left", wrap=True, fontsize=8, family="monospace")
     right.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return {"image": image, "turns": turns, "png": str(path)}
+    return {
+        "image": image, "turns": turns, "claims": checked, "claims_right": checked - len(problems),
+        "problems": problems, "png": str(path),
+    }  # fmt: skip
+
+
+def plot_accuracy(scores: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """Held-out accuracy per question type, one bar per wording set, beside chance."""
+    types = [t for t in TYPE_ORDER if all(t in by_type for by_type in scores.values())]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    width = 0.8 / (len(scores) + 1)
+    for k, (name, by_type) in enumerate(scores.items()):
+        xs = [i + k * width for i in range(len(types))]
+        bars = ax.bar(xs, [by_type[t]["accuracy"] for t in types], width, label=f"{name} wording")
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    first = next(iter(scores.values()))
+    xs = [i + len(scores) * width for i in range(len(types))]
+    ax.bar(xs, [first[t]["chance"] for t in types], width, label="chance", color="lightgray")
+    ax.set_xticks([i + width * len(scores) / 2 for i in range(len(types))])
+    ax.set_xticklabels(["overall" if t == "all" else t for t in types])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -102,11 +132,21 @@ def summary_table(summary: dict[str, Any]) -> str:
         "final loss " + ", ".join(f"{k} {v:.3f}" for k, v in summary["final_loss"].items() if v is not None)
     )
     lines.append("-" * 64)
-    lines.append(f"{'question type':<15}{'n':>6}{'accuracy':>12}{'chance':>10}")
+    lines.append(f"{'question type':<15}{'n':>6}{'accuracy':>12}{'paraphrased':>13}{'chance':>10}")
+    para = summary.get("accuracy_paraphrased", {})
     for t in TYPE_ORDER:
         if t in summary["accuracy"]:
             r = summary["accuracy"][t]
             name = "overall" if t == "all" else t
-            lines.append(f"{name:<15}{r['count']:>6}{r['accuracy']:>11.1f}%{r['chance']:>9.1f}%")
+            other = f"{para[t]['accuracy']:>12.1f}%" if t in para else f"{'-':>13}"
+            lines.append(f"{name:<15}{r['count']:>6}{r['accuracy']:>11.1f}%{other}{r['chance']:>9.1f}%")
+    chats = summary.get("chats", [])
+    if chats:
+        right, claims = sum(c["claims_right"] for c in chats), sum(c["claims"] for c in chats)
+        lines.append("-" * 64)
+        lines.append(
+            f"chats      {len(chats)} random held-out images: {right}/{claims} claims right "
+            f"({100 * right / max(claims, 1):.0f}%), checked against the annotations"
+        )
     lines.append("=" * 64)
     return "\n".join(lines)

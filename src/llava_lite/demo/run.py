@@ -7,10 +7,13 @@
    (``demo.vision``) and a Llama warmed up on the world's text (``demo.text``);
 4. stage 1 (projector only, ``plain`` template) and stage 2 (projector + LLM, vision frozen)
    through ``llava_lite.training.train`` with the shipped Hydra configs;
-5. evaluation on held-out images and a few chat exchanges.
+5. evaluation on held-out images, in the demo's own wording and in wordings no training text
+   uses, and chats about held-out images chosen at random by the seed, every closed-form
+   claim checked against the annotations.
 
 Everything lands in ``out_dir``: data, pretrained parts, stage runs (checkpoints, CSV logs,
-exported model), ``metrics.csv``, ``summary.json``, ``loss_curves.png``, ``sample.png``.
+exported model), ``metrics.csv`` (and ``metrics_paraphrased.csv``), ``summary.json``,
+``loss_curves.png``, ``accuracy.png`` (held-out accuracy per type) and ``sample*.png`` (chats).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import csv
 import dataclasses
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +37,7 @@ from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
 from llava_lite.generation.settings import settings_from
 from llava_lite.symbolic import load_coco
-from llava_lite.synthetic import build_world
+from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.tasks import caption_records, eval_questions, write_json
 
 log = logging.getLogger(__name__)
@@ -163,7 +167,13 @@ def run_demo(
     """Run every step into ``out_dir``; returns the summary also written to ``summary.json``."""
     from llava_lite.data import LlavaProcessor  # heavy imports: only when the demo runs
     from llava_lite.demo.evaluate import evaluate_closed_form
-    from llava_lite.demo.report import plot_losses, sample_conversation, summary_table, write_metrics_csv
+    from llava_lite.demo.report import (
+        plot_accuracy,
+        plot_losses,
+        sample_chat,
+        summary_table,
+        write_metrics_csv,
+    )
     from llava_lite.modeling import LlavaModel
     from llava_lite.training import compose_config, train
 
@@ -201,6 +211,8 @@ def run_demo(
     )
     eval_records = eval_questions(world, "test", s.seed)
     write_json(eval_records, data_dir / "eval_test.json")
+    paraphrased = eval_questions(world, "test", s.seed, wording="paraphrased")
+    write_json(paraphrased, data_dir / "eval_test_paraphrased.json")
     clock.say(
         f"data: {len(instruct)} instruction samples {dict(gen.samples)}, rejected {dict(gen.rejects)}, "
         f"teacher errors {dict(gen.teacher_errors)}; {s.n_train} stage-1 images x {s.captions_per_image} "
@@ -252,25 +264,37 @@ def run_demo(
     # 5. evaluation and chat ------------------------------------------------------------
     model = LlavaModel.from_pretrained(stage2["model_dir"])
     processor = LlavaProcessor.from_model(model)
-    scores, _ = clock.step(
-        "held-out evaluation",
-        lambda: evaluate_closed_form(
-            model,
-            processor,
-            eval_records,
-            world.image_root,
-            out / "eval" / "answers.jsonl",
-            s.eval_batch_size,
-        ),
+
+    def evaluate() -> tuple[dict[str, Any], dict[str, Any]]:
+        def score(records: list[dict[str, Any]], name: str) -> dict[str, Any]:
+            answers = out / "eval" / f"answers_{name}.jsonl"
+            return evaluate_closed_form(
+                model, processor, records, world.image_root, answers, s.eval_batch_size
+            )[0]
+
+        return score(eval_records, "canonical"), score(paraphrased, "paraphrased")
+
+    scores, scores_paraphrased = clock.step(
+        "held-out evaluation (canonical and paraphrased wording)", evaluate
     )
-    chats = [
-        sample_conversation(model, processor, world, eval_records, k, out / f"sample{k or ''}.png")
-        for k in range(s.chat_images)
-    ]
+    test_scenes = {sc.image_id: sc for sc in load_scenes(world, "test")}
+    images = sorted({(int(r["id"][:7]), r["image"]) for r in eval_records})
+    chosen = random.Random(f"{s.seed}:chats").sample(images, min(s.chat_images, len(images)))
+    chats = clock.step(
+        "chats about random held-out images",
+        lambda: [
+            sample_chat(
+                model, processor, world, image, test_scenes[image_id], s.seed, out / f"sample{k or ''}.png"
+            )
+            for k, (image_id, image) in enumerate(chosen)
+        ],
+    )
     for chat in chats:
-        clock.say(f"chat about {chat['image']}:")
+        clock.say(f"chat about {chat['image']} ({chat['claims_right']}/{chat['claims']} claims right):")
         for q, a in chat["turns"]:
             echo(f"    USER: {q}\n    ASSISTANT: {a}")
+        for problem in chat["problems"]:
+            echo(f"    wrong: {problem}")
 
     losses = {
         "CLIP image-caption": [(st, g) for st, g, _ in vision.losses],
@@ -280,7 +304,9 @@ def run_demo(
         "stage 2": _csv_losses(stage2_dir),
     }
     plot_losses(losses, out / "loss_curves.png")
+    plot_accuracy({"canonical": scores, "paraphrased": scores_paraphrased}, out / "accuracy.png")
     write_metrics_csv(scores, out / "metrics.csv")
+    write_metrics_csv(scores_paraphrased, out / "metrics_paraphrased.csv")
     summary = {
         "run_dir": str(out),
         "settings": dataclasses.asdict(s),
@@ -294,9 +320,10 @@ def run_demo(
         "final_loss": {name: (v[-1][1] if v else None) for name, v in losses.items()},
         "vision_cell_accuracy": {"what": vision.object_accuracy, "where": vision.position_accuracy},
         "accuracy": scores,
+        "accuracy_paraphrased": scores_paraphrased,
         "stage_steps": {"stage1": stage1["global_step"], "stage2": stage2["global_step"]},
         "chats": chats,
-        "predictions_file": str(out / "eval" / "answers.jsonl"),
+        "predictions_files": [str(out / "eval" / f"answers_{n}.jsonl") for n in ("canonical", "paraphrased")],
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     echo(summary_table(summary))

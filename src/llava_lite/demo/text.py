@@ -13,8 +13,10 @@ recipe: ``docs/demo.md``):
   (``plain`` template) with scene cells where ``<image>``'s tokens go; next-token loss on
   every text token;
 * batches are drawn at random, so every step mixes captions, descriptions and conversations,
-  and each is cut into length-sorted micro-batches whose summed loss is the batch's token
-  mean: the random batch's gradient with less padding.
+  and packed into rows (``llava_lite.data.packing``: positions restart per document, no
+  attention across documents), so no padding is paid for;
+* it trains through the library's ``training.objective`` (AdamW groups, warm-up + cosine,
+  norm clipping), as the vision pretraining does.
 
 The cell embeddings are dropped afterwards. LLaVA's stage 1 then does what the paper says it
 does, train the projector to turn visual features into vectors the frozen LLM reads, and
@@ -24,7 +26,6 @@ token), so the LLaVA config names the folder as ``llm.name_or_path``.
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -34,22 +35,26 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from llava_lite.config import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.collate import LlavaCollator
-from llava_lite.data.sampler import ModalityLengthGroupedSampler
+from llava_lite.data.packing import PackingCollator
 from llava_lite.data.schema import normalize_conversation
 from llava_lite.data.tokenize import encode_conversation
 from llava_lite.demo.vision import LOOKS
 from llava_lite.modeling.llava import splice_features
-from llava_lite.modeling.llm import prepare_tokenizer
+from llava_lite.modeling.llm import check_packed_attention, prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
-from llava_lite.synthetic.scene import COLORS, SHAPES, SIZES
+from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
+from llava_lite.synthetic.scene import COLORS, COLUMNS, GRID, ROWS, SHAPES, SIZES
 from llava_lite.templates import get_template
+from llava_lite.training.objective import ObjectiveModule, fit_objective
 
 NOTHING_LOOK = LOOKS.index(None)  # an empty cell's index
+# What the warm-up reads besides the captions: every instruction conversation, or only their
+# closed-form turns, one per document (docs/demo.md: as much learned per step, at a third of the cost).
+WARMUP_CORPORA: tuple[str, ...] = ("all", "short_answers")
 
 
 @dataclass
@@ -66,10 +71,12 @@ class LLMWarmupSettings:
     warmup_steps: int = 30
     weight_decay: float = 0.0
     template: str = "vicuna_v1"
-    # Random batches measured better than length-grouped ones (docs/demo.md); micro-batches
-    # keep a random batch's gradient and pad less.
-    group_by_length: bool = False
-    micro_batches: int = 4
+    # Documents of a step are packed into rows of at most this many tokens (positions restart,
+    # no attention across documents): no padding to pay for.
+    max_tokens_per_row: int = 512
+    cell_positions: bool = False
+    cell_words: bool = False
+    corpus: str = "all"
     seed: int = 0
 
 
@@ -79,6 +86,7 @@ class LLMWarmupResult:
     losses: list[tuple[int, float]]  # (step, loss)
     documents: int
     seconds: float
+    scene: SceneEmbedding  # the cell embeddings, for scoring the LLM on symbolic scenes; not saved
 
 
 @dataclass
@@ -97,13 +105,30 @@ class Document:
 class SceneEmbedding(nn.Module):
     """Input vectors for scene cells: size + colour + shape embeddings, or a learned "nothing"."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(
+        self, hidden_size: int, positions: bool = False, word_ids: dict[str, int] | None = None
+    ) -> None:
         super().__init__()
+        self.positions = positions
+        self.tied = word_ids is not None
+        if word_ids is not None:  # each attribute is its word's own token embedding
+            for name, words in (("size_word", SIZES), ("color_word", tuple(COLORS)), ("shape_word", SHAPES),
+                                ("row_word", ROWS), ("column_word", COLUMNS)):  # fmt: skip
+                self.register_buffer(name, torch.tensor([word_ids[w] for w in words]), persistent=False)
+        self.row = nn.Embedding(GRID, hidden_size)
+        self.column = nn.Embedding(GRID, hidden_size)
         self.size = nn.Embedding(len(SIZES), hidden_size)
         self.color = nn.Embedding(len(COLORS), hidden_size)
         self.shape = nn.Embedding(len(SHAPES), hidden_size)
         self.nothing = nn.Parameter(torch.zeros(hidden_size))
-        for p in (self.size.weight, self.color.weight, self.shape.weight, self.nothing):
+        for p in (
+            self.row.weight,
+            self.column.weight,
+            self.size.weight,
+            self.color.weight,
+            self.shape.weight,
+            self.nothing,
+        ):
             nn.init.normal_(p, std=0.02)  # the LLM's own initializer range
         looks = [look or (SIZES[0], next(iter(COLORS)), SHAPES[0]) for look in LOOKS]
         self.register_buffer("size_of", torch.tensor([SIZES.index(x[0]) for x in looks]), persistent=False)
@@ -112,14 +137,51 @@ class SceneEmbedding(nn.Module):
         )
         self.register_buffer("shape_of", torch.tensor([SHAPES.index(x[2]) for x in looks]), persistent=False)
 
-    def forward(self, cells: Tensor) -> Tensor:
+    def forward(self, cells: Tensor, words: nn.Embedding | None = None) -> Tensor:
         """``cells``: indices into LOOKS, any shape [...] -> vectors [..., D]."""
-        x = (
-            self.size(self.size_of[cells])
-            + self.color(self.color_of[cells])
-            + self.shape(self.shape_of[cells])
-        )
-        return torch.where((cells == NOTHING_LOOK).unsqueeze(-1), self.nothing, x)
+        if self.tied:
+            x = (
+                words(self.size_word[self.size_of[cells]])
+                + words(self.color_word[self.color_of[cells]])
+                + words(self.shape_word[self.shape_of[cells]])
+            )
+        else:
+            x = (
+                self.size(self.size_of[cells])
+                + self.color(self.color_of[cells])
+                + self.shape(self.shape_of[cells])
+            )
+        x = torch.where((cells == NOTHING_LOOK).unsqueeze(-1), self.nothing, x)
+        if self.positions:  # cells are row-major: cell k sits in row k // GRID, column k % GRID
+            k = torch.arange(cells.shape[-1], device=cells.device)
+            if self.tied:
+                x = x + words(self.row_word[k // GRID]) + words(self.column_word[k % GRID])
+            else:
+                x = x + self.row(k // GRID) + self.column(k % GRID)
+        return x
+
+
+def short_answer_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every closed-form turn of the conversations (its question ends with the short-answer
+    prompt) as a one-turn record about the same image: the shortest documents that ask to
+    find an object and report one thing about it."""
+    turns = []
+    for r in records:
+        c = r["conversations"]
+        for k in range(0, len(c) - 1, 2):
+            question = c[k]["value"].replace(IMAGE_TOKEN, "").strip()
+            if question.endswith(SHORT_ANSWER_PROMPT):
+                turns.append(
+                    {
+                        "id": f"{r.get('id')}_turn{k // 2}",
+                        "image": r.get("image"),
+                        "conversations": [
+                            {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
+                            {"from": "gpt", "value": c[k + 1]["value"]},
+                        ],
+                    }
+                )
+    return turns
 
 
 def turn_texts(records: list[dict[str, Any]]) -> list[str]:
@@ -153,36 +215,41 @@ def build_documents(
     return docs
 
 
-def _embed(model: LlamaForCausalLM, scene: SceneEmbedding, ids: Tensor, docs: list[Document]) -> Tensor:
-    """Token embeddings with the image positions holding each document's scene cells, in order."""
-    # [B, T]: nine per row, one run where build_documents put the one <image> marker
-    slots = ids == docs[0].image_id
-    cells = scene(torch.tensor([d.cells for d in docs]))  # [B, 9, D]
-    return splice_features(model.get_input_embeddings()(ids), slots, cells)  # [B, T, D]
+def embed_documents(
+    model: LlamaForCausalLM, scene: SceneEmbedding, ids: Tensor, cells: Tensor, image_id: int
+) -> Tensor:
+    """Token embeddings with the image positions holding the documents' scene cells, in order.
+
+    ``ids`` [R, T] holds one run of nine ``image_id`` per document; ``cells`` [N, 9] the
+    documents' cells in the row-major order of those runs (``splice_features``'s order).
+    """
+    words = model.get_input_embeddings()
+    return splice_features(words(ids), ids == image_id, scene(cells, words))  # [R, T, D]
 
 
-def _batches(docs: list[Document], batch_size: int, seed: int, by_length: bool) -> Iterator[list[int]]:
-    """Endless batches: random, or of similar-length documents (a caption is a quarter of a
-    conversation), which pads less, as LLaVA's length grouping does."""
-    if not by_length:
-        rng = random.Random(seed)
-        while True:
-            yield rng.sample(range(len(docs)), min(batch_size, len(docs)))
-    sampler = ModalityLengthGroupedSampler(
-        [len(d.input_ids) for d in docs], [True] * len(docs), batch_size, seed=seed
-    )
-    for epoch in itertools.count():
-        sampler.set_epoch(epoch)
-        yield from sampler.global_batches()
+def _random_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless random batches of document indices: every step mixes captions, descriptions and
+    conversations (measured better than length-grouped batches, ``docs/demo.md``)."""
+    rng = random.Random(seed)
+    while True:
+        yield rng.sample(range(n), min(batch_size, n))
 
 
-def _collate(collate: LlavaCollator, docs: list[Document]) -> dict[str, Any]:
-    """Pad documents into one batch; an over-long one raises, naming the record."""
+def _packed(collate: PackingCollator, docs: list[Document], batch: list[int]) -> dict[str, Any]:
+    """One step's documents packed into rows; an over-long one raises, naming the record."""
     padded = collate(
-        [{"id": d.id, "input_ids": torch.tensor(d.input_ids), "labels": torch.tensor(d.labels)} for d in docs]
+        [
+            {
+                "id": str(i),
+                "input_ids": torch.tensor(docs[i].input_ids),
+                "labels": torch.tensor(docs[i].labels),
+            }
+            for i in batch
+        ]
     )
     if padded["skipped"]:
         raise ValueError(f"LLM warm-up: {padded['skipped'][0]}")
+    padded["cells"] = torch.tensor([docs[int(i)].cells for i in padded["ids"]])  # [N, 9], row order
     return padded
 
 
@@ -200,8 +267,8 @@ def warmup_llm(
     caption records (``plain``); ``scenes``: scene cells per image (``demo.vision.cell_targets``).
     """
     s = settings
-    if s.micro_batches < 1:
-        raise ValueError(f"micro_batches must be at least 1, got {s.micro_batches}")
+    if s.corpus not in WARMUP_CORPORA:
+        raise ValueError(f"corpus={s.corpus!r}; valid: {list(WARMUP_CORPORA)}")
     start = time.perf_counter()
     torch.manual_seed(s.seed)
     # The template's fixed text is in every document: show it to the tokenizer often enough
@@ -210,9 +277,16 @@ def warmup_llm(
     texts = turn_texts(conversations[:3000] + captions[:3000])
     tokenizer = build_tiny_tokenizer("sentencepiece", vocab_size=s.vocab_size, extra_texts=texts + fixed)
     image_id = prepare_tokenizer(tokenizer, IMAGE_TOKEN)
+    chats = short_answer_turns(conversations) if s.corpus == "short_answers" else conversations
     docs = build_documents(
-        [(r, s.template) for r in conversations] + [(r, "plain") for r in captions], scenes, tokenizer
+        [(r, s.template) for r in chats] + [(r, "plain") for r in captions], scenes, tokenizer
     )
+    longest = max(docs, key=lambda d: len(d.input_ids))
+    if len(longest.input_ids) > s.max_tokens_per_row:  # a packed row never cuts a document
+        raise ValueError(
+            f"LLM warm-up: record {longest.id} has {len(longest.input_ids)} tokens > "
+            f"max_tokens_per_row={s.max_tokens_per_row}; raise it"
+        )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=s.hidden_size,
@@ -227,42 +301,46 @@ def warmup_llm(
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
-    scene = SceneEmbedding(s.hidden_size)
-    params = [*model.parameters(), *scene.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, s.warmup_steps, s.steps)
-    losses: list[tuple[int, float]] = []
-    model.train()
-    collate = LlavaCollator(tokenizer.pad_token_id, s.max_position_embeddings, image_token_id=image_id)
-    batches = _batches(docs, s.batch_size, s.seed, s.group_by_length)
-    for step in range(1, s.steps + 1):
-        # Sorted by length and cut into micro-batches: a random batch's gradient with less padding.
-        batch = sorted((docs[i] for i in next(batches)), key=lambda d: len(d.input_ids))
-        size = -(-len(batch) // s.micro_batches)
-        chunks = [batch[k : k + size] for k in range(0, len(batch), size)]
-        padded = [_collate(collate, chunk) for chunk in chunks]
-        targets = sum(int((p["labels"][:, 1:] != IGNORE_INDEX).sum()) for p in padded)
-        optimizer.zero_grad(set_to_none=True)
-        loss = 0.0
-        for chunk, p in zip(chunks, padded, strict=True):
-            ids = p["input_ids"]  # [b, T]
-            part = model(
-                inputs_embeds=_embed(model, scene, ids, chunk),
-                attention_mask=p["attention_mask"],
-                labels=p["labels"],
-                num_items_in_batch=targets,  # token mean over the whole batch, not per chunk
-            ).loss
-            part.backward()
-            loss += part.item()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append((step, loss))
-        if progress is not None:
-            progress(step, loss)
+    check_packed_attention(model, "LLM warm-up packing")
+    word_ids = None
+    if s.cell_words:
+        word_ids = {
+            w: tokenizer.convert_tokens_to_ids("\u2581" + w)
+            for w in (*SIZES, *COLORS, *SHAPES, *ROWS, *COLUMNS)
+        }
+        unknown = [w for w, i in word_ids.items() if i == tokenizer.unk_token_id]
+        if unknown:
+            raise ValueError(
+                f"cell_words=true needs one token per attribute word; not single tokens: {unknown}"
+            )
+    scene = SceneEmbedding(s.hidden_size, s.cell_positions, word_ids)
+    collate = PackingCollator(tokenizer.pad_token_id, s.max_tokens_per_row, image_token_id=image_id)
+
+    def objective(batch: dict[str, Any]) -> tuple[Tensor, tuple[Tensor]]:
+        # Packed rows: positions restart per document and no attention mask, so transformers
+        # keeps documents apart; the loss is the token mean over the whole step.
+        loss = model(
+            inputs_embeds=embed_documents(model, scene, batch["input_ids"], batch["cells"], image_id),
+            position_ids=batch["position_ids"],
+            labels=batch["labels"],
+            use_cache=False,
+        ).loss
+        return loss, (loss.detach(),)
+
+    module = ObjectiveModule(
+        {"llm": model, "scene": scene},
+        objective,
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+        warmup_steps=s.warmup_steps,
+        progress=progress,
+    )
+    batches = (_packed(collate, docs, b) for b in _random_batches(len(docs), s.batch_size, s.seed))
+    fit_objective(module, batches, s.steps, seed=s.seed)
+    losses = [(int(step), value) for step, value in module.losses]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return LLMWarmupResult(out, losses, len(docs), time.perf_counter() - start)
+    return LLMWarmupResult(out, losses, len(docs), time.perf_counter() - start, scene)

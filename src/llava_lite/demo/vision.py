@@ -14,7 +14,8 @@ LLaVA starts from CLIP; offline there is none, so the demo trains a small
 
 Global CLIP alone ignores counts and positions (measured: ``docs/demo.md``); the regional
 losses are what put "what is where" into the tokens LLaVA's projector reads. The result is
-saved the way hub CLIP checkpoints are (``CLIPModel`` + ``CLIPImageProcessor`` + tokenizer),
+trained through the library's ``training.objective`` (AdamW groups, warm-up + cosine, norm
+clipping) and saved the way hub CLIP checkpoints are (``CLIPModel`` + ``CLIPImageProcessor`` + tokenizer),
 so the LLaVA config names the folder as ``vision.name_or_path``.
 """
 
@@ -25,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, get_cosine_schedule_with_warmup
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.symbolic import SymbolicContext, load_coco
@@ -42,6 +43,7 @@ from llava_lite.synthetic.context import parse_context
 from llava_lite.synthetic.language import article, located
 from llava_lite.synthetic.scene import COLORS, GRID, SHAPES, SIZES, cell_phrase
 from llava_lite.synthetic.world import WorldPaths
+from llava_lite.training.objective import ObjectiveModule, fit_objective
 
 log = logging.getLogger(__name__)
 
@@ -254,24 +256,25 @@ def pretrain_vision(
     objective = _Objective(model, head, tokenizer.pad_token_id, s.feature_layer)
     train = _Data(world, "train", processor, tokenizer)
 
-    params = [*model.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, s.warmup_steps, s.steps)
-    losses: list[tuple[int, float, float]] = []
-    model.train()
-    for step in range(1, s.steps + 1):
-        idx = torch.tensor(rng.sample(range(len(train)), min(s.batch_size, len(train))))
-        captions = [rng.choice(train.captions[i]) for i in idx.tolist()]
-        global_loss, region_loss = objective(train.pixels[idx], train.what[idx], captions)
-        loss = global_loss + s.region_weight * region_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append((step, global_loss.item(), region_loss.item()))
-        if progress is not None:
-            progress(step, *losses[-1][1:])
+    def batches() -> Iterator[tuple[Tensor, Tensor, list[list[int]]]]:
+        while True:  # random images, one of each image's five captions at random
+            idx = torch.tensor(rng.sample(range(len(train)), min(s.batch_size, len(train))))
+            yield train.pixels[idx], train.what[idx], [rng.choice(train.captions[i]) for i in idx.tolist()]
+
+    def loss(batch: tuple[Tensor, Tensor, list[list[int]]]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        global_loss, region_loss = objective(*batch)
+        return global_loss + s.region_weight * region_loss, (global_loss.detach(), region_loss.detach())
+
+    module = ObjectiveModule(
+        {"clip": model, "region_head": head},
+        loss,
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+        warmup_steps=s.warmup_steps,
+        progress=progress,
+    )
+    fit_objective(module, batches(), s.steps, seed=s.seed)
+    losses = [(int(step), g, r) for step, g, r in module.losses]
 
     model.eval()
     val = _Data(world, "val", processor, tokenizer)

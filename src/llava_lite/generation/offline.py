@@ -33,6 +33,7 @@ from llava_lite.synthetic.questions import (
     SHORT_ANSWER_PROMPT,
     closed_question,
     referring_expression,
+    word,
 )
 from llava_lite.synthetic.scene import COLORS, SHAPES, Scene, SceneObject
 
@@ -63,13 +64,7 @@ def _reading(scene: Scene) -> list[SceneObject]:
 # ---- conversation turns: each returns (question, answer) or None when it does not apply ----
 def _count_all(scene: Scene, rng: random.Random) -> Turn | None:
     n = len(scene.objects)
-    q = rng.choice(
-        (
-            "How many objects are in the image?",
-            "How many shapes can you see?",
-            "Can you count the objects in this picture?",
-        )
-    )
+    q = word("train", "count", rng=rng)
     if n == 1:
         return q, f"There is just one object: {_list(scene.objects)}."
     return q, f"There are {number_word(n)} objects: {_list(_reading(scene))}."
@@ -100,17 +95,13 @@ def _count_kind(scene: Scene, rng: random.Random) -> Turn | None:
 def _colour_of(scene: Scene, rng: random.Random) -> Turn | None:
     obj = rng.choice(scene.objects)
     ref = referring_expression(obj, scene, avoid="color")
-    q = rng.choice(
-        (f"What color is {ref}?", f"Which color does {ref} have?", f"Can you tell me the color of {ref}?")
-    )
-    return q, f"{capitalize(ref)} is {obj.color}."
+    return word("train", "colour", ref, rng), f"{capitalize(ref)} is {obj.color}."
 
 
 def _shape_of(scene: Scene, rng: random.Random) -> Turn | None:
     obj = rng.choice(scene.objects)
     ref = referring_expression(obj, scene, avoid="shape")
-    q = rng.choice((f"What shape is {ref}?", f"What kind of shape is {ref}?"))
-    return q, f"{capitalize(ref)} is {article(obj.shape)}."
+    return word("train", "shape", ref, rng), f"{capitalize(ref)} is {article(obj.shape)}."
 
 
 def _where(scene: Scene, rng: random.Random) -> Turn | None:
@@ -182,7 +173,7 @@ def _size(scene: Scene, rng: random.Random) -> Turn | None:
 
 
 def _short(scene: Scene, rng: random.Random) -> Turn | None:
-    cq = closed_question(rng.choice(QUESTION_TYPES), scene, rng)
+    cq = closed_question(rng.choice(QUESTION_TYPES), scene, rng, "train", wording_rng=rng)
     if cq is None:
         return None
     return f"{cq.question}\n{SHORT_ANSWER_PROMPT}", cq.answer

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from llava_lite.synthetic.language import NUMBER_WORDS, plural
+from llava_lite.synthetic.questions import WORDINGS
 from llava_lite.synthetic.scene import CELL_PHRASES, COLORS, SHAPES, SIZES, Scene, SceneObject
 
 _COLOR = "|".join(COLORS)
@@ -24,13 +25,33 @@ _LOCATED_NOUN = re.compile(
     rf"\b(?P<size>{'|'.join(SIZES)})\s+(?P<color>{_COLOR})\s+(?P<shape>{_SHAPE})\s+(?:in|on|at)\s+the\s+(?P<pos>{_POS})\b"
 )
 _NEGATION = re.compile(r"\b(no|not|none|without|if i added)\b|n't")
-_HORIZONTAL_OPTIONS = "on the left, in the center, or on the right"
-_VERTICAL_OPTIONS = "at the top, in the middle, or at the bottom"
+_REF = "(the .+?)"
+
+
+def _frame_pattern(frame: str) -> re.Pattern[str]:
+    """A question wording ("What color is {ref}?") as a pattern over the lower-cased question."""
+    return re.compile("^" + re.escape(frame.lower()).replace(re.escape("{ref}"), _REF) + "$")
+
+
+# Every wording of both pools (questions.WORDINGS), so held-out paraphrases are checked too.
+_FRAMES: dict[str, list[re.Pattern[str]]] = {
+    key: [_frame_pattern(f) for pool in WORDINGS.values() for f in pool[key]] for key in WORDINGS["train"]
+}
+_FRAMES["colour"].append(
+    re.compile(rf"^(?:which colou?r does|can you tell me the colou?r of) {_REF}(?: have)?\?$")
+)
+_FRAMES["shape"].append(re.compile(rf"^what (?:kind of )?shape is {_REF}\?$"))
+_FRAMES["position_x"].append(re.compile(rf"^is {_REF} on the left, in the center, or on the right\?$"))
+_FRAMES["position_y"].append(re.compile(rf"^is {_REF} at the top, in the middle, or at the bottom\?$"))
+
+
+def _framed(key: str, question: str) -> re.Match[str] | None:
+    return next((m for p in _FRAMES[key] if (m := p.match(question))), None)
 
 
 @dataclass
 class CheckResult:
-    checked: int = 0  # claims compared with the truth
+    checked: int = 0  # claims in the answers compared with the truth (and ambiguous references)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -89,9 +110,13 @@ class _Checker:
             self.result.problems.append(message)
 
     def one(self, ref: str, question: str) -> SceneObject | None:
+        """The object a question refers to; an ambiguous reference is a problem of the turn
+        (counted), a unique one is not a claim and is not counted."""
         found = resolve(ref, self.scene)
-        self.expect(len(found) == 1, f"{question!r}: {ref!r} matches {len(found)} objects")
-        return found[0] if len(found) == 1 else None
+        if len(found) != 1:
+            self.expect(False, f"{question!r}: {ref!r} matches {len(found)} objects")
+            return None
+        return found[0]
 
     def mentions(self, answer: str) -> None:
         """Every non-negated object an answer names must exist (with its position, where given)."""
@@ -119,22 +144,19 @@ class _Checker:
         self.mentions(answer)
         if self.reasoning(q, a, question):
             return
-        if m := re.match(rf"^is (the .+?) ({_HORIZONTAL_OPTIONS}|{_VERTICAL_OPTIONS})\?$", q):
+        if m := (_framed("position_x", q) or _framed("position_y", q)):
             if obj := self.one(m[1], question):
-                truth = ("left", "center", "right")[obj.cell[1]] if m[2] == _HORIZONTAL_OPTIONS else (
+                truth = ("left", "center", "right")[obj.cell[1]] if _framed("position_x", q) else (
                     ("top", "middle", "bottom")[obj.cell[0]])  # fmt: skip
                 self.expect(
                     _first("left|center|right|top|middle|bottom", a) == truth,
                     f"{question!r}: {answer!r}, truth {truth}",
                 )
-        elif m := re.match(
-            r"^(?:what colou?r is|which colou?r does|can you tell me the colou?r of) (the .+?)(?: have)?\?$",
-            q,
-        ):
+        elif m := _framed("colour", q):
             if obj := self.one(m[1], question):
                 self.subject(obj, a, question)
                 self.expect(_first(_COLOR, a) == obj.color, f"{question!r}: {answer!r}, truth {obj.color}")
-        elif m := re.match(r"^what (?:kind of )?shape is (the .+?)\?$", q):
+        elif m := _framed("shape", q):
             if obj := self.one(m[1], question):
                 self.subject(obj, a, question)
                 shapes = re.findall(rf"\b({_SHAPE})\b", a)
@@ -174,7 +196,7 @@ class _Checker:
         elif m := re.match(rf"^(?:is there|can you see) an? ({_COLOR}) ({_SHAPE})\b", q):
             truth = any((o.color, o.shape) == (m[1], m[2]) for o in self.scene.objects)
             self.expect(a.startswith("yes") == truth, f"{question!r}: {answer!r}, truth {truth}")
-        elif re.match(r"^(?:how many|can you count)", q) and " if " not in f" {q} ":
+        elif _framed("count", q) or (re.match(r"^(?:how many|can you count)", q) and " if " not in f" {q} "):
             self.count(q, a, question, answer)
 
     def reasoning(self, q: str, a: str, question: str) -> bool:

@@ -4,6 +4,12 @@ Used twice: to build the held-out evaluation set from the test split's ground tr
 the offline teacher (from what it parsed out of captions and boxes) to write the short-answer
 turns that teach the answer format, like LLaVA-1.5's VQA mix. Referring expressions are
 always unique in the scene, so every question has exactly one right answer.
+
+Each question type has two disjoint pools of wordings. The teacher writes in the ``"train"``
+pool, several wordings per type, so no type is one fixed phrase; the held-out set is asked
+once in the pool's first wording (the demo's own words) and once, about the same objects, in
+the ``"held_out"`` pool that no training text uses: the gap between the two is how much of
+the score is instruction following rather than a memorised template.
 """
 
 from __future__ import annotations
@@ -26,6 +32,93 @@ DETAIL_INSTRUCTIONS: tuple[str, ...] = (
 HORIZONTAL: tuple[str, ...] = ("left", "center", "right")
 VERTICAL: tuple[str, ...] = ("top", "middle", "bottom")
 COUNT_CHOICES: tuple[str, ...] = tuple(str(n) for n in range(1, MAX_OBJECTS + 1))
+_X_OPTIONS = "on the left, in the center, or on the right"
+_Y_OPTIONS = "at the top, in the middle, or at the bottom"
+# "{ref}" is a referring expression ("the red circle"); "{Ref}" the same, capitalised.
+# Position wordings name their axis's three answers, so the question says what to answer.
+WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {
+        "colour": (
+            "What color is {ref}?",
+            "What colour is {ref}?",
+            "Which color is {ref}?",
+            "Tell me the color of {ref}.",
+            "What is the colour of {ref}?",
+            "{Ref} is what color?",
+            "Can you tell me the color of {ref}?",
+            "Tell me the colour of {ref}.",
+        ),
+        "shape": (
+            "What shape is {ref}?",
+            "What kind of shape is {ref}?",
+            "Which shape is {ref}?",
+            "Tell me the shape of {ref}.",
+            "What is the shape of {ref}?",
+            "{Ref} is what shape?",
+            "Can you tell me the shape of {ref}?",
+        ),
+        "count": (
+            "How many objects are there in the image?",
+            "How many objects are in the image?",
+            "How many shapes can you see?",
+            "Count the objects in this picture.",
+            "What is the number of objects in the image?",
+        ),
+        "position_x": (
+            f"Is {{ref}} {_X_OPTIONS}?",
+            f"Is {{ref}} placed {_X_OPTIONS}?",
+            "Which side is {ref} on: left, center or right?",
+            "Tell me if {ref} is on the left, in the center or on the right.",
+        ),
+        "position_y": (
+            f"Is {{ref}} {_Y_OPTIONS}?",
+            f"Is {{ref}} placed {_Y_OPTIONS}?",
+            "Which row is {ref} in: top, middle or bottom?",
+            "Tell me if {ref} is at the top, in the middle or at the bottom.",
+        ),
+    },
+    "held_out": {
+        "colour": (
+            "Which colour does {ref} have?",
+            "Name the color of {ref}.",
+            "Can you say what colour {ref} is?",
+            "What color does {ref} appear in?",
+        ),
+        "shape": (
+            "Which shape does {ref} have?",
+            "Name the shape of {ref}.",
+            "Can you say what shape {ref} is?",
+            "What sort of shape is {ref}?",
+        ),
+        "count": (
+            "How many objects does this picture contain?",
+            "Tell me how many objects you see.",
+            "What number of shapes is shown in the image?",
+            "Can you say how many objects there are?",
+        ),
+        "position_x": (
+            "Horizontally, is {ref} on the left, in the center, or on the right?",
+            "Is {ref} located left, center or right?",
+            "Can you say whether {ref} is on the left, in the center or on the right?",
+        ),
+        "position_y": (
+            "Vertically, is {ref} at the top, in the middle, or at the bottom?",
+            "Is {ref} located top, middle or bottom?",
+            "Can you say whether {ref} is at the top, in the middle or at the bottom?",
+        ),
+    },
+}
+WORDING_POOLS: tuple[str, ...] = tuple(WORDINGS)
+
+
+def word(pool: str, key: str, ref: str = "", rng: random.Random | None = None) -> str:
+    """A wording of question ``key`` ("colour", ..., "position_x") from ``pool``: the pool's
+    first wording, or one drawn by ``rng``; ``ref`` fills it."""
+    if pool not in WORDINGS:
+        raise ValueError(f"wording pool={pool!r}; valid: {list(WORDINGS)}")
+    frames = WORDINGS[pool][key]
+    frame = rng.choice(frames) if rng is not None else frames[0]
+    return frame.format(ref=ref, Ref=ref[:1].upper() + ref[1:])
 
 
 @dataclass(frozen=True)
@@ -69,44 +162,70 @@ def referring_expression(obj: SceneObject, scene: Scene, avoid: str | None = Non
     return f"the {noun} {located(obj.position)}"
 
 
-def colour_question(obj: SceneObject, scene: Scene) -> ClosedQuestion:
+def colour_question(
+    obj: SceneObject, scene: Scene, pool: str = "train", rng: random.Random | None = None
+) -> ClosedQuestion:
     ref = referring_expression(obj, scene, avoid="color")
-    return ClosedQuestion("colour", f"What color is {ref}?", obj.color, tuple(COLORS))
+    return ClosedQuestion("colour", word(pool, "colour", ref, rng), obj.color, tuple(COLORS))
 
 
-def shape_question(obj: SceneObject, scene: Scene) -> ClosedQuestion:
+def shape_question(
+    obj: SceneObject, scene: Scene, pool: str = "train", rng: random.Random | None = None
+) -> ClosedQuestion:
     ref = referring_expression(obj, scene, avoid="shape")
-    return ClosedQuestion("shape", f"What shape is {ref}?", obj.shape, SHAPES)
+    return ClosedQuestion("shape", word(pool, "shape", ref, rng), obj.shape, SHAPES)
 
 
-def count_question(scene: Scene) -> ClosedQuestion:
-    return ClosedQuestion(
-        "count", "How many objects are there in the image?", str(len(scene.objects)), COUNT_CHOICES
-    )
+def count_question(scene: Scene, pool: str = "train", rng: random.Random | None = None) -> ClosedQuestion:
+    return ClosedQuestion("count", word(pool, "count", rng=rng), str(len(scene.objects)), COUNT_CHOICES)
 
 
-def position_question(obj: SceneObject, scene: Scene, axis: str) -> ClosedQuestion | None:
+def position_question(
+    obj: SceneObject, scene: Scene, axis: str, pool: str = "train", rng: random.Random | None = None
+) -> ClosedQuestion | None:
     """'Is the red circle on the left, in the center, or on the right?' (axis 'x'), or top/middle/bottom."""
     ref = referring_expression(obj, scene, avoid="position")
     if ref is None:
         return None
     row, col = obj.cell
     if axis == "x":
-        q = f"Is {ref} on the left, in the center, or on the right?"
-        return ClosedQuestion("position", q, HORIZONTAL[col], HORIZONTAL)
-    q = f"Is {ref} at the top, in the middle, or at the bottom?"
-    return ClosedQuestion("position", q, VERTICAL[row], VERTICAL)
+        return ClosedQuestion("position", word(pool, "position_x", ref, rng), HORIZONTAL[col], HORIZONTAL)
+    return ClosedQuestion("position", word(pool, "position_y", ref, rng), VERTICAL[row], VERTICAL)
 
 
-def closed_question(question_type: str, scene: Scene, rng: random.Random) -> ClosedQuestion | None:
-    """One question of the given type about a random object (None if the type does not apply)."""
+def closed_question(
+    question_type: str,
+    scene: Scene,
+    rng: random.Random,
+    pool: str = "train",
+    wording_rng: random.Random | None = None,
+) -> ClosedQuestion | None:
+    """One question of the given type about a random object (None if the type does not apply).
+
+    ``rng`` picks the object (and axis); ``wording_rng`` picks a wording from ``pool``, or
+    None for the pool's first. Two calls with equal ``rng`` states ask about the same object
+    whatever the wording.
+    """
     if question_type not in QUESTION_TYPES:
         raise ValueError(f"question_type={question_type!r}; valid: {list(QUESTION_TYPES)}")
     obj = rng.choice(scene.objects)
     if question_type == "colour":
-        return colour_question(obj, scene)
+        return colour_question(obj, scene, pool, wording_rng)
     if question_type == "shape":
-        return shape_question(obj, scene)
+        return shape_question(obj, scene, pool, wording_rng)
     if question_type == "count":
-        return count_question(scene)
-    return position_question(obj, scene, rng.choice(("x", "y")))
+        return count_question(scene, pool, wording_rng)
+    return position_question(obj, scene, rng.choice(("x", "y")), pool, wording_rng)
+
+
+def chat_questions(scene: Scene, rng: random.Random, pool: str = "train") -> list[str]:
+    """Free-form questions for a shown chat, one per closed-form type, about random objects:
+    how many, a colour, a shape, and where one is (answers are checked by ``synthetic.checker``)."""
+    colour = colour_question(rng.choice(scene.objects), scene, pool, rng).question
+    shape = shape_question(rng.choice(scene.objects), scene, pool, rng).question
+    questions = [count_question(scene, pool, rng).question, colour, shape]
+    placed = [o for o in scene.objects if referring_expression(o, scene, avoid="position")]
+    if placed:
+        ref = referring_expression(rng.choice(placed), scene, avoid="position")
+        questions.append(f"Where is {ref}?")
+    return questions

@@ -48,27 +48,44 @@ def caption_records(
     return records
 
 
+EVAL_WORDINGS: tuple[str, ...] = ("canonical", "paraphrased")
+
+
 def eval_questions(
-    paths: WorldPaths, split: str = "test", seed: int = 0, types: tuple[str, ...] = QUESTION_TYPES
+    paths: WorldPaths,
+    split: str = "test",
+    seed: int = 0,
+    types: tuple[str, ...] = QUESTION_TYPES,
+    wording: str = "canonical",
 ) -> list[dict[str, Any]]:
-    """One closed-form question of each type per image of ``split`` (held out from training)."""
+    """One closed-form question of each type per image of ``split`` (held out from training).
+
+    ``wording="canonical"`` asks in the first wording of the teacher's pool (the demo's own
+    words); ``"paraphrased"`` asks about the same objects in wordings drawn from the
+    ``held_out`` pool, which no training text uses (``synthetic.questions.WORDINGS``).
+    """
+    if wording not in EVAL_WORDINGS:
+        raise ValueError(f"wording={wording!r}; valid: {list(EVAL_WORDINGS)}")
+    pool = "train" if wording == "canonical" else "held_out"
+    suffix = "" if wording == "canonical" else "_para"
     records = []
     files = {
         int(im["id"]): im["file_name"] for im in json.loads(paths.instances(split).read_text())["images"]
     }
     for scene in load_scenes(paths, split):
         rng = random.Random(f"{seed}:eval:{scene.image_id}")
+        wording_rng = random.Random(f"{seed}:wording:{scene.image_id}") if suffix else None
         for qtype in types:
             cq = None
             for _ in range(8):  # a position question needs an object with a unique look
-                cq = closed_question(qtype, scene, rng)
+                cq = closed_question(qtype, scene, rng, pool, wording_rng)
                 if cq is not None:
                     break
             if cq is None:
                 continue
             records.append(
                 {
-                    "id": f"{scene.image_id:07d}_{qtype}",
+                    "id": f"{scene.image_id:07d}_{qtype}{suffix}",
                     "image": files[scene.image_id],
                     "conversations": [
                         {"from": "human", "value": f"{IMAGE_TOKEN}\n{cq.question}\n{SHORT_ANSWER_PROMPT}"},
