@@ -253,4 +253,8 @@ def test_a_failed_cli_start_leaves_a_finished_run_folder_as_it_was(api, tmp_path
     failed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert failed.returncode == 1 and "model_retired" in failed.stderr
     assert _snapshot(tmp_path / "out") == before  # Hydra writes nothing there either
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions_train.json", "instances_train.json", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "captions_train.json",
+        "instances_train.json",
+        "out",
+    ]

@@ -68,7 +68,7 @@ class DemoSettings:
     vision: VisionPretrainSettings = field(default_factory=VisionPretrainSettings)
     llm: LLMWarmupSettings = field(default_factory=LLMWarmupSettings)
     stage1: StageSettings = field(default_factory=lambda: StageSettings(steps=150, lr=1e-3))
-    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=400, lr=1e-3))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=350, lr=1e-3))
     model_max_length: int = 320
     eval_batch_size: int = 50
     chat_images: int = 2
@@ -88,7 +88,7 @@ class DemoSettings:
             n_test=60,
             samples_per_type={"conversation": 1, "detail": 1, "complex_reasoning": 1},
             vision=VisionPretrainSettings(steps=250, warmup_steps=25, seed=seed),
-            llm=LLMWarmupSettings(steps=150, batch_size=16, lr=2e-3, warmup_steps=10, seed=seed),
+            llm=LLMWarmupSettings(steps=400, batch_size=16, lr=2e-3, warmup_steps=10, seed=seed),
             stage1=StageSettings(steps=40, lr=1e-3, batch_size=16),
             stage2=StageSettings(steps=200, lr=1e-3, batch_size=16),
             chat_images=1,

@@ -55,8 +55,14 @@ def param_groups(
 def build_adamw(
     groups: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
 ) -> torch.optim.AdamW:
-    """AdamW over ``groups`` (each group carries its own lr and weight decay)."""
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    """AdamW over ``groups`` (each group carries its own lr and weight decay).
+
+    On the CPU, torch's default is the one-tensor-at-a-time update; the multi-tensor
+    (``foreach``) one computes the same step and took a tenth of a tiny model's step time
+    off. Elsewhere torch's own choice stands.
+    """
+    on_cpu = all(p.device.type == "cpu" for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=True if on_cpu else None)
 
 
 def build_cosine_schedule(
