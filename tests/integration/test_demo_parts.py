@@ -92,7 +92,14 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
     ]  # fmt: skip
     captions = caption_records(world, "train", 2)
     settings = LLMWarmupSettings(
-        hidden_size=64, intermediate_size=128, num_layers=2, steps=60, batch_size=8, lr=3e-3, warmup_steps=3
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        steps=60,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=3,
+        corpus="all",
     )
     result = warmup_llm(records, captions, scenes, tmp_path / "llm", settings)
     assert result.documents == len(records) + len(captions)
@@ -146,7 +153,9 @@ def test_llm_warmup_packed_rows_keep_documents_apart(world) -> None:
 def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
     record = {"id": "lost-7", "image": "nowhere.png", "conversations": [
         {"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}]}  # fmt: skip
-    settings = LLMWarmupSettings(hidden_size=32, intermediate_size=64, num_layers=1, steps=1, batch_size=1)
+    settings = LLMWarmupSettings(
+        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, batch_size=1, corpus="all"
+    )
     with pytest.raises(ValueError, match=r"lost-7.*nowhere\.png"):
         warmup_llm([record], [], _scenes(world), tmp_path / "llm", settings)
     captions = caption_records(world, "train", 1)[:3]
