@@ -1,0 +1,120 @@
+"""The demo's text ceiling: the warm-up LLM alone, given perfect scene cells for held-out images.
+
+Builds the demo's world and offline-teacher data (``DemoSettings.full(seed)`` sizes) in
+``--data``, warms the LLM up with ``LLMWarmupSettings`` plus ``--set key=value`` overrides,
+then asks every held-out question (canonical and paraphrased wordings) with the test
+images' true cells in the image's place, greedy, at most 4 tokens. It isolates the LLM from
+the pixels (docs/demo.md, "The text ceiling"). Prints accuracy per type and one JSON line.
+
+    python benchmarks/demo_text_ceiling.py --data /tmp/ceiling --set steps=1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from llava_lite.config import IGNORE_INDEX, IMAGE_TOKEN
+from llava_lite.data.schema import normalize_conversation
+from llava_lite.data.tokenize import encode_conversation
+from llava_lite.demo.evaluate import normalize_answer
+from llava_lite.demo.run import DemoSettings
+from llava_lite.demo.text import embed_documents, warmup_llm
+from llava_lite.demo.vision import cell_targets
+from llava_lite.generation.offline import OfflineTeacher
+from llava_lite.generation.pipeline import GenerationPipeline
+from llava_lite.generation.settings import settings_from
+from llava_lite.symbolic import load_coco
+from llava_lite.synthetic import build_world
+from llava_lite.synthetic.tasks import caption_records, eval_questions
+
+
+def _value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder for the world, data and LLM")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], help="LLMWarmupSettings overrides, key=value")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    demo = DemoSettings.full(args.seed)
+    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    settings = dataclasses.replace(demo.llm, **overrides)
+
+    world_dir, instruct_dir = args.data / "world", args.data / "instruct"
+    world = build_world(world_dir, demo.n_train, demo.n_val, demo.n_test, demo.image_size, demo.seed)
+    if not (instruct_dir / "instruct.json").is_file():
+        gen = settings_from({
+            "captions_file": str(world.captions("train")), "instances_file": str(world.instances("train")),
+            "image_root": str(world.image_root), "output_dir": str(instruct_dir),
+            "samples_per_type": demo.samples_per_type, "budget_usd": None, "seed": demo.seed,
+            "teacher": {"name": "offline", "seed": demo.seed},
+        })  # fmt: skip
+        GenerationPipeline(
+            gen, OfflineTeacher(seed=demo.seed, short_answer_rate=demo.short_answer_rate)
+        ).run()
+    instruct = json.loads((instruct_dir / "instruct.json").read_text())
+    captions = caption_records(world, "train", demo.captions_per_image, demo.seed)
+
+    def cells(split: str) -> dict[str, list[int]]:
+        return {
+            c.file_name: cell_targets(c) for c in load_coco(world.captions(split), world.instances(split))
+        }
+
+    start = time.perf_counter()
+    result = warmup_llm(instruct, captions, cells("train"), args.data / "llm", settings)
+    warmup_seconds = time.perf_counter() - start
+    model = LlamaForCausalLM.from_pretrained(result.path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(result.path)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    test_cells = cells("test")
+    right: dict[str, int] = defaultdict(int)
+    asked: dict[str, int] = defaultdict(int)
+    for wording in ("canonical", "paraphrased"):
+        for record in eval_questions(world, "test", demo.seed, wording=wording):
+            messages = normalize_conversation(record["conversations"], IMAGE_TOKEN, has_image=True)
+            encoded = encode_conversation(messages, tokenizer, settings.template, IMAGE_TOKEN)
+            prompt = encoded.input_ids[: next(i for i, t in enumerate(encoded.labels) if t != IGNORE_INDEX)]
+            at = prompt.index(image_id)
+            scene = test_cells[record["image"]]
+            ids = prompt[:at] + [image_id] * len(scene) + prompt[at + 1 :]
+            answer: list[int] = []
+            with torch.no_grad():
+                for _ in range(4):
+                    x = torch.tensor([ids + answer])  # [1, T]
+                    embeds = embed_documents(model, result.scene, x, torch.tensor([scene]), image_id)
+                    token = int(model(inputs_embeds=embeds).logits[0, -1].argmax())
+                    if token == tokenizer.eos_token_id:
+                        break
+                    answer.append(token)
+            key = f"{wording}/{record['question_type']}"
+            asked[key] += 1
+            right[key] += normalize_answer(
+                tokenizer.decode(answer, skip_special_tokens=True)
+            ) == normalize_answer(record["answer"])
+    scores = {k: round(100 * right[k] / asked[k], 1) for k in sorted(asked)}
+    for wording in ("canonical", "paraphrased"):
+        keys = [k for k in asked if k.startswith(wording)]
+        scores[f"{wording}/all"] = round(100 * sum(right[k] for k in keys) / sum(asked[k] for k in keys), 1)
+    for k, v in scores.items():
+        print(f"{k:<24}{v:>6.1f}%")
+    print(json.dumps({"settings": dataclasses.asdict(settings), "threads": args.threads,
+                      "warmup_seconds": round(warmup_seconds, 1), "accuracy": scores}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
