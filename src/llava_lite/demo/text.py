@@ -8,12 +8,13 @@ recipe: ``docs/demo.md``):
 * the image's place holds **scene cells**: one position per grid cell, in the raster order
   of the vision tower's nine patch tokens, so where a cell is is where its token is, as for
   patch tokens. Each cell's input vector is learned: the sum of a size, a colour and a shape
-  embedding, or one "nothing" vector, read from the same captions and boxes a teacher sees;
-* documents are the instruction conversations (chat template) and the stage-1 caption pairs
-  (``plain`` template) with scene cells where ``<image>``'s tokens go; next-token loss on
-  every text token;
-* batches are drawn at random, so every step mixes captions, descriptions and conversations,
-  and packed into rows (``llava_lite.data.packing``: positions restart per document, no
+  embedding, or one "nothing" vector, plus a row and a column vector, read from the same
+  captions and boxes a teacher sees;
+* documents are the conversations' closed-form turns, one per document (``corpus=
+  "short_answers"``; or every conversation, ``"all"``), with the chat template, and the
+  stage-1 caption pairs (``plain`` template), with scene cells where ``<image>``'s tokens go;
+  next-token loss on every text token;
+* batches are drawn at random, so every step mixes captions and questions, and packed into rows (``llava_lite.data.packing``: positions restart per document, no
   attention across documents), so no padding is paid for;
 * it trains through the library's ``training.objective`` (AdamW groups, warm-up + cosine,
   norm clipping), as the vision pretraining does.
