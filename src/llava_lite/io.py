@@ -36,25 +36,46 @@ def repair_torn_tail(path: str | Path) -> int:
     return dropped
 
 
+# What a last line without a newline is: a torn write to repair first ("error"), one a reader
+# that must not write leaves alone ("skip"), or the last record of a file a person wrote ("record").
+UNTERMINATED = ("error", "skip", "record")
+
+
+def numbered_jsonl(path: str | Path, unterminated: str = "error") -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of each non-blank line of ``path``; a line that is not UTF-8
+    or not JSON is an error naming ``FILE:LINE``. ``unterminated``: see ``UNTERMINATED``."""
+    if unterminated not in UNTERMINATED:
+        raise ValueError(f"unterminated={unterminated!r}; valid: {list(UNTERMINATED)}")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+            if not line.strip():
+                continue
+            ended = raw.endswith(b"\n")
+            if not ended and unterminated == "skip":
+                log.warning("%s:%d: torn last line left in place and not read", path, lineno)
+                return
+            if not ended and unterminated == "error":
+                raise ValueError(f"{path}:{lineno}: torn last line; call repair_torn_tail first")
+            try:
+                record = json.loads(line.rstrip("\r\n"))  # columns as the line reads, newline aside
+            except json.JSONDecodeError as e:
+                torn = "" if ended else "; a torn last line (a run killed mid-write?)"
+                raise ValueError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.pos + 1}){torn}"
+                ) from None
+            yield lineno, record
+
+
 def read_jsonl(path: str | Path, torn_tail_ok: bool = False) -> Iterator[dict[str, Any]]:
     """The records of ``path`` (none when it is missing). A torn last line is an error, or,
     with ``torn_tail_ok`` (a reader that must not write), logged and not a record."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if not line.endswith("\n"):
-                if torn_tail_ok:
-                    log.warning("%s:%d: torn last line left in place and not read", path, lineno)
-                    return
-                raise ValueError(f"{path}:{lineno}: torn last line; call repair_torn_tail first")
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+    if Path(path).exists():
+        for _, record in numbered_jsonl(path, "skip" if torn_tail_ok else "error"):
+            yield record
 
 
 class JsonlAppender:

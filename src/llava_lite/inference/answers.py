@@ -13,7 +13,6 @@ already in the answers file are skipped.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.inference.decoding import DecodingSettings
 from llava_lite.inference.loading import image_error
-from llava_lite.io import JsonlAppender, read_json, read_jsonl, repair_torn_tail
+from llava_lite.io import JsonlAppender, numbered_jsonl, read_json, read_jsonl, repair_torn_tail
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +66,8 @@ def numbered_records(path: str | Path) -> Iterator[tuple[str, Any]]:
         return
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                torn = "" if raw.endswith(b"\n") else "; a torn last line (a run killed mid-write?)"
-                raise ValueError(
-                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.pos + 1}){torn}"
-                ) from None
-            yield f"{path}:{lineno}", record
+    for lineno, record in numbered_jsonl(path, unterminated="record"):
+        yield f"{path}:{lineno}", record
 
 
 def parse_question(record: Any, where: str) -> Question:
