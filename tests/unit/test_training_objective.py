@@ -14,7 +14,7 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from llava_lite.training import ObjectiveModule, fit_objective
-from llava_lite.training.objective import warmup_ratio
+from llava_lite.training.optim import build_cosine_schedule
 
 STEPS, WARMUP, LR, DECAY = 12, 3, 0.05, 0.1
 
@@ -167,10 +167,14 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert all((p.ndim < 2) == g["name"].endswith("/no_decay") for g in groups for p in g["params"])
 
 
-def test_warmup_ratio_gives_exact_warmup_steps() -> None:
+def test_the_schedule_warms_up_exactly_warmup_steps() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     for steps in range(1, 400):
         for warmup in range(steps):
-            assert math.ceil(warmup_ratio(warmup, steps) * steps) == warmup, (warmup, steps)
+            factor = build_cosine_schedule(optimizer, steps, warmup_steps=warmup).lr_lambdas[0]
+            assert factor(warmup) == 1.0 and (warmup == 0 or factor(warmup - 1) < 1.0), (warmup, steps)
+    with pytest.raises(ValueError, match=r"warmup_steps=5; valid: an integer in \[0, total_steps=5\)"):
+        build_cosine_schedule(optimizer, 5, warmup_steps=5)
 
 
 def test_micro_batches_add_up_to_one_step() -> None:

@@ -21,7 +21,6 @@ demo's sizes; a packed step (``llava_lite.data.packing``) is one forward anyway.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -50,18 +49,6 @@ def check_steps(steps: int, warmup_steps: int) -> None:
         raise ValueError(f"steps={steps!r}; valid: an integer >= 1")
     if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < steps:
         raise ValueError(f"warmup_steps={warmup_steps!r}; valid: an integer in [0, steps={steps})")
-
-
-def warmup_ratio(warmup_steps: int, steps: int) -> float:
-    """The ratio for ``build_cosine_schedule`` that warms up exactly ``warmup_steps`` steps.
-
-    The builder takes ``ceil(ratio * steps)`` steps, and ``warmup_steps / steps * steps`` can
-    round just above ``warmup_steps``, which would add a step; step down to the float below.
-    """
-    ratio = warmup_steps / steps
-    while math.ceil(ratio * steps) > warmup_steps:
-        ratio = math.nextafter(ratio, 0.0)
-    return ratio
 
 
 class ObjectiveModule(L.LightningModule):
@@ -136,7 +123,7 @@ class ObjectiveModule(L.LightningModule):
         check_steps(steps, self.warmup_steps)
         groups = param_groups(dict(self.parts.items()), self.lr, self.weight_decay)
         optimizer = build_adamw(groups, self.lr, betas=self.betas, eps=self.eps)
-        scheduler = build_cosine_schedule(optimizer, steps, warmup_ratio(self.warmup_steps, steps))
+        scheduler = build_cosine_schedule(optimizer, steps, warmup_steps=self.warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

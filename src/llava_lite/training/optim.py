@@ -66,9 +66,14 @@ def build_adamw(
 
 
 def build_cosine_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int | float, warmup_ratio: float = 0.03
+    optimizer: torch.optim.Optimizer,
+    total_steps: int | float,
+    warmup_ratio: float = 0.03,
+    *,
+    warmup_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``ceil(warmup_ratio * total_steps)`` optimiser steps, then cosine to 0."""
+    """Linear warmup over ``ceil(warmup_ratio * total_steps)`` optimiser steps (or exactly
+    ``warmup_steps``, when given), then cosine to 0."""
     if not math.isfinite(total_steps) or total_steps <= 0:
         raise ValueError(
             f"cannot size the LR schedule: {total_steps} total optimiser steps. Streaming (unsized) data "
@@ -77,4 +82,8 @@ def build_cosine_schedule(
     if not 0.0 <= warmup_ratio < 1.0:
         raise ValueError(f"warmup_ratio={warmup_ratio}; must be in [0, 1)")
     total = int(total_steps)
-    return get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total), total)
+    if warmup_steps is None:
+        warmup_steps = math.ceil(warmup_ratio * total)
+    elif not 0 <= warmup_steps < total:
+        raise ValueError(f"warmup_steps={warmup_steps}; valid: an integer in [0, total_steps={total})")
+    return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total)
