@@ -14,8 +14,9 @@ recipe: ``docs/demo.md``):
   "short_answers"``; or every conversation, ``"all"``), with the chat template, and the
   stage-1 caption pairs (``plain`` template), with scene cells where ``<image>``'s tokens go;
   next-token loss on every text token;
-* batches are drawn at random, so every step mixes captions and questions, and packed into rows (``llava_lite.data.packing``: positions restart per document, no
-  attention across documents), so no padding is paid for;
+* batches are drawn at random, so every step mixes captions and questions, and packed into
+  rows (``llava_lite.data.packing``: positions restart per document, no attention across
+  documents), so no padding is paid for;
 * it trains through the library's ``training.objective`` (AdamW groups, warm-up + cosine,
   norm clipping), as the vision pretraining does.
 
@@ -48,7 +49,7 @@ from llava_lite.modeling.llava import splice_features
 from llava_lite.modeling.llm import check_packed_attention, prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
-from llava_lite.synthetic.scene import COLORS, COLUMNS, GRID, ROWS, SHAPES, SIZES
+from llava_lite.synthetic.scene import COLORS, GRID, SHAPES, SIZES
 from llava_lite.templates import get_template
 from llava_lite.training.objective import ObjectiveModule, fit_objective
 
@@ -80,8 +81,6 @@ class LLMWarmupSettings:
     max_tokens_per_row: int = 160
     # Add a row and a column vector to each cell, as patch tokens carry their place.
     cell_positions: bool = True
-    # Cells as sums of the LLM's own word vectors ("small" + "red" + "circle"); measured lower.
-    cell_words: bool = False
     corpus: str = "short_answers"
     seed: int = 0
 
@@ -109,18 +108,12 @@ class Document:
 
 
 class SceneEmbedding(nn.Module):
-    """Input vectors for scene cells: size + colour + shape embeddings, or a learned "nothing"."""
+    """Input vectors for scene cells: size + colour + shape embeddings, or a learned "nothing";
+    with ``positions``, plus the cell's row and column vectors."""
 
-    def __init__(
-        self, hidden_size: int, positions: bool = False, word_ids: dict[str, int] | None = None
-    ) -> None:
+    def __init__(self, hidden_size: int, positions: bool = False) -> None:
         super().__init__()
         self.positions = positions
-        self.tied = word_ids is not None
-        if word_ids is not None:  # each attribute is its word's own token embedding
-            for name, words in (("size_word", SIZES), ("color_word", tuple(COLORS)), ("shape_word", SHAPES),
-                                ("row_word", ROWS), ("column_word", COLUMNS)):  # fmt: skip
-                self.register_buffer(name, torch.tensor([word_ids[w] for w in words]), persistent=False)
         self.row = nn.Embedding(GRID, hidden_size)
         self.column = nn.Embedding(GRID, hidden_size)
         self.size = nn.Embedding(len(SIZES), hidden_size)
@@ -143,27 +136,17 @@ class SceneEmbedding(nn.Module):
         )
         self.register_buffer("shape_of", torch.tensor([SHAPES.index(x[2]) for x in looks]), persistent=False)
 
-    def forward(self, cells: Tensor, words: nn.Embedding | None = None) -> Tensor:
+    def forward(self, cells: Tensor) -> Tensor:
         """``cells``: indices into LOOKS, any shape [...] -> vectors [..., D]."""
-        if self.tied:
-            x = (
-                words(self.size_word[self.size_of[cells]])
-                + words(self.color_word[self.color_of[cells]])
-                + words(self.shape_word[self.shape_of[cells]])
-            )
-        else:
-            x = (
-                self.size(self.size_of[cells])
-                + self.color(self.color_of[cells])
-                + self.shape(self.shape_of[cells])
-            )
+        x = (
+            self.size(self.size_of[cells])
+            + self.color(self.color_of[cells])
+            + self.shape(self.shape_of[cells])
+        )
         x = torch.where((cells == NOTHING_LOOK).unsqueeze(-1), self.nothing, x)
         if self.positions:  # cells are row-major: cell k sits in row k // GRID, column k % GRID
             k = torch.arange(cells.shape[-1], device=cells.device)
-            if self.tied:
-                x = x + words(self.row_word[k // GRID]) + words(self.column_word[k % GRID])
-            else:
-                x = x + self.row(k // GRID) + self.column(k % GRID)
+            x = x + self.row(k // GRID) + self.column(k % GRID)
         return x
 
 
@@ -229,13 +212,12 @@ def embed_documents(
     ``ids`` [R, T] holds one run of nine ``image_id`` per document; ``cells`` [N, 9] the
     documents' cells in the row-major order of those runs (``splice_features``'s order).
     """
-    words = model.get_input_embeddings()
-    return splice_features(words(ids), ids == image_id, scene(cells, words))  # [R, T, D]
+    return splice_features(model.get_input_embeddings()(ids), ids == image_id, scene(cells))  # [R, T, D]
 
 
 def _random_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless random batches of document indices: every step mixes captions, descriptions and
-    conversations (measured better than length-grouped batches, ``docs/demo.md``)."""
+    """Endless random batches of document indices: every step mixes the kinds of document
+    (measured better than length-grouped batches, ``docs/demo.md``)."""
     rng = random.Random(seed)
     while True:
         yield rng.sample(range(n), min(batch_size, n))
@@ -308,18 +290,7 @@ def warmup_llm(
     )
     model = LlamaForCausalLM(config)
     check_packed_attention(model, "LLM warm-up packing")
-    word_ids = None
-    if s.cell_words:
-        word_ids = {
-            w: tokenizer.convert_tokens_to_ids("\u2581" + w)
-            for w in (*SIZES, *COLORS, *SHAPES, *ROWS, *COLUMNS)
-        }
-        unknown = [w for w, i in word_ids.items() if i == tokenizer.unk_token_id]
-        if unknown:
-            raise ValueError(
-                f"cell_words=true needs one token per attribute word; not single tokens: {unknown}"
-            )
-    scene = SceneEmbedding(s.hidden_size, s.cell_positions, word_ids)
+    scene = SceneEmbedding(s.hidden_size, s.cell_positions)
     collate = PackingCollator(tokenizer.pad_token_id, s.max_tokens_per_row, image_token_id=image_id)
 
     def objective(batch: dict[str, Any]) -> tuple[Tensor, tuple[Tensor]]:

@@ -37,12 +37,10 @@ def _frame_pattern(frame: str) -> re.Pattern[str]:
 _FRAMES: dict[str, list[re.Pattern[str]]] = {
     key: [_frame_pattern(f) for pool in WORDINGS.values() for f in pool[key]] for key in WORDINGS["train"]
 }
+# Colour wordings an earlier teacher wrote, in either spelling (the pools hold one of each).
 _FRAMES["colour"].append(
     re.compile(rf"^(?:which colou?r does|can you tell me the colou?r of) {_REF}(?: have)?\?$")
 )
-_FRAMES["shape"].append(re.compile(rf"^what (?:kind of )?shape is {_REF}\?$"))
-_FRAMES["position_x"].append(re.compile(rf"^is {_REF} on the left, in the center, or on the right\?$"))
-_FRAMES["position_y"].append(re.compile(rf"^is {_REF} at the top, in the middle, or at the bottom\?$"))
 
 
 def _framed(key: str, question: str) -> re.Match[str] | None:
@@ -144,9 +142,10 @@ class _Checker:
         self.mentions(answer)
         if self.reasoning(q, a, question):
             return
-        if m := (_framed("position_x", q) or _framed("position_y", q)):
+        horizontal = _framed("position_x", q)
+        if m := (horizontal or _framed("position_y", q)):
             if obj := self.one(m[1], question):
-                truth = ("left", "center", "right")[obj.cell[1]] if _framed("position_x", q) else (
+                truth = ("left", "center", "right")[obj.cell[1]] if horizontal else (
                     ("top", "middle", "bottom")[obj.cell[0]])  # fmt: skip
                 self.expect(
                     _first("left|center|right|top|middle|bottom", a) == truth,

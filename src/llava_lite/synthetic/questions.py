@@ -108,7 +108,6 @@ WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
         ),
     },
 }
-WORDING_POOLS: tuple[str, ...] = tuple(WORDINGS)
 
 
 def word(pool: str, key: str, ref: str = "", rng: random.Random | None = None) -> str:
@@ -224,8 +223,7 @@ def chat_questions(scene: Scene, rng: random.Random, pool: str = "train") -> lis
     colour = colour_question(rng.choice(scene.objects), scene, pool, rng).question
     shape = shape_question(rng.choice(scene.objects), scene, pool, rng).question
     questions = [count_question(scene, pool, rng).question, colour, shape]
-    placed = [o for o in scene.objects if referring_expression(o, scene, avoid="position")]
-    if placed:
-        ref = referring_expression(rng.choice(placed), scene, avoid="position")
-        questions.append(f"Where is {ref}?")
+    refs = [r for o in scene.objects if (r := referring_expression(o, scene, avoid="position"))]
+    if refs:
+        questions.append(f"Where is {rng.choice(refs)}?")
     return questions
