@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,3 +44,18 @@ def tiny_llava(projector: str = "mlp2x_gelu", conv_template: str | None = None, 
     if conv_template is not None:
         data["conv_template"] = conv_template
     return LlavaModel(LlavaConfig.from_dict(data)).eval()
+
+
+def write_llava_bench_files(root: Path) -> None:
+    """A three-question LLaVA-Bench (one per category) about ``001.jpg``, its context and the
+    reference answers, as ``questions.jsonl``, ``context.jsonl`` and ``answers_gpt4.jsonl``."""
+    rows = {
+        "questions.jsonl": [
+            {"question_id": i, "image": "001.jpg", "text": f"Question {i}?", "category": c}
+            for i, c in enumerate(("conv", "detail", "complex"))
+        ],
+        "context.jsonl": [{"image": "001.jpg", "caption": "A plain blue square."}],
+        "answers_gpt4.jsonl": [{"question_id": i, "text": f"reference {i}"} for i in range(3)],
+    }
+    for name, lines in rows.items():
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in lines))

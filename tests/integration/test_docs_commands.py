@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from fakes.anthropic_api import FakeAnthropicAPI
+from helpers import write_llava_bench_files
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -297,16 +298,7 @@ def _write_sandbox(root: Path) -> None:
 
     Image.new("RGB", (40, 30), (200, 120, 40)).save(root / "photo.jpg")
     Image.new("RGB", (32, 32), (0, 0, 255)).save(root / "001.jpg")
-    bench = {
-        "questions.jsonl": [
-            {"question_id": i, "image": "001.jpg", "text": f"Question {i}?", "category": c}
-            for i, c in enumerate(("conv", "detail", "complex"))
-        ],
-        "context.jsonl": [{"image": "001.jpg", "caption": "A plain blue square."}],
-        "answers_gpt4.jsonl": [{"question_id": i, "text": f"reference {i}"} for i in range(3)],
-    }
-    for name, rows in bench.items():
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_llava_bench_files(root)
 
     sqa = root / "data" / "scienceqa"
     (sqa / "images" / "test" / "10").mkdir(parents=True)

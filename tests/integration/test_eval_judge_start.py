@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import write_llava_bench_files
 from llava_lite.claude.client import ApiFatalError
 from llava_lite.evaluation.run import run_eval
 from llava_lite.evaluation.settings import settings_from
@@ -23,16 +24,7 @@ KEY = "sk-ant-judge-start-5d0e"
 
 def _bench(tmp_path: Path) -> list[str]:
     """Benchmark files with the model's answers already given; the overrides that judge them."""
-    rows = {
-        "questions.jsonl": [
-            {"question_id": i, "image": "001.jpg", "text": f"Question {i}?", "category": c}
-            for i, c in enumerate(("conv", "detail", "complex"))
-        ],
-        "context.jsonl": [{"image": "001.jpg", "caption": "A plain blue square."}],
-        "answers_gpt4.jsonl": [{"question_id": i, "text": f"reference {i}"} for i in range(3)],
-    }
-    for name, lines in rows.items():
-        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    write_llava_bench_files(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "llava_bench_answers.jsonl").write_text(
