@@ -111,17 +111,21 @@ def test_over_long_samples_follow_the_overlong_policy(caplog) -> None:
         make_processor(overlong="cut")
 
 
+# A record far over any tiny model_max_length, and one well under it.
+LONG_RECORD = {
+    "id": "long",
+    "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red " * 200}],
+}
+SHORT_RECORD = {
+    "id": "short",
+    "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Red."}],
+}
+
+
 def test_datasets_honour_the_overlong_policy_over_on_bad_sample(tmp_path) -> None:
     from llava_lite.data import LlavaDataset
 
-    long = {
-        "id": "long",
-        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red " * 200}],
-    }
-    short = {
-        "id": "short",
-        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Red."}],
-    }
+    long, short = LONG_RECORD, SHORT_RECORD
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (short, long)) + "\n")
     skipping = LlavaDataset(
@@ -264,14 +268,7 @@ def test_from_model_overrides_every_processor_setting() -> None:
 def test_truncations_are_counted_across_dataloader_workers(tmp_path) -> None:
     from llava_lite.data import LlavaDataModule
 
-    long = {
-        "id": "long",
-        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "red " * 200}],
-    }
-    short = {
-        "id": "short",
-        "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Red."}],
-    }
+    long, short = LONG_RECORD, SHORT_RECORD
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (short, long, short | {"id": "s2"})) + "\n")
     dm = LlavaDataModule(
