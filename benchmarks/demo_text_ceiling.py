@@ -26,7 +26,7 @@ from llava_lite.data.schema import normalize_conversation
 from llava_lite.data.tokenize import encode_conversation
 from llava_lite.demo.evaluate import normalize_answer
 from llava_lite.demo.run import DemoSettings
-from llava_lite.demo.text import embed_documents, warmup_llm
+from llava_lite.demo.text import drill_records, embed_documents, warmup_llm
 from llava_lite.demo.vision import cell_targets
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
@@ -70,13 +70,16 @@ def main() -> None:
     instruct = json.loads((instruct_dir / "instruct.json").read_text())
     captions = caption_records(world, "train", demo.captions_per_image, demo.seed)
 
+    def contexts(split: str) -> list:
+        return load_coco(world.captions(split), world.instances(split))
+
     def cells(split: str) -> dict[str, list[int]]:
-        return {
-            c.file_name: cell_targets(c) for c in load_coco(world.captions(split), world.instances(split))
-        }
+        return {c.file_name: cell_targets(c) for c in contexts(split)}
 
     start = time.perf_counter()
-    result = warmup_llm(instruct, captions, cells("train"), args.data / "llm", settings)
+    result = warmup_llm(instruct, captions, cells("train"), args.data / "llm", settings,
+        drills=drill_records(contexts("train"), settings.drill_turns, settings.drill_mix, demo.seed),
+    )
     warmup_seconds = time.perf_counter() - start
     model = LlamaForCausalLM.from_pretrained(result.path).eval()
     tokenizer = AutoTokenizer.from_pretrained(result.path)

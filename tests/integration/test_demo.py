@@ -32,6 +32,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
         "data/eval_test.json",
         "data/eval_test_paraphrased.json",
         "data/instruct/instruct.json",
+        "data/drills.json",
         "stage1/projector.safetensors",
         "stage2/model/model.safetensors",
     ):
@@ -39,6 +40,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     summary = json.loads((run / "summary.json").read_text())
     overall = summary["accuracy"]["all"]
     assert overall["count"] == summary["data"]["eval_questions"] > 100
+    assert summary["data"]["drills"] == summary["data"]["train_images"]  # one drill record per image
     # Learning, not luck: above chance overall (chance-level spread about 3 points), and counting,
     # which no text prior can do (answers are uniform over 1-4), well above its 25%.
     assert overall["accuracy"] > overall["chance"] + 5, summary["accuracy"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from llava_lite.demo.text import (
     LLMWarmupSettings,
     SceneEmbedding,
     build_documents,
+    drill_records,
     warmup_llm,
 )
 from llava_lite.demo.vision import (
@@ -99,10 +101,13 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
         batch_size=8,
         lr=3e-3,
         warmup_steps=3,
-        corpus="all",
+        corpus="all+drills",
     )
-    result = warmup_llm(records, captions, scenes, tmp_path / "llm", settings)
-    assert result.documents == len(records) + len(captions)
+    contexts = load_coco(world.captions("train"), world.instances("train"))
+    drills = drill_records(contexts, 2, {"colour": 1.0, "count": 1.0}, seed=0)
+    result = warmup_llm(records, captions, scenes, tmp_path / "llm", settings, drills=drills)
+    drill_turns = sum(len(d["conversations"]) // 2 for d in drills)  # one document per question
+    assert drill_turns > len(drills) and result.documents == len(records) + drill_turns + len(captions)
     assert result.losses[-1][1] < 0.7 * result.losses[0][1]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "llm")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llm")
@@ -246,3 +251,45 @@ def test_warmup_documents_put_one_image_position_per_cell(world) -> None:
     assert text.endswith("USER: \nHow many objects? ASSISTANT: 2</s>")
     trained = tokenizer.decode([t for t in doc.labels if t != -100])
     assert "How many objects?" in trained and "2</s>" in trained  # next-token loss on all text
+
+
+def test_drills_ask_true_closed_form_questions_in_training_wordings(world) -> None:
+    from llava_lite.synthetic.checker import check_turns
+    from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT, WORDINGS
+
+    contexts = load_coco(world.captions("train"), world.instances("train"))
+    mix = {"colour": 0.5, "shape": 0.2, "count": 0.1, "position": 0.2}
+    records = drill_records(contexts, 4, mix, seed=0)
+    assert records == drill_records(contexts, 4, mix, seed=0) != drill_records(contexts, 4, mix, seed=1)
+    assert [r["image"] for r in records] == [c.file_name for c in contexts]
+    scenes = {s.image_id: s for s in load_scenes(world, "train")}
+    def frames(pool: str) -> list[re.Pattern[str]]:
+        return [
+            re.compile(re.escape(f).replace(r"\{ref\}", ".+").replace(r"\{Ref\}", ".+"))
+            for fs in WORDINGS[pool].values()
+            for f in fs
+        ]
+
+    train, held_out = frames("train"), frames("held_out")
+    asked = 0
+    for record, context in zip(records, contexts, strict=True):
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in turns) == 1
+        questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
+        assert 1 <= len(questions) <= 4 and len(set(questions)) == len(questions)
+        assert all(q.endswith(f"\n{SHORT_ANSWER_PROMPT}") for q in questions)
+        pairs = [(q.removesuffix(f"\n{SHORT_ANSWER_PROMPT}"), a["value"]) for q, a in zip(questions, turns[1::2], strict=True)]
+        for q, _ in pairs:
+            assert any(f.fullmatch(q) for f in train) and not any(f.fullmatch(q) for f in held_out), q
+        result = check_turns(pairs, scenes[context.image_id])
+        assert result.ok and result.checked >= len(pairs), (record, result)
+        asked += len(pairs)
+    assert asked > 3 * len(records)
+
+
+def test_drills_corpus_needs_drill_records(world, tmp_path) -> None:
+    settings = LLMWarmupSettings(hidden_size=32, intermediate_size=64, steps=1, batch_size=2, corpus="drills")
+    with pytest.raises(ValueError, match="corpus='drills' needs drill records"):
+        warmup_llm([], [], _scenes(world), tmp_path / "llm", settings)
+    with pytest.raises(ValueError, match="corpus='drills\\+everything'; valid"):
+        warmup_llm([], [], _scenes(world), tmp_path / "llm", LLMWarmupSettings(corpus="drills+everything"))

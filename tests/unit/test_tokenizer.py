@@ -58,3 +58,16 @@ def test_non_ascii_text_survives_decoding_without_special_tokens(kind: str) -> N
     ids = tok(text, add_special_tokens=False).input_ids
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert not any(t.startswith("<0x") for t in tok.all_special_tokens)
+
+
+def test_sentencepiece_keeps_punctuation_apart_from_words() -> None:
+    """As SentencePiece's split by Unicode script does in Llama's vocabulary: a word is the same
+    piece before a question mark as anywhere else, however often the corpus repeats "circle?"."""
+    tok = build_tiny_tokenizer("sentencepiece", extra_texts=["What color is the circle?"] * 500)
+    pieces = tok.convert_ids_to_tokens(tok("What color is the circle?", add_special_tokens=False).input_ids)
+    assert pieces[-2:] == ["▁circle", "?"]
+    assert tok("the circle", add_special_tokens=False).input_ids == tok(
+        "the circle?", add_special_tokens=False
+    ).input_ids[:-1]
+    text = "Hello, world. It is 12:30 (ok?)"
+    assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text

@@ -2,11 +2,13 @@
 
 1. build the world (images + COCO captions/instances; train / val / test splits);
 2. instruction data from the offline teacher through the generation pipeline, stage-1
-   caption pairs, and held-out closed-form questions on the test split;
+   caption pairs, held-out closed-form questions on the test split, and *drills*:
+   closed-form questions written by rule from each training image's captions and boxes;
 3. tiny "pretrained" parts: a CLIP trained contrastively on the world's images and captions
-   (``demo.vision``) and a Llama warmed up on the world's text (``demo.text``);
-4. stage 1 (projector only, ``plain`` template) and stage 2 (projector + LLM, vision frozen)
-   through ``llava_lite.training.train`` with the shipped Hydra configs;
+   (``demo.vision``) and a Llama warmed up on the world's text and the drills (``demo.text``);
+4. stage 1 (projector only, ``plain`` template) and stage 2 (projector + LLM, vision frozen;
+   the teacher's data and the drills, as LLaVA-1.5 mixes VQA data in) through
+   ``llava_lite.training.train`` with the shipped Hydra configs;
 5. evaluation on held-out images, in the demo's own wording and in wordings no training text
    uses, and chats about held-out images chosen at random by the seed, every closed-form
    claim checked against the annotations.
@@ -31,7 +33,7 @@ from typing import Any
 
 import torch
 
-from llava_lite.demo.text import LLMWarmupSettings, warmup_llm
+from llava_lite.demo.text import LLMWarmupSettings, drill_records, warmup_llm
 from llava_lite.demo.vision import VisionPretrainSettings, cell_targets, pretrain_vision
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
@@ -68,7 +70,7 @@ class DemoSettings:
     vision: VisionPretrainSettings = field(default_factory=VisionPretrainSettings)
     llm: LLMWarmupSettings = field(default_factory=LLMWarmupSettings)
     stage1: StageSettings = field(default_factory=lambda: StageSettings(steps=150, lr=1e-3))
-    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=350, lr=1e-3))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=400, lr=1e-3))
     model_max_length: int = 320
     eval_batch_size: int = 50
     chat_images: int = 2
@@ -87,8 +89,19 @@ class DemoSettings:
             n_val=50,
             n_test=60,
             samples_per_type={"conversation": 1, "detail": 1, "complex_reasoning": 1},
-            vision=VisionPretrainSettings(steps=250, warmup_steps=25, seed=seed),
-            llm=LLMWarmupSettings(steps=400, batch_size=16, lr=2e-3, warmup_steps=10, seed=seed),
+            # Smaller CLIP batches, more steps and a heavier region loss: the tower knows where
+            # things are sooner (docs/demo.md, "Quick mode").
+            vision=VisionPretrainSettings(
+                steps=500, batch_size=32, warmup_steps=40, region_weight=3.0, seed=seed
+            ),
+            llm=LLMWarmupSettings(
+                steps=400,
+                batch_size=16,
+                lr=2e-3,
+                warmup_steps=10,
+                seed=seed,
+                drill_mix={"colour": 0.3, "shape": 0.2, "count": 0.2, "position": 0.3},
+            ),
             stage1=StageSettings(steps=40, lr=1e-3, batch_size=16),
             stage2=StageSettings(steps=200, lr=1e-3, batch_size=16),
             chat_images=1,
@@ -124,7 +137,7 @@ def _every(n: int, fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def _stage_overrides(
-    experiment: str, stage: StageSettings, data_file: Path, image_root: Path, out: Path,
+    experiment: str, stage: StageSettings, data_files: list[Path], image_root: Path, out: Path,
     clip_dir: Path, llm_dir: Path, settings: DemoSettings,
 ) -> list[str]:  # fmt: skip
     """Hydra overrides: the shipped tiny experiment, pointed at the demo's data and parts."""
@@ -136,7 +149,7 @@ def _stage_overrides(
         "~model.llm.arch",
         "~model.llm.tiny_tokenizer",
         f"model.model_max_length={settings.model_max_length}",
-        f"data.train_files=['{data_file}']",
+        "data.train_files=[" + ",".join(f"'{f}'" for f in data_files) + "]",
         f"data.image_root='{image_root}'",
         f"data.batch_size={stage.batch_size}",
         "data.group_by_modality_length=true",
@@ -231,9 +244,10 @@ def run_demo(
         f"  held-out cells with an object: what {100 * vision.object_accuracy:.1f}%, "
         f"where {100 * vision.position_accuracy:.1f}%"
     )
-    scenes = {
-        c.file_name: cell_targets(c) for c in load_coco(world.captions("train"), world.instances("train"))
-    }
+    train_contexts = load_coco(world.captions("train"), world.instances("train"))
+    scenes = {c.file_name: cell_targets(c) for c in train_contexts}
+    drills = drill_records(train_contexts, s.llm.drill_turns, s.llm.drill_mix, s.seed)
+    drills_file = write_json(drills, data_dir / "drills.json")
     stage1_records = json.loads(stage1_file.read_text())
 
     def llm_progress(step: int, loss: float) -> None:
@@ -242,7 +256,8 @@ def run_demo(
     llm = clock.step(
         "LLM warm-up (text: scene cells in the image's place)",
         lambda: warmup_llm(
-            instruct, stage1_records, scenes, out / "pretrained" / "llm", s.llm, _every(100, llm_progress)
+            instruct, stage1_records, scenes, out / "pretrained" / "llm", s.llm, _every(100, llm_progress),
+            drills=drills,
         ),
     )
 
@@ -250,12 +265,12 @@ def run_demo(
     parts = {"clip_dir": vision.path, "llm_dir": llm.path, "settings": s}
     stage1_dir, stage2_dir = out / "stage1", out / "stage2"
     cfg1 = compose_config(
-        [*_stage_overrides("tiny_pretrain", s.stage1, stage1_file, world.image_root, stage1_dir, **parts),
+        [*_stage_overrides("tiny_pretrain", s.stage1, [stage1_file], world.image_root, stage1_dir, **parts),
          "model.conv_template=plain"]
     )  # fmt: skip
     stage1 = clock.step("stage 1: projector alignment", lambda: train(cfg1))
     cfg2 = compose_config(
-        [*_stage_overrides("tiny_finetune", s.stage2, instruct_file, world.image_root, stage2_dir, **parts),
+        [*_stage_overrides("tiny_finetune", s.stage2, [instruct_file, drills_file], world.image_root, stage2_dir, **parts),
          "model.conv_template=vicuna_v1", f"model.init_projector_from='{stage1['projector_path']}'",
          "export_model=true"]
     )  # fmt: skip
@@ -312,7 +327,7 @@ def run_demo(
         "settings": dataclasses.asdict(s),
         "data": {
             "train_images": s.n_train, "test_images": s.n_test,
-            "instruction_samples": len(instruct), "stage1_pairs": s.n_train * s.captions_per_image,
+            "instruction_samples": len(instruct), "drills": len(drills), "stage1_pairs": s.n_train * s.captions_per_image,
             "eval_questions": len(eval_records), "llm_warmup_documents": llm.documents,
         },
         "seconds": clock.times,

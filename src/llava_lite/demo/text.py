@@ -1,6 +1,6 @@
 """Make a tiny "pretrained LLM" offline: a text-only warm-up on the world's language.
 
-LLaVA starts from Vicuna, which already reads, refers and answers; a random 4-layer Llama
+LLaVA starts from Vicuna, which already reads, refers and answers; a random 2-layer Llama
 does not, and learning to find one object among several takes more steps than stage 2 can
 pay for on CPU, so this warm-up teaches it on text, without pixels (measurements behind the
 recipe: ``docs/demo.md``):
@@ -10,10 +10,11 @@ recipe: ``docs/demo.md``):
   patch tokens. Each cell's input vector is learned: the sum of a size, a colour and a shape
   embedding, or one "nothing" vector, plus a row and a column vector, read from the same
   captions and boxes a teacher sees;
-* documents are the conversations' closed-form turns, one per document (``corpus=
-  "short_answers"``; or every conversation, ``"all"``), with the chat template, and the
-  stage-1 caption pairs (``plain`` template), with scene cells where ``<image>``'s tokens go;
-  next-token loss on every text token;
+* documents are *drills*, closed-form questions written by rule from each training image's
+  captions and boxes, one per document (``corpus="drills"``; or the teacher's closed-form
+  turns, ``"short_answers"``, or every teacher conversation, ``"all"``, joinable with "+"),
+  with the chat template, and the stage-1 caption pairs (``plain`` template), with scene
+  cells where ``<image>``'s tokens go; next-token loss on every text token;
 * batches are drawn at random, so every step mixes captions and questions, and packed into
   rows (``llava_lite.data.packing``: positions restart per document, no attention across
   documents), so no padding is paid for;
@@ -31,7 +32,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,18 @@ from llava_lite.demo.vision import LOOKS
 from llava_lite.modeling.llava import splice_features
 from llava_lite.modeling.llm import check_packed_attention, prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
-from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
+from llava_lite.symbolic import SymbolicContext
+from llava_lite.synthetic.context import ContextInsufficient, parse_context
+from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT, closed_question
 from llava_lite.synthetic.scene import COLORS, GRID, SHAPES, SIZES
 from llava_lite.templates import get_template
 from llava_lite.training.objective import ObjectiveModule, fit_objective
 
 NOTHING_LOOK = LOOKS.index(None)  # an empty cell's index
-# What the warm-up reads besides the captions: every instruction conversation, or only their
-# closed-form turns, one per document (docs/demo.md: as much learned per step, at a third of the cost).
-WARMUP_CORPORA: tuple[str, ...] = ("all", "short_answers")
+# What the warm-up reads besides the captions: drills (closed-form questions written from the
+# captions and boxes, one per document), the teacher's closed-form turns one per document, or
+# every teacher conversation (docs/demo.md: drills teach the most per step).
+WARMUP_CORPORA: tuple[str, ...] = ("all", "short_answers", "drills")
 
 
 @dataclass
@@ -65,11 +69,12 @@ class LLMWarmupSettings:
     # faster, at half the cost per token (docs/demo.md, "The text ceiling").
     hidden_size: int = 128
     intermediate_size: int = 384
-    num_layers: int = 4
+    # Two layers learned to find objects as fast per step as four, at half the cost (docs/demo.md).
+    num_layers: int = 2
     num_heads: int = 4
     vocab_size: int = 512
     max_position_embeddings: int = 512
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 30
@@ -81,7 +86,13 @@ class LLMWarmupSettings:
     max_tokens_per_row: int = 160
     # Add a row and a column vector to each cell, as patch tokens carry their place.
     cell_positions: bool = True
-    corpus: str = "short_answers"
+    corpus: str = "drills"
+    # corpus="drills": closed-form questions per training image (each its own document), and
+    # the share of each type: count is learned first, colour and position last.
+    drill_turns: int = 4
+    drill_mix: dict[str, float] = field(
+        default_factory=lambda: {"colour": 0.45, "shape": 0.15, "count": 0.1, "position": 0.3}
+    )
     seed: int = 0
 
 
@@ -178,6 +189,38 @@ def turn_texts(records: list[dict[str, Any]]) -> list[str]:
     return [t["value"].replace(IMAGE_TOKEN, "").strip() for r in records for t in r["conversations"]]
 
 
+def drill_records(
+    contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int
+) -> list[dict[str, Any]]:
+    """Per training image, one conversation of ``turns`` closed-form questions (types drawn
+    by ``mix``, wordings from the ``train`` pool), from the scene its captions and boxes give:
+    many answers per document, so each step asks the LLM to find many objects."""
+    rng = random.Random(f"{seed}:drills")
+    types, weights = list(mix), list(mix.values())
+    records = []
+    for context in contexts:
+        try:
+            scene = parse_context(context)
+        except ContextInsufficient as e:
+            raise ValueError(f"LLM warm-up drills: {e}") from e
+        asked: list[tuple[str, str]] = []
+        for _ in range(4 * turns):  # bounded: repeats and inapplicable questions are redrawn
+            if len(asked) == turns:
+                break
+            q = closed_question(rng.choices(types, weights)[0], scene, rng, "train", wording_rng=rng)
+            if q is not None and all(q.question != a for a, _ in asked):
+                asked.append((q.question, q.answer))
+        conversation = []
+        for k, (question, answer) in enumerate(asked):
+            image = f"{IMAGE_TOKEN}\n" if k == 0 else ""
+            conversation += [
+                {"from": "human", "value": f"{image}{question}\n{SHORT_ANSWER_PROMPT}"},
+                {"from": "gpt", "value": answer},
+            ]
+        records.append({"id": f"drill_{context.image_id}", "image": context.file_name, "conversations": conversation})
+    return records
+
+
 def build_documents(
     records: list[tuple[dict[str, Any], str]], scenes: dict[str, list[str]], tokenizer
 ) -> list[Document]:
@@ -248,6 +291,7 @@ def warmup_llm(
     out_dir: str | Path,
     settings: LLMWarmupSettings,
     progress: Callable[[int, float], None] | None = None,
+    drills: list[dict[str, Any]] | None = None,
 ) -> LLMWarmupResult:
     """Train the tiny LLM (and its tokenizer) on the world's text; save both to ``out_dir``.
 
@@ -255,8 +299,9 @@ def warmup_llm(
     caption records (``plain``); ``scenes``: scene cells per image (``demo.vision.cell_targets``).
     """
     s = settings
-    if s.corpus not in WARMUP_CORPORA:
-        raise ValueError(f"corpus={s.corpus!r}; valid: {list(WARMUP_CORPORA)}")
+    parts = s.corpus.split("+")
+    if not set(parts) <= set(WARMUP_CORPORA):
+        raise ValueError(f"corpus={s.corpus!r}; valid: {list(WARMUP_CORPORA)}, or several joined by '+'")
     start = time.perf_counter()
     torch.manual_seed(s.seed)
     # The template's fixed text is in every document: show it to the tokenizer often enough
@@ -265,7 +310,15 @@ def warmup_llm(
     texts = turn_texts(conversations[:3000] + captions[:3000])
     tokenizer = build_tiny_tokenizer("sentencepiece", vocab_size=s.vocab_size, extra_texts=texts + fixed)
     image_id = prepare_tokenizer(tokenizer, IMAGE_TOKEN)
-    chats = short_answer_turns(conversations) if s.corpus == "short_answers" else conversations
+    chats: list[dict[str, Any]] = []
+    if "drills" in parts:
+        if not drills:
+            raise ValueError("LLM warm-up: corpus='drills' needs drill records (drills=, from drill_records)")
+        chats += short_answer_turns(drills)
+    if "short_answers" in parts:
+        chats += short_answer_turns(conversations)
+    if "all" in parts:
+        chats += conversations
     docs = build_documents(
         [(r, s.template) for r in chats] + [(r, "plain") for r in captions], scenes, tokenizer
     )

@@ -55,7 +55,14 @@ def build_tiny_tokenizer(
     if kind == "sentencepiece":
         specials = ["<unk>", "<s>", "</s>", "<pad>", *CHAT_SPECIAL_TOKENS]
         tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        # Punctuation is its own piece, as SentencePiece's split by Unicode script makes it in
+        # Llama's vocabulary: without it a small vocabulary learns "▁circle?" apart from "▁circle".
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+                pre_tokenizers.Punctuation(behavior="isolated"),
+            ]
+        )
         tok.decoder = decoders.Sequence(
             [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
         )
