@@ -165,7 +165,7 @@ def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
         warmup_llm([record], [], _scenes(world), tmp_path / "llm", settings)
     captions = caption_records(world, "train", 1)[:3]
     short_rows = LLMWarmupSettings(
-        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, max_tokens_per_row=12
+        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, max_tokens_per_row=12, corpus="all"
     )
     with pytest.raises(ValueError, match=r"record \S+_cap0 has \d+ tokens > max_tokens_per_row=12"):
         warmup_llm([], captions, _scenes(world), tmp_path / "llm", short_rows)  # never cut silently
@@ -285,6 +285,14 @@ def test_drills_ask_true_closed_form_questions_in_training_wordings(world) -> No
         assert result.ok and result.checked >= len(pairs), (record, result)
         asked += len(pairs)
     assert asked > 3 * len(records)
+
+
+def test_drills_name_an_image_whose_captions_do_not_describe_it(world) -> None:
+    import dataclasses
+
+    ctx = load_coco(world.captions("train"), world.instances("train"))[0]
+    with pytest.raises(ValueError, match=rf"drills: image {ctx.image_id} \({ctx.file_name}\): no caption"):
+        drill_records([dataclasses.replace(ctx, captions=("Some shapes.",))], 4, {"colour": 1.0}, seed=0)
 
 
 def test_drills_corpus_needs_drill_records(world, tmp_path) -> None:

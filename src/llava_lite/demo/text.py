@@ -192,9 +192,10 @@ def turn_texts(records: list[dict[str, Any]]) -> list[str]:
 def drill_records(
     contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int
 ) -> list[dict[str, Any]]:
-    """Per training image, one conversation of ``turns`` closed-form questions (types drawn
-    by ``mix``, wordings from the ``train`` pool), from the scene its captions and boxes give:
-    many answers per document, so each step asks the LLM to find many objects."""
+    """Per training image, one conversation of up to ``turns`` different closed-form questions
+    (types drawn by ``mix``, wordings from the ``train`` pool) about the scene its captions and
+    boxes give, as a teacher would read it. The warm-up reads each question as a document of
+    its own; stage 2 reads the conversations with their images, like LLaVA-1.5's VQA data."""
     rng = random.Random(f"{seed}:drills")
     types, weights = list(mix), list(mix.values())
     records = []
@@ -202,7 +203,7 @@ def drill_records(
         try:
             scene = parse_context(context)
         except ContextInsufficient as e:
-            raise ValueError(f"LLM warm-up drills: {e}") from e
+            raise ValueError(f"drills: {e}") from e
         asked: list[tuple[str, str]] = []
         for _ in range(4 * turns):  # bounded: repeats and inapplicable questions are redrawn
             if len(asked) == turns:
@@ -217,7 +218,9 @@ def drill_records(
                 {"from": "human", "value": f"{image}{question}\n{SHORT_ANSWER_PROMPT}"},
                 {"from": "gpt", "value": answer},
             ]
-        records.append({"id": f"drill_{context.image_id}", "image": context.file_name, "conversations": conversation})
+        records.append(
+            {"id": f"drill_{context.image_id}", "image": context.file_name, "conversations": conversation}
+        )
     return records
 
 
@@ -296,7 +299,8 @@ def warmup_llm(
     """Train the tiny LLM (and its tokenizer) on the world's text; save both to ``out_dir``.
 
     ``conversations``: instruction records (``settings.template``); ``captions``: stage-1
-    caption records (``plain``); ``scenes``: scene cells per image (``demo.vision.cell_targets``).
+    caption records (``plain``); ``scenes``: scene cells per image (``demo.vision.cell_targets``);
+    ``drills``: ``drill_records`` output, needed when ``settings.corpus`` names "drills".
     """
     s = settings
     parts = s.corpus.split("+")
