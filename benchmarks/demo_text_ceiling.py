@@ -73,18 +73,19 @@ def main() -> None:
     def contexts(split: str) -> list:
         return load_coco(world.captions(split), world.instances(split))
 
-    def cells(split: str) -> dict[str, list[int]]:
-        return {c.file_name: cell_targets(c) for c in contexts(split)}
+    def cells(split_contexts: list) -> dict[str, list[int]]:
+        return {c.file_name: cell_targets(c) for c in split_contexts}
 
+    train = contexts("train")
     start = time.perf_counter()
-    result = warmup_llm(instruct, captions, cells("train"), args.data / "llm", settings,
-        drills=drill_records(contexts("train"), settings.drill_turns, settings.drill_mix, demo.seed),
-    )
+    result = warmup_llm(instruct, captions, cells(train), args.data / "llm", settings,
+        drills=drill_records(train, settings.drill_turns, settings.drill_mix, demo.seed),
+    )  # fmt: skip
     warmup_seconds = time.perf_counter() - start
     model = LlamaForCausalLM.from_pretrained(result.path).eval()
     tokenizer = AutoTokenizer.from_pretrained(result.path)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    test_cells = cells("test")
+    test_cells = cells(contexts("test"))
     right: dict[str, int] = defaultdict(int)
     asked: dict[str, int] = defaultdict(int)
     for wording in ("canonical", "paraphrased"):

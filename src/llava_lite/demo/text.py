@@ -46,6 +46,7 @@ from llava_lite.data.packing import PackingCollator
 from llava_lite.data.schema import normalize_conversation
 from llava_lite.data.tokenize import encode_conversation
 from llava_lite.demo.vision import LOOKS
+from llava_lite.generation.validation import to_conversations
 from llava_lite.modeling.llava import splice_features
 from llava_lite.modeling.llm import check_packed_attention, prepare_tokenizer
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
@@ -211,15 +212,9 @@ def drill_records(
             q = closed_question(rng.choices(types, weights)[0], scene, rng, "train", wording_rng=rng)
             if q is not None and all(q.question != a for a, _ in asked):
                 asked.append((q.question, q.answer))
-        conversation = []
-        for k, (question, answer) in enumerate(asked):
-            image = f"{IMAGE_TOKEN}\n" if k == 0 else ""
-            conversation += [
-                {"from": "human", "value": f"{image}{question}\n{SHORT_ANSWER_PROMPT}"},
-                {"from": "gpt", "value": answer},
-            ]
+        pairs = [(f"{question}\n{SHORT_ANSWER_PROMPT}", answer) for question, answer in asked]
         records.append(
-            {"id": f"drill_{context.image_id}", "image": context.file_name, "conversations": conversation}
+            {"id": f"drill_{context.image_id}", "image": context.file_name, "conversations": to_conversations(pairs)}
         )
     return records
 
