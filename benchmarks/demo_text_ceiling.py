@@ -7,6 +7,9 @@ images' true cells in the image's place, greedy, at most 4 tokens. It isolates t
 the pixels (docs/demo.md, "The text ceiling"). Prints accuracy per type and one JSON line.
 
     python benchmarks/demo_text_ceiling.py --data /tmp/ceiling --set steps=1500
+
+``--predictions FILE`` writes every question with its answer, the prediction and the image's
+nine cells (JSON Lines), to see which object a wrong answer was about.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from llava_lite.data.tokenize import encode_conversation
 from llava_lite.demo.evaluate import normalize_answer
 from llava_lite.demo.run import DemoSettings
 from llava_lite.demo.text import drill_records, embed_documents, warmup_llm
-from llava_lite.demo.vision import cell_targets
+from llava_lite.demo.vision import LOOKS, cell_targets
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
 from llava_lite.generation.settings import settings_from
@@ -49,6 +52,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], help="LLMWarmupSettings overrides, key=value")
+    parser.add_argument(
+        "--predictions", type=Path, help="write each question and prediction here (JSON Lines)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     demo = DemoSettings.full(args.seed)
@@ -86,6 +92,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(result.path)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     test_cells = cells(contexts("test"))
+    predictions: list[dict[str, object]] = []
     right: dict[str, int] = defaultdict(int)
     asked: dict[str, int] = defaultdict(int)
     for wording in ("canonical", "paraphrased"):
@@ -106,10 +113,16 @@ def main() -> None:
                         break
                     answer.append(token)
             key = f"{wording}/{record['question_type']}"
+            predicted = tokenizer.decode(answer, skip_special_tokens=True)
             asked[key] += 1
-            right[key] += normalize_answer(
-                tokenizer.decode(answer, skip_special_tokens=True)
-            ) == normalize_answer(record["answer"])
+            right[key] += normalize_answer(predicted) == normalize_answer(record["answer"])
+            predictions.append({
+                "id": record["id"], "question_type": record["question_type"], "wording": wording,
+                "question": record["conversations"][0]["value"], "answer": record["answer"],
+                "predicted": predicted, "cells": [LOOKS[c] for c in scene],
+            })  # fmt: skip
+    if args.predictions:
+        args.predictions.write_text("".join(json.dumps(p) + "\n" for p in predictions))
     scores = {k: round(100 * right[k] / asked[k], 1) for k in sorted(asked)}
     for wording in ("canonical", "paraphrased"):
         keys = [k for k in asked if k.startswith(wording)]
