@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from llava_lite.data import LlavaProcessor
-from llava_lite.inference import ChatSession, DecodingSettings
+from llava_lite.demo.report import CHAT_DECODING, chat_script
+from llava_lite.inference import ChatSession
 from llava_lite.modeling import LlavaModel
 from llava_lite.synthetic import load_scenes
 from llava_lite.synthetic.checker import check_turns
-from llava_lite.synthetic.questions import DETAIL_INSTRUCTIONS, chat_questions
 from llava_lite.synthetic.world import WorldPaths
 
 ORDERS = ("description first", "description last", "one conversation per question")
@@ -45,18 +45,16 @@ def main() -> None:
     # [right, checked] for descriptions and for questions, per order
     tally = {order: {"description": [0, 0], "questions": [0, 0]} for order in ORDERS}
     for scene in random.Random(args.seed).sample(scenes, min(args.images, len(scenes))):
-        image = world.image_root / "test" / f"{scene.image_id:07d}.png"
-        rng = random.Random(f"{args.seed}:{scene.image_id}")
-        describe, questions = rng.choice(DETAIL_INSTRUCTIONS), chat_questions(scene, rng)
-
-        def session(image: Path = image) -> ChatSession:
-            return ChatSession(model, processor, image, DecodingSettings(max_new_tokens=96))
-
+        image = world.image_root / world.file_name("test", scene.image_id)
+        describe, *questions = chat_script(scene, random.Random(f"{args.seed}:{scene.image_id}"))
         for order in ORDERS:
             if order == "one conversation per question":
-                turns = [(q, session().ask(q)) for q in (describe, *questions)]
+                turns = [
+                    (q, ChatSession(model, processor, image, CHAT_DECODING).ask(q))
+                    for q in (describe, *questions)
+                ]
             else:
-                chat = session()
+                chat = ChatSession(model, processor, image, CHAT_DECODING)
                 asked = (describe, *questions) if order == "description first" else (*questions, describe)
                 turns = [(q, chat.ask(q)) for q in asked]
             description = [t for t in turns if t[0] == describe]

@@ -28,12 +28,9 @@ from llava_lite.config import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.schema import normalize_conversation
 from llava_lite.data.tokenize import encode_conversation
 from llava_lite.demo.evaluate import normalize_answer
-from llava_lite.demo.run import DemoSettings
+from llava_lite.demo.run import DemoSettings, teacher_pipeline
 from llava_lite.demo.text import drill_records, embed_documents, warmup_llm
 from llava_lite.demo.vision import LOOKS, cell_targets
-from llava_lite.generation.offline import OfflineTeacher
-from llava_lite.generation.pipeline import GenerationPipeline
-from llava_lite.generation.settings import settings_from
 from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import build_world
 from llava_lite.synthetic.tasks import caption_records, eval_questions
@@ -64,15 +61,7 @@ def main() -> None:
     world_dir, instruct_dir = args.data / "world", args.data / "instruct"
     world = build_world(world_dir, demo.n_train, demo.n_val, demo.n_test, demo.image_size, demo.seed)
     if not (instruct_dir / "instruct.json").is_file():
-        gen = settings_from({
-            "captions_file": str(world.captions("train")), "instances_file": str(world.instances("train")),
-            "image_root": str(world.image_root), "output_dir": str(instruct_dir),
-            "samples_per_type": demo.samples_per_type, "budget_usd": None, "seed": demo.seed,
-            "teacher": {"name": "offline", "seed": demo.seed},
-        })  # fmt: skip
-        GenerationPipeline(
-            gen, OfflineTeacher(seed=demo.seed, short_answer_rate=demo.short_answer_rate)
-        ).run()
+        teacher_pipeline(world, instruct_dir, demo).run()
     instruct = json.loads((instruct_dir / "instruct.json").read_text())
     captions = caption_records(world, "train", demo.captions_per_image, demo.seed)
 

@@ -58,6 +58,16 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
+# The shown chats' decoding: greedy, long enough for a description.
+CHAT_DECODING = DecodingSettings(max_new_tokens=96)
+
+
+def chat_script(scene: Scene, rng: random.Random) -> list[str]:
+    """The demo's chat about ``scene``: a detailed-description instruction, then free-form
+    questions of each closed-form type (``synthetic.questions.chat_questions``)."""
+    return [rng.choice(DETAIL_INSTRUCTIONS), *chat_questions(scene, rng)]
+
+
 def sample_chat(
     model: Any, processor: Any, world: WorldPaths, image: str, scene: Scene, seed: int, path: Path
 ) -> dict[str, Any]:
@@ -67,9 +77,8 @@ def sample_chat(
     description names) is checked against the image's annotations (``synthetic.checker``);
     returns the turns, the number of claims checked and right, the problems, and writes a PNG.
     """
-    rng = random.Random(f"{seed}:chat:{image}")
-    questions = [rng.choice(DETAIL_INSTRUCTIONS), *chat_questions(scene, rng)]
-    session = ChatSession(model, processor, world.image_root / image, DecodingSettings(max_new_tokens=96))
+    questions = chat_script(scene, random.Random(f"{seed}:chat:{image}"))
+    session = ChatSession(model, processor, world.image_root / image, CHAT_DECODING)
     turns = [(q, session.ask(q)) for q in questions]
     described = check_turns(turns[:1], scene, description=True)
     answered = check_turns(turns[1:], scene)

@@ -41,6 +41,7 @@ from llava_lite.generation.settings import settings_from
 from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.tasks import caption_records, eval_questions, write_json
+from llava_lite.synthetic.world import WorldPaths
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,25 @@ def _stage_overrides(
     ]
 
 
+def teacher_pipeline(world: WorldPaths, output_dir: Path, settings: DemoSettings) -> GenerationPipeline:
+    """The generation pipeline with the offline teacher over the world's training split, as the
+    demo runs it (``.run()`` writes ``output_dir / "instruct.json"``)."""
+    gen_settings = settings_from(
+        {
+            "captions_file": str(world.captions("train")),
+            "instances_file": str(world.instances("train")),
+            "image_root": str(world.image_root),
+            "output_dir": str(output_dir),
+            "samples_per_type": settings.samples_per_type,
+            "budget_usd": None,
+            "seed": settings.seed,
+            "teacher": {"name": "offline", "seed": settings.seed},
+        }
+    )
+    teacher = OfflineTeacher(seed=settings.seed, short_answer_rate=settings.short_answer_rate)
+    return GenerationPipeline(gen_settings, teacher)
+
+
 def _csv_losses(stage_dir: Path) -> list[tuple[int, float]]:
     path = stage_dir / "csv" / "metrics.csv"
     if not path.is_file():
@@ -202,21 +222,9 @@ def run_demo(
         "world", lambda: build_world(out / "world", s.n_train, s.n_val, s.n_test, s.image_size, s.seed)
     )
     data_dir = out / "data"
-    gen_settings = settings_from(
-        {
-            "captions_file": str(world.captions("train")),
-            "instances_file": str(world.instances("train")),
-            "image_root": str(world.image_root),
-            "output_dir": str(data_dir / "instruct"),
-            "samples_per_type": s.samples_per_type,
-            "budget_usd": None,
-            "seed": s.seed,
-            "teacher": {"name": "offline", "seed": s.seed},
-        }
-    )
-    teacher = OfflineTeacher(seed=s.seed, short_answer_rate=s.short_answer_rate)
     gen = clock.step(
-        "instruction data (offline teacher)", lambda: GenerationPipeline(gen_settings, teacher).run()
+        "instruction data (offline teacher)",
+        lambda: teacher_pipeline(world, data_dir / "instruct", s).run(),
     )
     instruct_file = data_dir / "instruct" / "instruct.json"
     instruct = json.loads(instruct_file.read_text())

@@ -58,6 +58,11 @@ class WorldPaths:
     def image_root(self) -> Path:
         return self.root / "images"
 
+    @staticmethod
+    def file_name(split: str, image_id: int) -> str:
+        """An image's ``file_name`` in the COCO files, relative to ``image_root``."""
+        return f"{split}/{image_id:07d}.png"
+
     def captions(self, split: str) -> Path:
         return self.root / "annotations" / f"captions_{split}.json"
 
@@ -115,7 +120,7 @@ def build_world(
         images, captions, instances = [], [], []
         for index in range(counts[split]):
             scene = sample_scene(seed, split, index, image_size)
-            file_name = f"{split}/{scene.image_id:07d}.png"
+            file_name = paths.file_name(split, scene.image_id)
             render_scene(scene).save(paths.image_root / file_name)
             images.append(
                 {"id": scene.image_id, "file_name": file_name, "width": image_size, "height": image_size}
