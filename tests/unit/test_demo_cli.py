@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from llava_lite.cli import demo as demo_cli
+from llava_lite.demo import run as demo_run
 
 
 def test_default_threads_are_the_affinity_cores_whatever_the_load(monkeypatch) -> None:
@@ -25,10 +30,26 @@ def test_main_sets_the_chosen_threads_before_the_demo_runs(monkeypatch, tmp_path
     calls: list[tuple[str, object]] = []
     monkeypatch.setattr(demo_cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(demo_cli.os, "getloadavg", lambda: (3.9, 3.9, 3.9))
-    monkeypatch.setattr(demo_cli.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
-    monkeypatch.setattr(demo_cli, "run_demo", lambda out, settings: calls.append(("run", out)))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(demo_run, "run_demo", lambda out, settings: calls.append(("run", out)))
     demo_cli.main(["--quick", "--out", str(tmp_path)])
     assert calls == [("threads", 4), ("run", tmp_path)]
     calls.clear()
     demo_cli.main(["--quick", "--out", str(tmp_path), "--threads", "2"])
     assert calls[0] == ("threads", 2)
+
+
+def test_a_mistyped_flag_is_answered_before_the_heavy_imports() -> None:
+    """argparse answers first: importing torch, transformers and Lightning takes ~15 s here."""
+    code = (
+        "import sys\n"
+        "from llava_lite.cli.demo import main\n"
+        "try:\n"
+        "    main(['--quick', '--seeds', '1'])\n"
+        "except SystemExit as exit:\n"
+        "    heavy = sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules)\n"
+        "    print(exit.code, heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+    assert "unrecognized arguments: --seeds 1" in done.stderr

@@ -14,11 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-import transformers
-
 from llava_lite.cli.errors import run_cli
-from llava_lite.demo.run import DemoSettings, run_demo
 
 
 def thread_count(requested: int | None = None) -> int:
@@ -52,6 +48,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    threads = thread_count(args.threads)
+    # Imported here, not at the top: torch, transformers and Lightning take ~15 s to import on
+    # two cores, and ``--help`` or a mistyped flag should answer at once.
+    import torch
+    import transformers
+
+    from llava_lite.demo.run import DemoSettings, run_demo
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The demo prints its own progress; keep the libraries' per-load reports out of it.
     transformers.utils.logging.set_verbosity_error()
@@ -62,7 +66,7 @@ def _demo(args: argparse.Namespace) -> None:
     )
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    torch.set_num_threads(thread_count(args.threads))
+    torch.set_num_threads(threads)
     settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings.full(args.seed)
     out = args.out or Path("runs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_demo(out, settings)
