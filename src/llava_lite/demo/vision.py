@@ -76,7 +76,7 @@ class VisionPretrainSettings:
     warmup_steps: int = 50
     weight_decay: float = 0.05
     # The per-cell what / where losses weigh 3x the image-caption loss: at 800 steps the tower
-    # then names 94-95% of held-out object cells instead of 86-90% (seeds 0 and 2, docs/demo.md).
+    # then names 94-97% of held-out object cells instead of 86-93% (seeds 0-2, docs/demo.md).
     region_weight: float = 3.0
     seed: int = 0
 
