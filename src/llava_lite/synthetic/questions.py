@@ -36,6 +36,8 @@ _X_OPTIONS = "on the left, in the center, or on the right"
 _Y_OPTIONS = "at the top, in the middle, or at the bottom"
 # "{ref}" is a referring expression ("the red circle"); "{Ref}" the same, capitalised.
 # Position wordings name their axis's three answers, so the question says what to answer.
+# Some name the object last: the tiny demo LLM gathers a reference poorly from mid-sentence,
+# and wordings that move it teach the gather itself (docs/demo.md, "... the reference last").
 WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
         "colour": (
@@ -69,12 +71,16 @@ WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
             f"Is {{ref}} placed {_X_OPTIONS}?",
             "Which side is {ref} on: left, center or right?",
             "Tell me if {ref} is on the left, in the center or on the right.",
+            "Left, center or right: where is {ref}?",
+            "On the left, in the center or on the right: where is {ref}?",
         ),
         "position_y": (
             f"Is {{ref}} {_Y_OPTIONS}?",
             f"Is {{ref}} placed {_Y_OPTIONS}?",
             "Which row is {ref} in: top, middle or bottom?",
             "Tell me if {ref} is at the top, in the middle or at the bottom.",
+            "Top, middle or bottom: where is {ref}?",
+            "At the top, in the middle or at the bottom: where is {ref}?",
         ),
     },
     "held_out": {
