@@ -1,7 +1,8 @@
 """The demo's text ceiling: the warm-up LLM alone, given perfect scene cells for held-out images.
 
-Builds the demo's world and offline-teacher data (``DemoSettings.full(seed)`` sizes) in
-``--data``, warms the LLM up with ``LLMWarmupSettings`` plus ``--set key=value`` overrides,
+Builds the demo's world and offline-teacher data (``DemoSettings.full(seed)`` sizes, or
+``DemoSettings.quick(seed)`` with ``--quick``) in ``--data``, warms the LLM up with that
+mode's ``LLMWarmupSettings`` plus ``--set key=value`` overrides,
 then asks every held-out question (canonical and paraphrased wordings) with the test
 images' true cells in the image's place, greedy, at most 4 tokens. It isolates the LLM from
 the pixels (docs/demo.md, "The text ceiling"). Prints accuracy per type and one JSON line.
@@ -48,13 +49,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder for the world, data and LLM")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="the sizes and warm-up of --quick")
     parser.add_argument("--set", nargs="*", default=[], help="LLMWarmupSettings overrides, key=value")
     parser.add_argument(
         "--predictions", type=Path, help="write each question and prediction here (JSON Lines)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    demo = DemoSettings.full(args.seed)
+    demo = DemoSettings.quick(args.seed) if args.quick else DemoSettings.full(args.seed)
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     settings = dataclasses.replace(demo.llm, **overrides)
 
