@@ -41,12 +41,12 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     overall = summary["accuracy"]["all"]
     assert overall["count"] == summary["data"]["eval_questions"] > 100
     assert summary["data"]["drills"] == summary["data"]["train_images"]  # one drill record per image
-    # Learning, not luck: well above chance overall (chance-level spread about 3 points; seed 0
-    # measured 43.5% against 25% with the reference-last position wordings, seeds 0-2 42-55%
-    # before them), and counting, which no text prior can do (answers are uniform over 1-4), well
-    # above its 25% (seed 0: 88%; seeds 0-2 before: 62-95%).
-    assert overall["accuracy"] > overall["chance"] + 8, summary["accuracy"]
-    assert summary["accuracy"]["count"]["accuracy"] >= 45.0, summary["accuracy"]
+    # Learning, not luck: well above chance overall (chance-level spread about 3 points; seeds
+    # 0-2 measured 52.3 / 53.8 / 56.2% against 25%, and one machine scored a recipe 6 points
+    # under another), and counting, which no text prior can do (answers are uniform over 1-4),
+    # well above its 25% (seeds 0-2: 87-92%).
+    assert overall["accuracy"] > overall["chance"] + 15, summary["accuracy"]
+    assert summary["accuracy"]["count"]["accuracy"] >= 60.0, summary["accuracy"]
     with (run / "metrics.csv").open() as f:
         rows = {r["question_type"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"colour", "shape", "count", "position", "all"}
