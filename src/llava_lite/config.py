@@ -70,9 +70,16 @@ class VisionConfig:
 
 @dataclass
 class ProjectorConfig:
-    """Maps vision features to LLM embeddings; ``type`` is a key of the projector registry."""
+    """Maps vision features to LLM embeddings; ``type`` is a key of the projector registry.
+
+    ``patch_positions`` adds a learned vector per image-token slot to the projected features,
+    so the LLM reads where each patch sits in the grid without the tower having to keep it
+    (a ViT's upper layers lose it; docs/demo.md). Not part of LLaVA: trained with the projector
+    (stage 1 included), saved natively, refused by the llava-hf export.
+    """
 
     type: str = "mlp2x_gelu"
+    patch_positions: bool = False
 
 
 @dataclass

@@ -50,3 +50,27 @@ def test_unknown_keys_fail_listing_valid_ones(kind: str) -> None:
 def test_identity_needs_equal_dims() -> None:
     with pytest.raises(ValueError, match="8 != 4"):
         build_projector("identity", 8, 4)
+
+
+@pytest.mark.parametrize("kind", ["mlp2x_gelu", "linear"])
+def test_patch_positions_add_one_learned_vector_per_slot(kind: str) -> None:
+    torch.manual_seed(0)
+    plain = build_projector(kind, 12, 20)
+    with_positions = build_projector(kind, 12, 20, patch_positions=5)
+    layers = list(plain) if isinstance(plain, nn.Sequential) else [plain]
+    with_positions[: len(layers)].load_state_dict(nn.Sequential(*layers).state_dict())
+    x = torch.randn(3, 5, 12)  # [N, P, D_vision]
+    # Zero at the start: adding the positions changes nothing until they train.
+    torch.testing.assert_close(with_positions(x), plain(x))
+    positions = with_positions[-1].weight
+    with torch.no_grad():
+        positions.copy_(torch.randn(5, 20))
+    torch.testing.assert_close(with_positions(x) - plain(x), positions.expand(3, 5, 20))
+    # An MLP keeps LLaVA's keys; the positions are the next index.
+    assert list(with_positions.state_dict())[-1] == f"{len(layers)}.weight"
+
+
+def test_patch_positions_refuse_another_number_of_tokens() -> None:
+    proj = build_projector("mlp2x_gelu", 12, 20, patch_positions=5)
+    with pytest.raises(ValueError, match="4 image tokens, but 5 were built"):
+        proj(torch.randn(1, 4, 12))

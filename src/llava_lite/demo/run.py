@@ -73,6 +73,9 @@ class DemoSettings:
     stage1: StageSettings = field(default_factory=lambda: StageSettings(steps=150, lr=1e-3))
     stage2: StageSettings = field(default_factory=lambda: StageSettings(steps=400, lr=1e-3))
     model_max_length: int = 320
+    # A learned vector per image token added to the projected patches (``ProjectorConfig``):
+    # the 2-layer LLM then reads where a patch is as it learned to on scene cells (docs/demo.md).
+    patch_positions: bool = True
     eval_batch_size: int = 50
     chat_images: int = 2
 
@@ -151,6 +154,7 @@ def _stage_overrides(
         "~model.llm.arch",
         "~model.llm.tiny_tokenizer",
         f"model.model_max_length={settings.model_max_length}",
+        f"model.projector.patch_positions={str(settings.patch_positions).lower()}",
         "data.train_files=[" + ",".join(f"'{f}'" for f in data_files) + "]",
         f"data.image_root='{image_root}'",
         f"data.batch_size={stage.batch_size}",

@@ -86,9 +86,12 @@ class LlavaModel(nn.Module):
         self.image_token_id = prepare_tokenizer(self.tokenizer, config.image_token)
         self.llm = build_llm(config.llm, self.tokenizer, hf_config=llm_hf_config)
         llm_hidden = int(self.llm.get_input_embeddings().weight.shape[1])
-        self.projector = build_projector(config.projector.type, self.vision_tower.hidden_size, llm_hidden).to(
-            self.llm.get_input_embeddings().weight.dtype
-        )
+        self.projector = build_projector(
+            config.projector.type,
+            self.vision_tower.hidden_size,
+            llm_hidden,
+            self.vision_tower.num_image_tokens if config.projector.patch_positions else None,
+        ).to(self.llm.get_input_embeddings().weight.dtype)
         self.image_processor = (
             image_processor if image_processor is not None else self.vision_tower.build_image_processor()
         )

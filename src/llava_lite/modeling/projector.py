@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 _MLP_GELU = re.compile(r"mlp([1-9][0-9]*)x_gelu")
 
@@ -47,11 +48,39 @@ def valid_projector_types() -> list[str]:
     return [*sorted(PROJECTORS), "mlp{N}x_gelu (N >= 1)"]
 
 
-def build_projector(projector_type: str, in_dim: int, out_dim: int) -> nn.Module:
-    """Build the projector named ``projector_type`` mapping ``[..., in_dim]`` to ``[..., out_dim]``."""
+class PatchPositions(nn.Module):
+    """Adds one learned vector per image-token slot: ``[N, P, D] -> [N, P, D]``.
+
+    Starts at zero, so a projector gains it without changing what it computes.
+    """
+
+    def __init__(self, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_tokens, dim))
+
+    def forward(self, features: Tensor) -> Tensor:
+        if features.shape[-2] != self.weight.shape[0]:
+            raise ValueError(
+                f"patch positions: {features.shape[-2]} image tokens, but {self.weight.shape[0]} were built"
+            )
+        return features + self.weight.to(features.dtype)  # [N, P, D]
+
+
+def build_projector(
+    projector_type: str, in_dim: int, out_dim: int, patch_positions: int | None = None
+) -> nn.Module:
+    """Build the projector named ``projector_type`` mapping ``[..., in_dim]`` to ``[..., out_dim]``.
+
+    ``patch_positions``: the number of image tokens, to add :class:`PatchPositions` last (an
+    ``nn.Sequential`` then; an MLP keeps its ``0.weight`` ... keys, the positions are the next index).
+    """
     if projector_type in PROJECTORS:
-        return PROJECTORS[projector_type](in_dim, out_dim)
-    match = _MLP_GELU.fullmatch(projector_type)
-    if match:
-        return mlp_gelu(in_dim, out_dim, int(match.group(1)))
-    raise KeyError(f"unknown projector type {projector_type!r}; valid: {valid_projector_types()}")
+        projector = PROJECTORS[projector_type](in_dim, out_dim)
+    elif match := _MLP_GELU.fullmatch(projector_type):
+        projector = mlp_gelu(in_dim, out_dim, int(match.group(1)))
+    else:
+        raise KeyError(f"unknown projector type {projector_type!r}; valid: {valid_projector_types()}")
+    if patch_positions is None:
+        return projector
+    layers = list(projector) if isinstance(projector, nn.Sequential) else [projector]
+    return nn.Sequential(*layers, PatchPositions(patch_positions, out_dim))

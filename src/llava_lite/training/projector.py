@@ -18,6 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from llava_lite.modeling.projector import PatchPositions
+
 PROJECTOR_FILE = "projector.safetensors"
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 _ORIGINAL_PREFIX = "mm_projector."
@@ -69,8 +71,14 @@ def load_projector(projector: nn.Module, path: str | Path, projector_type: str) 
         if state[k].shape != own[k].shape
     ]
     if missing or unexpected or bad_shapes:
+        positions = any(isinstance(m, PatchPositions) for m in projector.modules())
+        hint = (
+            "; was it written with another model.projector.patch_positions? set it to match"
+            if positions or unexpected
+            else ""
+        )
         raise ValueError(
             f"{path} does not fit this projector: missing={missing} unexpected={unexpected} "
-            f"shape mismatches={sorted(bad_shapes)}"
+            f"shape mismatches={sorted(bad_shapes)}{hint}"
         )
     projector.load_state_dict(state)

@@ -58,6 +58,11 @@ def _projector_to_hf(model: LlavaModel) -> tuple[str, dict[str, Tensor]]:
     """(projector_hidden_act, ``multi_modal_projector.*`` tensors) for our projector."""
     kind = model.config.projector.type
     proj = model.projector
+    if model.config.projector.patch_positions:
+        raise ValueError(
+            "projector.patch_positions=true has no llava-hf equivalent (LlavaForConditionalGeneration "
+            "adds nothing to the projected features); save the native format (save_pretrained) instead"
+        )
     if kind == "mlp2x_gelu":
         assert isinstance(proj, nn.Sequential)
         return "gelu", {
