@@ -3,7 +3,10 @@
 Independent of how the answers were written: it reads the question, resolves the object it
 refers to from the words in it (size, colour, shape, position), recomputes the answer from
 the truth, and compares it with the words in the answer. It also flags any object an answer
-mentions that is not in the image ("a small green cross in the center" when there is none).
+mentions that is not in the image ("a small green cross in the center" when there is none),
+a place given to the wrong object ("A large blue cross sits in the top left.", in any of the
+teacher's sentence forms), one place claimed twice in an answer, and in a description the
+count, the relation sentence, the colours present and the split by size.
 Used to test the offline teacher and the evaluation set, and usable on any teacher's output
 for this world.
 """
@@ -25,6 +28,13 @@ _LOCATED_NOUN = re.compile(
     rf"\b(?P<size>{'|'.join(SIZES)})\s+(?P<color>{_COLOR})\s+(?P<shape>{_SHAPE})\s+(?:in|on|at)\s+the\s+(?P<pos>{_POS})\b"
 )
 _NEGATION = re.compile(r"\b(no|not|none|without|if i added)\b|n't")
+_PLACE = re.compile(rf"\b(?:in|on|at)\s+the\s+(?P<pos>{_POS})\b")
+_RELATION = re.compile(r"^(the .+?) is (to the left of|to the right of|above|below) (the .+?)[.]?$")
+_COLOURS_PRESENT = re.compile(
+    rf"^(?:the colou?rs present are (?P<many>.+?)|all of them are (?P<one>{_COLOR}))[.]?$"
+)
+_SIZE_SPLIT = re.compile(r"^(?P<large>\w+) of them (?:is|are) large and (?P<small>\w+) (?:is|are) small[.]?$")
+_SAME_SIZE = re.compile(r"^(?:both|all \w+) objects are (?P<size>large|small)[.]?$")
 _REF = "(the .+?)"
 
 
@@ -92,6 +102,10 @@ def _numbers(text: str) -> list[int]:
     return out
 
 
+def _relation_words(sentence: str) -> bool:
+    return bool(re.search(r"\b(?:to the (?:left|right) of|above|below|bigger|smaller)\b", sentence))
+
+
 def _first(pattern: str, text: str) -> str | None:
     m = re.search(rf"\b({pattern})\b", text.lower())
     return m.group(1) if m else None
@@ -116,17 +130,31 @@ class _Checker:
             return None
         return found[0]
 
+    def placed(self, answer: str, noun: re.Match[str], pos: str, claimed: set[str]) -> None:
+        """A noun given a place ("small red circle", "top left") must be the object there, and
+        an answer names each place once ("a green cross on the left and a green cross on the left")."""
+        obj = [o for o in self.scene.objects if o.position == pos]
+        want = " ".join(w for w in (noun["size"], noun["color"], _singular(noun["shape"])) if w)
+        actual = (obj[0].noun() if noun["size"] else obj[0].noun(size=False)) if obj else "nothing"
+        self.expect(actual == want and pos not in claimed, (
+            f"{answer!r}: says {want} {pos}, image has {actual} there" if actual != want
+            else f"{answer!r}: names the {pos} twice"))  # fmt: skip
+        claimed.add(pos)
+
     def mentions(self, answer: str) -> None:
-        """Every non-negated object an answer names must exist (with its position, where given)."""
+        """Every non-negated object an answer names must exist, at the place it is given."""
+        claimed: set[str] = set()
         for sentence in re.split(r"(?<=[.!?])\s+", answer.lower()):
             if _NEGATION.search(sentence):
                 continue
-            for m in _LOCATED_NOUN.finditer(sentence):
-                obj = [o for o in self.scene.objects if o.position == m["pos"]]
-                actual = obj[0].noun() if obj else "nothing"
-                want = f"{m['size']} {m['color']} {_singular(m['shape'])}"
-                self.expect(actual == want, f"{answer!r}: says {want} {m['pos']}, image has {actual} there")
-            for m in _NOUN.finditer(sentence):
+            located = list(_LOCATED_NOUN.finditer(sentence))
+            for m in located:
+                self.placed(answer, m, m["pos"], claimed)
+            nouns, places = list(_NOUN.finditer(sentence)), list(_PLACE.finditer(sentence))
+            if not located and len(nouns) == 1 and len(places) == 1 and not _relation_words(sentence):
+                # "A large blue cross sits in the top left." / "In the top left there is a ..."
+                self.placed(answer, nouns[0], places[0]["pos"], claimed)
+            for m in nouns:
                 shape = _singular(m["shape"])
                 hit = [o for o in self.scene.objects if (o.color, o.shape) == (m["color"], shape)
                        and (m["size"] is None or o.size == m["size"])]  # fmt: skip
@@ -243,6 +271,30 @@ class _Checker:
         n = len(self.scene.objects)
         said = _numbers(a.split(".")[0]) or ([1] if "single" in a.split(".")[0] else [])
         self.expect(bool(said) and said[0] == n, f"description's count {said[:1]} != {n}: {answer!r}")
+        for sentence in re.split(r"(?<=[.!?])\s+", a):
+            self.summary(sentence)
+
+    def summary(self, sentence: str) -> None:
+        """A description's closing sentences: how two objects lie, the colours, the sizes."""
+        objs = self.scene.objects
+        if m := _RELATION.match(sentence):
+            x, y = self.one(m[1], sentence), self.one(m[3], sentence)
+            if x and y:
+                truth = {"to the left of": x.cell[1] < y.cell[1], "to the right of": x.cell[1] > y.cell[1],
+                         "above": x.cell[0] < y.cell[0], "below": x.cell[0] > y.cell[0]}[m[2]]  # fmt: skip
+                self.expect(truth, f"{sentence!r}: not so in the image")
+        elif m := _COLOURS_PRESENT.match(sentence):
+            said = set(re.findall(rf"\b({_COLOR})\b", m["many"] or m["one"]))
+            truth = {o.color for o in objs}
+            self.expect(said == truth, f"{sentence!r}: the colours are {', '.join(sorted(truth))}")
+        elif m := _SIZE_SPLIT.match(sentence):
+            truth = [sum(o.size == size for o in objs) for size in ("large", "small")]
+            self.expect(
+                _numbers(f"{m['large']} {m['small']}") == truth,
+                f"{sentence!r}: truth {truth[0]} large, {truth[1]} small",
+            )
+        elif m := _SAME_SIZE.match(sentence):
+            self.expect({o.size for o in objs} == {m["size"]}, f"{sentence!r}: the sizes differ")
 
 
 def check_turns(turns: list[tuple[str, str]], scene: Scene, description: bool = False) -> CheckResult:
