@@ -57,3 +57,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     assert chat["image"].startswith("test/") and all(a for _, a in chat["turns"])  # a held-out image
     assert 0 <= chat["claims_right"] <= chat["claims"] and chat["claims"] >= len(chat["turns"])
     assert f"{chat['claims_right']}/{chat['claims']} claims right" in printed
+    every = summary["chat_claims"]  # the shown chat and four more, checked the same way
+    assert len(summary["chats"]) == 1 and every["chats"] == 5
+    assert chat["claims"] < every["claims"] and 0 <= every["right"] <= every["claims"]
+    assert f"5 random held-out chats, the shown ones included: {every['right']}/{every['claims']}" in printed
+    assert not (run / "sample1.png").exists()  # only the shown chat is drawn

@@ -69,13 +69,14 @@ def chat_script(scene: Scene, rng: random.Random) -> list[str]:
 
 
 def sample_chat(
-    model: Any, processor: Any, world: WorldPaths, image: str, scene: Scene, seed: int, path: Path
+    model: Any, processor: Any, world: WorldPaths, image: str, scene: Scene, seed: int, path: Path | None
 ) -> dict[str, Any]:
     """Chat about one held-out image: a description, then free-form questions of each type.
 
     Every closed-form claim in the answers (colour, shape, count, position, and each object a
     description names) is checked against the image's annotations (``synthetic.checker``);
-    returns the turns, the number of claims checked and right, the problems, and writes a PNG.
+    returns the turns, the number of claims checked and right, the problems, and writes a PNG
+    of the chat to ``path`` unless it is None.
     """
     questions = chat_script(scene, random.Random(f"{seed}:chat:{image}"))
     session = ChatSession(model, processor, world.image_root / image, CHAT_DECODING)
@@ -84,6 +85,12 @@ def sample_chat(
     answered = check_turns(turns[1:], scene)
     checked = described.checked + answered.checked
     problems = described.problems + answered.problems
+    result = {
+        "image": image, "turns": turns, "claims": checked, "claims_right": checked - len(problems),
+        "problems": problems, "png": str(path) if path else None,
+    }  # fmt: skip
+    if path is None:
+        return result
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
     left.imshow(Image.open(world.image_root / image).convert("RGB"), interpolation="nearest")
     left.set_title(f"{image} (held out)", fontsize=8)
@@ -97,10 +104,7 @@ def sample_chat(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return {
-        "image": image, "turns": turns, "claims": checked, "claims_right": checked - len(problems),
-        "problems": problems, "png": str(path),
-    }  # fmt: skip
+    return result
 
 
 def plot_accuracy(scores: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
@@ -154,8 +158,13 @@ def summary_table(summary: dict[str, Any]) -> str:
         right, claims = sum(c["claims_right"] for c in chats), sum(c["claims"] for c in chats)
         lines.append("-" * 64)
         lines.append(
-            f"chats      {len(chats)} random held-out images: {right}/{claims} claims right "
+            f"chats      {len(chats)} shown, random held-out images: {right}/{claims} claims right "
             f"({100 * right / max(claims, 1):.0f}%), checked against the annotations"
+        )
+    if (every := summary.get("chat_claims")) and every["chats"] > len(chats):
+        lines.append(
+            f"           {every['chats']} random held-out chats, the shown ones included: "
+            f"{every['right']}/{every['claims']} claims right ({100 * every['right'] / max(every['claims'], 1):.0f}%)"
         )
     lines.append("=" * 64)
     return "\n".join(lines)
