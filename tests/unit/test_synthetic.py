@@ -297,3 +297,14 @@ def test_every_train_and_held_out_wording_is_checked() -> None:
                 question = frame.format(ref="the triangle", Ref="The triangle")
                 wrong = "bottom" if key == "position_y" else "left"
                 assert not check_turns([(question, wrong)], _THREE).ok, question
+
+
+def test_eval_questions_in_an_added_pool_ask_about_the_same_objects(world, monkeypatch) -> None:
+    """A pool added to WORDINGS (as benchmarks/demo_wordings.py does) is asked like the others."""
+    extra = {key: (f"[{key}] {{ref}}?" if "{ref}" in frames[0] else f"[{key}]?",) for key, frames in WORDINGS["train"].items()}
+    monkeypatch.setitem(WORDINGS, "extra", extra)
+    canonical = eval_questions(world, "test", wording="canonical")
+    asked = eval_questions(world, "test", wording="extra")
+    assert [r["id"] for r in asked] == [r["id"] + "_extra" for r in canonical]
+    assert [r["answer"] for r in asked] == [r["answer"] for r in canonical]
+    assert all(r["conversations"][0]["value"].split("\n")[1].startswith("[") for r in asked)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llava_lite.config import IMAGE_TOKEN
-from llava_lite.synthetic.questions import QUESTION_TYPES, SHORT_ANSWER_PROMPT, closed_question
+from llava_lite.synthetic.questions import QUESTION_TYPES, SHORT_ANSWER_PROMPT, WORDINGS, closed_question
 from llava_lite.synthetic.world import WorldPaths, load_scenes
 
 
@@ -48,9 +48,6 @@ def caption_records(
     return records
 
 
-EVAL_WORDINGS: tuple[str, ...] = ("canonical", "paraphrased")
-
-
 def eval_questions(
     paths: WorldPaths,
     split: str = "test",
@@ -62,12 +59,16 @@ def eval_questions(
 
     ``wording="canonical"`` asks in the first wording of the teacher's pool (the demo's own
     words); ``"paraphrased"`` asks about the same objects in wordings drawn from the
-    ``held_out`` pool, which no training text uses (``synthetic.questions.WORDINGS``).
+    ``held_out`` pool, which no training text uses (``synthetic.questions.WORDINGS``). Any
+    other pool added to ``WORDINGS`` may be named too, and is drawn from the same way
+    (``benchmarks/demo_wordings.py`` adds one for a blind check).
     """
-    if wording not in EVAL_WORDINGS:
-        raise ValueError(f"wording={wording!r}; valid: {list(EVAL_WORDINGS)}")
-    pool = "train" if wording == "canonical" else "held_out"
-    suffix = "" if wording == "canonical" else "_para"
+    pools = {"canonical": "train", "paraphrased": "held_out"}
+    pools |= {name: name for name in WORDINGS if name not in pools.values()}
+    if wording not in pools:
+        raise ValueError(f"wording={wording!r}; valid: {list(pools)}")
+    pool = pools[wording]
+    suffix = {"canonical": "", "paraphrased": "_para"}.get(wording, f"_{wording}")
     records = []
     files = {
         int(im["id"]): im["file_name"] for im in json.loads(paths.instances(split).read_text())["images"]
