@@ -77,7 +77,7 @@ class LLMWarmupSettings:
     max_position_embeddings: int = 512
     # 1,800 rather than 1,200: the LLM finds the asked-about object far more often (text ceiling
     # +6 to +17 points on position), and the whole demo gained 2.2 points over seeds 0-2 for
-    # 40-60 s (docs/demo.md, "A longer warm-up, measured on three seeds").
+    # 40-60 s (docs/demo.md, "... a longer warm-up on three seeds ...").
     steps: int = 1800
     batch_size: int = 32
     lr: float = 1e-3

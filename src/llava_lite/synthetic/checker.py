@@ -106,6 +106,12 @@ def _relation_words(sentence: str) -> bool:
     return bool(re.search(r"\b(?:to the (?:left|right) of|above|below|bigger|smaller)\b", sentence))
 
 
+def _holds(x: SceneObject, relation: str, y: SceneObject) -> bool:
+    """Whether ``x`` is "to the left of" / "to the right of" / "above" / "below" ``y`` in the grid."""
+    return {"to the left of": x.cell[1] < y.cell[1], "to the right of": x.cell[1] > y.cell[1],
+            "above": x.cell[0] < y.cell[0], "below": x.cell[0] > y.cell[0]}[relation]  # fmt: skip
+
+
 def _first(pattern: str, text: str) -> str | None:
     m = re.search(rf"\b({pattern})\b", text.lower())
     return m.group(1) if m else None
@@ -217,8 +223,7 @@ class _Checker:
         elif m := re.match(r"^is (the .+?) (to the left of|to the right of|above|below) (the .+?)\?$", q):
             x, y = self.one(m[1], question), self.one(m[3], question)
             if x and y:
-                truth = {"to the left of": x.cell[1] < y.cell[1], "to the right of": x.cell[1] > y.cell[1],
-                         "above": x.cell[0] < y.cell[0], "below": x.cell[0] > y.cell[0]}[m[2]]  # fmt: skip
+                truth = _holds(x, m[2], y)
                 self.expect(a.startswith("yes") == truth, f"{question!r}: {answer!r}, truth {truth}")
         elif m := re.match(rf"^(?:is there|can you see) an? ({_COLOR}) ({_SHAPE})\b", q):
             truth = any((o.color, o.shape) == (m[1], m[2]) for o in self.scene.objects)
@@ -280,8 +285,7 @@ class _Checker:
         if m := _RELATION.match(sentence):
             x, y = self.one(m[1], sentence), self.one(m[3], sentence)
             if x and y:
-                truth = {"to the left of": x.cell[1] < y.cell[1], "to the right of": x.cell[1] > y.cell[1],
-                         "above": x.cell[0] < y.cell[0], "below": x.cell[0] > y.cell[0]}[m[2]]  # fmt: skip
+                truth = _holds(x, m[2], y)
                 self.expect(truth, f"{sentence!r}: not so in the image")
         elif m := _COLOURS_PRESENT.match(sentence):
             said = set(re.findall(rf"\b({_COLOR})\b", m["many"] or m["one"]))
