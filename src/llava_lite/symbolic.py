@@ -68,10 +68,14 @@ def load_coco(captions_file: str | Path, instances_file: str | Path | None = Non
             image_id = int(ann["image_id"])
             im = images.get(image_id)
             if im is None:
-                raise ValueError(f"{instances_file}: annotation {ann.get('id')} names unknown image {image_id}")
+                raise ValueError(
+                    f"{instances_file}: annotation {ann.get('id')} names unknown image {image_id}"
+                )
             cat_id = int(ann["category_id"])
             if cat_id not in categories:
-                raise ValueError(f"{instances_file}: annotation {ann.get('id')} has unknown category {cat_id}")
+                raise ValueError(
+                    f"{instances_file}: annotation {ann.get('id')} has unknown category {cat_id}"
+                )
             x, y, w, h = (float(v) for v in ann["bbox"])
             W, H = float(im["width"]), float(im["height"])
             box = (_clip(x / W), _clip(y / H), _clip((x + w) / W), _clip((y + h) / H))

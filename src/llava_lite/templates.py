@@ -323,6 +323,7 @@ def get_template(name: str) -> ChatTemplate:
         raise KeyError(f"unknown conversation template {name!r}; valid: {sorted(TEMPLATES)}")
     return TEMPLATES[name]
 
+
 # ---- tokenisation -----------------------------------------------------------------------
 def adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer puts BOS in front of text by default (Llama: yes; GPT-2, Qwen: no)."""
@@ -345,4 +346,3 @@ def prompt_for_generation(
     segments = tpl.segments(messages, tokenizer, add_generation_prompt=True, image_token=image_token)
     bos = [tokenizer.bos_token_id] if tpl.uses_bos and adds_bos(tokenizer) else []
     return tokenize_text(tokenizer, "".join(s.text for s in segments), bos)
-

@@ -263,6 +263,7 @@ def test_drills_ask_true_closed_form_questions_in_training_wordings(world) -> No
     assert records == drill_records(contexts, 4, mix, seed=0) != drill_records(contexts, 4, mix, seed=1)
     assert [r["image"] for r in records] == [c.file_name for c in contexts]
     scenes = {s.image_id: s for s in load_scenes(world, "train")}
+
     def frames(pool: str) -> list[re.Pattern[str]]:
         return [
             re.compile(re.escape(f).replace(r"\{ref\}", ".+").replace(r"\{Ref\}", ".+"))
@@ -278,7 +279,10 @@ def test_drills_ask_true_closed_form_questions_in_training_wordings(world) -> No
         questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
         assert 1 <= len(questions) <= 4 and len(set(questions)) == len(questions)
         assert all(q.endswith(f"\n{SHORT_ANSWER_PROMPT}") for q in questions)
-        pairs = [(q.removesuffix(f"\n{SHORT_ANSWER_PROMPT}"), a["value"]) for q, a in zip(questions, turns[1::2], strict=True)]
+        pairs = [
+            (q.removesuffix(f"\n{SHORT_ANSWER_PROMPT}"), a["value"])
+            for q, a in zip(questions, turns[1::2], strict=True)
+        ]
         for q, _ in pairs:
             assert any(f.fullmatch(q) for f in train) and not any(f.fullmatch(q) for f in held_out), q
         result = check_turns(pairs, scenes[context.image_id])

@@ -280,6 +280,8 @@ def test_presets_are_the_model_group_including_qwen2_and_llama2(caplog) -> None:
 
 
 def test_init_projector_from_is_a_config_field(train_file: Path) -> None:
-    cfg = _cfg(train_file, "experiment=tiny_finetune", "model.init_projector_from=/runs/s1/projector.safetensors")
+    cfg = _cfg(
+        train_file, "experiment=tiny_finetune", "model.init_projector_from=/runs/s1/projector.safetensors"
+    )
     assert _llava_config(cfg.model).init_projector_from == "/runs/s1/projector.safetensors"
     assert LlavaConfig.from_name("tiny").init_projector_from is None

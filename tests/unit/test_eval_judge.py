@@ -164,7 +164,10 @@ def test_the_judge_model_is_checked_before_the_first_paid_request_and_not_on_rep
 
 @pytest.mark.parametrize(
     ("model", "reason"),
-    [({"lifecycle": "retired", "retires_at": "2026-11-30T00:00:00Z"}, "model_retired"), (None, "model_unknown")],
+    [
+        ({"lifecycle": "retired", "retires_at": "2026-11-30T00:00:00Z"}, "model_retired"),
+        (None, "model_unknown"),
+    ],
 )
 def test_a_retired_or_unknown_judge_model_is_refused_before_anything_is_paid(api, tmp_path, model, reason):
     if model is None:
@@ -313,7 +316,12 @@ def test_both_orders_give_each_question_a_reference_first_then_a_model_first_req
     q = [Question(5, "Q?", "x.jpg", "conv"), Question(6, "R?", "x.jpg", "detail")]
     refs, answers = {k: {"text": f"ref {k}"} for k in "56"}, {k: {"text": f"ours {k}"} for k in "56"}
     requests, _ = llava_bench.build_requests(q, {"x.jpg": "c"}, refs, answers, both_orders=True)
-    assert [(r.question_id, r.model_first) for r in requests] == [(5, False), (5, True), (6, False), (6, True)]
+    assert [(r.question_id, r.model_first) for r in requests] == [
+        (5, False),
+        (5, True),
+        (6, False),
+        (6, True),
+    ]
     assert requests[0] == replace(requests[1], model_first=False)
     one, _ = llava_bench.build_requests(q, {"x.jpg": "c"}, refs, answers)
     assert one == requests[::2]
@@ -483,11 +491,15 @@ def _judged(qid, category, model_first, scores, error=None):
     return Judgement(request, scores, error=error, judge_model="claude-test")
 
 
-def test_a_swapped_request_puts_the_model_first_and_its_scores_come_back_in_reference_model_order(api, tmp_path):
+def test_a_swapped_request_puts_the_model_first_and_its_scores_come_back_in_reference_model_order(
+    api, tmp_path
+):
     request = _request(answer="an answer worth 6")
     model_first = replace(request, model_first=True)
     prompt = render_prompt(model_first)
-    assert prompt.index("an answer worth 6") < prompt.index("[Assistant 2]") < prompt.index("A red bus.\n\n[End")
+    assert (
+        prompt.index("an answer worth 6") < prompt.index("[Assistant 2]") < prompt.index("A red bus.\n\n[End")
+    )
     straight, swapped = asyncio.run(_judge(api, tmp_path).judge_all([request, model_first]))
     assert straight.scores == swapped.scores == (8.0, 6.0)
     assert (straight.to_record()["order"], swapped.to_record()["order"]) == ("reference_first", "model_first")
@@ -503,7 +515,11 @@ def test_position_bias_is_the_score_change_and_share_of_flips_between_orders():
         _judged(3, "conv", True, (4.0, 11.0)),  # model stays preferred
     ]
     result = llava_bench.summarize(judgements)
-    assert result.position_bias == {"questions": 3, "mean_score_change": 2.0, "flipped_share": round(2 / 3, 4)}
+    assert result.position_bias == {
+        "questions": 3,
+        "mean_score_change": 2.0,
+        "flipped_share": round(2 / 3, 4),
+    }
     assert result.scores["detail"]["reference_mean"] == pytest.approx(8.0)  # the mean of both orders
     assert result.scores["detail"]["model_mean"] == pytest.approx(7.0)
 
@@ -531,7 +547,9 @@ def test_the_bootstrap_interval_is_seeded_holds_the_estimate_and_widens_with_spr
 
 
 def test_the_chart_is_a_png_with_one_bar_per_category_and_overall(tmp_path):
-    judgements = [_judged(i, cat, False, (8.0, float(4 + i))) for i, cat in enumerate(["conv", "detail", "complex"])]
+    judgements = [
+        _judged(i, cat, False, (8.0, float(4 + i))) for i, cat in enumerate(["conv", "detail", "complex"])
+    ]
     result = llava_bench.summarize(judgements)
     result.judge = {"model": "claude-test", "prompt_version": "judge-v1", "orders": 1}
     llava_bench.write_chart(result, tmp_path / "charts" / "scores.png")

@@ -130,7 +130,9 @@ def test_round_trip_keeps_every_config_field(tmp_path, template: str) -> None:
     # What transformers itself reads: the template's stops and the length limit.
     generation = GenerationConfig.from_pretrained(tmp_path)
     stops = model.stop_token_ids()
-    assert (generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]) == stops
+    assert (
+        generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
+    ) == stops
     assert generation.max_length == 200
     assert AutoProcessor.from_pretrained(tmp_path).tokenizer.model_max_length == 200
     assert model.tokenizer.model_max_length != 200  # the model's own tokenizer is untouched
@@ -172,7 +174,10 @@ def test_every_listed_llm_family_exports_and_reimports_with_equal_logits(tmp_pat
 
 def test_phi_lm_head_bias_is_refused_before_anything_is_written(tmp_path) -> None:
     torch.manual_seed(0)
-    llm = {"model_type": "phi", "arch": {k: v for k, v in TINY_TEXT_ARCH.items() if k != "num_key_value_heads"}}
+    llm = {
+        "model_type": "phi",
+        "arch": {k: v for k, v in TINY_TEXT_ARCH.items() if k != "num_key_value_heads"},
+    }
     model = LlavaModel(LlavaConfig.from_dict({"vision": {"arch": TINY_VISION_ARCH}, "llm": llm}))
     with pytest.raises(ValueError, match="PhiForCausalLM's LM head has a bias"):
         export_to_hf_llava(model, tmp_path / "out")

@@ -122,7 +122,9 @@ def test_every_model_has_a_price_or_is_refused_and_the_default_is_current():
     with pytest.raises(ValueError, match=r"model='claude-unlisted' has no price.*valid: \["):
         prices_for("claude-unlisted")
     # the SDK's own table of deprecated ids, and the ids it knows
-    assert DEFAULT_MODEL not in DEPRECATED_MODELS and DEFAULT_MODEL in typing.get_args(typing.get_args(Model)[0])
+    assert DEFAULT_MODEL not in DEPRECATED_MODELS and DEFAULT_MODEL in typing.get_args(
+        typing.get_args(Model)[0]
+    )
     assert ClaudeSettings().model == TeacherSettings().model == JudgeSettings().model == DEFAULT_MODEL
     for name, section in (("generate", "teacher"), ("eval", "judge")):
         conf = yaml.safe_load((Path(__file__).parents[2] / "conf" / f"{name}.yaml").read_text())

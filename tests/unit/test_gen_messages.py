@@ -179,6 +179,8 @@ def test_the_teachers_body_is_the_one_built_from_its_prompts_and_context_options
     from llava_lite.generation.teacher import ClaudeTeacher
 
     options = {"conversation": ContextOptions(captions=True, boxes=True)}
-    teacher = ClaudeTeacher("claude-test", context=options, prices=Prices(input=1.0, output=2.0), max_tokens=512)
+    teacher = ClaudeTeacher(
+        "claude-test", context=options, prices=Prices(input=1.0, output=2.0), max_tokens=512
+    )
     for rtype in RESPONSE_TYPES:  # the few-shot block rendered once per type is the per-request one
         assert teacher.body(_request(rtype)) == _body(rtype, options.get(rtype))

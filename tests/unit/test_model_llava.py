@@ -149,7 +149,9 @@ def test_from_pretrained_rejects_foreign_folders(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="no 'llava_lite' key"):
         LlavaModel.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"model_type='llama': not one of \['llava_lite', 'llava_hf', 'original_llava'\]"):
+    with pytest.raises(
+        ValueError, match=r"model_type='llama': not one of \['llava_lite', 'llava_hf', 'original_llava'\]"
+    ):
         load_pretrained(tmp_path)
     # A llava-hf folder is not a llava_lite folder: the error points to load_pretrained.
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))

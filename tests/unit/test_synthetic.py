@@ -234,12 +234,16 @@ def test_chat_questions_are_checked_claim_by_claim(world) -> None:
 
 
 def _scene(*objects: tuple[str, str, str, tuple[int, int]]) -> Scene:
-    return Scene(0, 96, 96, tuple(SceneObject(sh, co, si, cell, (0, 0, 8, 8)) for sh, co, si, cell in objects))
+    return Scene(
+        0, 96, 96, tuple(SceneObject(sh, co, si, cell, (0, 0, 8, 8)) for sh, co, si, cell in objects)
+    )
 
 
 # A large blue cross in the top left, a small yellow triangle at the top, a large orange cross at the bottom.
 _THREE = _scene(
-    ("cross", "blue", "large", (0, 0)), ("triangle", "yellow", "small", (0, 1)), ("cross", "orange", "large", (2, 1))
+    ("cross", "blue", "large", (0, 0)),
+    ("triangle", "yellow", "small", (0, 1)),
+    ("cross", "orange", "large", (2, 1)),
 )
 _TRUE_DESCRIPTION = (
     "The image shows three simple shapes on a plain dark background. A large blue cross sits in the top left. "
@@ -260,13 +264,25 @@ def test_a_true_description_passes_every_claim() -> None:
 @pytest.mark.parametrize(
     ("true", "false", "caught"),
     [
-        ("A large blue cross sits in the top left.", "A large blue cross sits in the top right.", "nothing there"),
-        ("At the top there is a small yellow triangle.", "In the center there is a small yellow triangle.", "nothing"),
+        (
+            "A large blue cross sits in the top left.",
+            "A large blue cross sits in the top right.",
+            "nothing there",
+        ),
+        (
+            "At the top there is a small yellow triangle.",
+            "In the center there is a small yellow triangle.",
+            "nothing",
+        ),
         ("At the bottom of the picture", "In the top left of the picture", "large blue cross there"),
         ("The triangle is above the orange cross.", "The triangle is below the orange cross.", "not so"),
         ("The triangle is above the orange cross.", "The cross is above the triangle.", "matches 2 objects"),
         ("blue, orange and yellow", "blue and yellow", "the colours are"),
-        ("Two of them are large and one is small.", "One of them is large and two are small.", "truth 2 large"),
+        (
+            "Two of them are large and one is small.",
+            "One of them is large and two are small.",
+            "truth 2 large",
+        ),
     ],
 )
 def test_a_false_description_claim_is_caught(true: str, false: str, caught: str) -> None:
@@ -277,7 +293,9 @@ def test_a_false_description_claim_is_caught(true: str, false: str, caught: str)
 
 def test_one_place_named_twice_is_wrong() -> None:
     scene = _scene(("cross", "green", "small", (1, 0)), ("circle", "red", "large", (2, 2)))
-    right = "There are two objects: a small green cross on the left and a large red circle in the bottom right."
+    right = (
+        "There are two objects: a small green cross on the left and a large red circle in the bottom right."
+    )
     twice = "There are two objects: a small green cross on the left and a small green cross on the left."
     question = WORDINGS["train"]["count"][0]
     assert check_turns([(question, right)], scene).ok
@@ -301,7 +319,10 @@ def test_every_train_and_held_out_wording_is_checked() -> None:
 
 def test_eval_questions_in_an_added_pool_ask_about_the_same_objects(world, monkeypatch) -> None:
     """A pool added to WORDINGS (as benchmarks/demo_wordings.py does) is asked like the others."""
-    extra = {key: (f"[{key}] {{ref}}?" if "{ref}" in frames[0] else f"[{key}]?",) for key, frames in WORDINGS["train"].items()}
+    extra = {
+        key: (f"[{key}] {{ref}}?" if "{ref}" in frames[0] else f"[{key}]?",)
+        for key, frames in WORDINGS["train"].items()
+    }
     monkeypatch.setitem(WORDINGS, "extra", extra)
     canonical = eval_questions(world, "test", wording="canonical")
     asked = eval_questions(world, "test", wording="extra")

@@ -66,8 +66,9 @@ def test_sentencepiece_keeps_punctuation_apart_from_words() -> None:
     tok = build_tiny_tokenizer("sentencepiece", extra_texts=["What color is the circle?"] * 500)
     pieces = tok.convert_ids_to_tokens(tok("What color is the circle?", add_special_tokens=False).input_ids)
     assert pieces[-2:] == ["▁circle", "?"]
-    assert tok("the circle", add_special_tokens=False).input_ids == tok(
-        "the circle?", add_special_tokens=False
-    ).input_ids[:-1]
+    assert (
+        tok("the circle", add_special_tokens=False).input_ids
+        == tok("the circle?", add_special_tokens=False).input_ids[:-1]
+    )
     text = "Hello, world. It is 12:30 (ok?)"
     assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text

@@ -273,7 +273,12 @@ def run_demo(
     llm = clock.step(
         "LLM warm-up (text: scene cells in the image's place)",
         lambda: warmup_llm(
-            instruct, stage1_records, scenes, out / "pretrained" / "llm", s.llm, _every(100, llm_progress),
+            instruct,
+            stage1_records,
+            scenes,
+            out / "pretrained" / "llm",
+            s.llm,
+            _every(100, llm_progress),
             drills=drills,
         ),
     )

@@ -217,7 +217,11 @@ def drill_records(
                 asked.append((q.question, q.answer))
         pairs = [(f"{question}\n{SHORT_ANSWER_PROMPT}", answer) for question, answer in asked]
         records.append(
-            {"id": f"drill_{context.image_id}", "image": context.file_name, "conversations": to_conversations(pairs)}
+            {
+                "id": f"drill_{context.image_id}",
+                "image": context.file_name,
+                "conversations": to_conversations(pairs),
+            }
         )
     return records
 

@@ -20,4 +20,12 @@ from llava_lite.generation.base import (
     Usage,
 )
 
-__all__ = ["RESPONSE_TYPES", "GenerationRequest", "PaidTeacher", "Teacher", "TeacherError", "TeacherReply", "Usage"]
+__all__ = [
+    "RESPONSE_TYPES",
+    "GenerationRequest",
+    "PaidTeacher",
+    "Teacher",
+    "TeacherError",
+    "TeacherReply",
+    "Usage",
+]

@@ -71,7 +71,12 @@ class TeacherError(ReplyError):
     """A reply that is not data (refusal, cut by max_tokens, unparseable); ``reason`` is counted."""
 
     def __init__(
-        self, reason: str, message: str = "", usage: Usage | None = None, cached: bool = False, batch: bool = False
+        self,
+        reason: str,
+        message: str = "",
+        usage: Usage | None = None,
+        cached: bool = False,
+        batch: bool = False,
     ) -> None:
         super().__init__(reason, message)
         self.usage = usage or Usage()  # a refused or truncated reply is still billed

@@ -51,6 +51,7 @@ DESCRIPTION_TOOL: dict[str, Any] = {
     },
 }
 
+
 @dataclass
 class ContextOptions:
     """Which parts of the symbolic context a response type is shown."""

@@ -261,7 +261,9 @@ class GenerationPipeline:
         max_tokens = request.max_tokens
         if reason == "max_tokens":
             t = self.settings.teacher
-            max_tokens = max(max_tokens or t.max_tokens, min(2 * (max_tokens or t.max_tokens), t.max_tokens_after_cut))
+            max_tokens = max(
+                max_tokens or t.max_tokens, min(2 * (max_tokens or t.max_tokens), t.max_tokens_after_cut)
+            )
         return replace(request, attempt=request.attempt + 1, max_tokens=max_tokens)
 
     async def _fill_by_batches(self, requests: list[GenerationRequest]) -> None:
@@ -365,7 +367,9 @@ class GenerationPipeline:
             "sample_index": request.sample_index,
             "teacher": self.teacher.name,
             "model": model,
-            "prompt_version": self.paid.prompt_version if self.paid is not None else self.settings.prompt_version,
+            "prompt_version": self.paid.prompt_version
+            if self.paid is not None
+            else self.settings.prompt_version,
         }
 
     # ---- dry run ---------------------------------------------------------------------

@@ -213,7 +213,10 @@ def _projector_from_hf(hf_config: HFLlavaConfig, state: dict[str, Tensor]) -> tu
 
 def _default_max_length(hc: HFLlavaConfig, tokenizer: Any) -> int:
     """A foreign folder's length limit: the LLM's positions, or the tokenizer's smaller limit."""
-    limits = [getattr(hc.text_config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [
+        getattr(hc.text_config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
     known = [int(n) for n in limits if n and n < _UNSET_LENGTH]
     return min(known) if known else 2048
 
@@ -247,7 +250,14 @@ def _imported_config(
     }
     for name, (ours, theirs) in pairs.items():
         if ours != theirs:
-            log.warning("%s: %s is %r in the folder but %r in %s; using the folder's", path, name, theirs, ours, EXPORT_KEY)
+            log.warning(
+                "%s: %s is %r in the folder but %r in %s; using the folder's",
+                path,
+                name,
+                theirs,
+                ours,
+                EXPORT_KEY,
+            )
     config.projector.type = derived.projector.type
     config.vision.select_layer = derived.vision.select_layer
     config.image_token = derived.image_token
