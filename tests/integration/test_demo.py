@@ -62,3 +62,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     assert chat["claims"] < every["claims"] and 0 <= every["right"] <= every["claims"]
     assert f"5 random held-out chats, the shown ones included: {every['right']}/{every['claims']}" in printed
     assert not (run / "sample1.png").exists()  # only the shown chat is drawn
+    lines = (run / "chats.jsonl").read_text().splitlines()
+    checked = [json.loads(line) for line in lines]  # every checked chat, the shown one first
+    assert len(checked) == every["chats"] and checked[0]["turns"] == [list(t) for t in chat["turns"]]
+    assert sum(c["claims_right"] for c in checked) == every["right"]
+    assert all(len(c["problems"]) == c["claims"] - c["claims_right"] for c in checked)

@@ -15,7 +15,8 @@
 
 Everything lands in ``out_dir``: data, pretrained parts, stage runs (checkpoints, CSV logs,
 exported model), ``metrics.csv`` (and ``metrics_paraphrased.csv``), ``summary.json``,
-``loss_curves.png``, ``accuracy.png`` (held-out accuracy per type) and ``sample*.png`` (chats).
+``loss_curves.png``, ``accuracy.png`` (held-out accuracy per type), ``sample*.png`` (the shown
+chats) and ``chats.jsonl`` (every checked chat: turns, claims, the wrong ones).
 """
 
 from __future__ import annotations
@@ -329,6 +330,8 @@ def run_demo(
         ],
     )  # fmt: skip
     chats = checked[: s.chat_images]
+    with (out / "chats.jsonl").open("w") as f:  # every checked chat, to see what the wrong claims were
+        f.writelines(json.dumps(chat) + "\n" for chat in checked)
     for chat in chats:
         clock.say(f"chat about {chat['image']} ({chat['claims_right']}/{chat['claims']} claims right):")
         for q, a in chat["turns"]:
