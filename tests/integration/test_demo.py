@@ -41,6 +41,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys) -> None:
     overall = summary["accuracy"]["all"]
     assert overall["count"] == summary["data"]["eval_questions"] > 100
     assert summary["data"]["drills"] == summary["data"]["train_images"]  # one drill record per image
+    assert summary["skipped_records"] == {"stage1": {}, "stage2": {}}  # every record fits
     # Learning, not luck: well above chance overall (chance-level spread about 3 points; seeds
     # 0-2 measured 52.3 / 53.8 / 56.2% against 25%, and one machine scored a recipe 6 points
     # under another), and counting, which no text prior can do (answers are uniform over 1-4),

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava_lite.config import VisionConfig
 from llava_lite.demo.evaluate import normalize_answer
-from llava_lite.demo.run import DemoSettings
+from llava_lite.demo.run import DemoSettings, described_first
 from llava_lite.demo.text import (
     LLMWarmupSettings,
     SceneEmbedding,
@@ -218,6 +218,39 @@ def test_short_answer_turns_make_one_document_per_closed_form_turn() -> None:
     ]
     with pytest.raises(ValueError, match="corpus='everything'; valid"):
         warmup_llm([record], [], {}, "unused", LLMWarmupSettings(corpus="everything"))
+
+
+def _record(image: str, kind: str, k: int, turns: int) -> dict:
+    messages = []
+    for t in range(turns):
+        question = f"{'<image>' + chr(10) if t == 0 else ''}{kind} question {t}?"
+        messages += [{"from": "human", "value": question}, {"from": "gpt", "value": f"{kind} answer {t}."}]
+    return {"id": f"{image}_{kind}_{k}", "image": image, "response_type": kind, "conversations": messages}
+
+
+def test_described_first_opens_the_shorter_conversation_with_the_description() -> None:
+    records = [
+        _record("a.png", "conversation", 0, 3), _record("a.png", "conversation", 1, 2),
+        _record("a.png", "detail", 0, 1), _record("a.png", "complex_reasoning", 0, 1),
+        _record("b.png", "conversation", 0, 5), _record("b.png", "detail", 0, 1),  # too long to join
+        _record("c.png", "conversation", 0, 2),  # no description to join
+    ]  # fmt: skip
+    assert described_first(records, 0.0, seed=0) == records
+    out = described_first(records, 1.0, seed=0)
+    assert [r["id"] for r in out] == [
+        "a.png_conversation_0", "a.png_conversation_1_described", *(r["id"] for r in records[2:])
+    ]  # fmt: skip
+    joined = out[1]["conversations"]
+    assert joined[:2] == records[2]["conversations"]  # the description, with the image, first
+    assert [m["value"] for m in joined[2:]] == [
+        "conversation question 0?", "conversation answer 0.", "conversation question 1?", "conversation answer 1."
+    ]  # fmt: skip
+    assert sum("<image>" in m["value"] for m in joined) == 1
+    assert records[1]["conversations"][0]["value"].startswith("<image>")  # the input is not changed
+    half = described_first(
+        [_record(f"{i}.png", kind, 0, 2) for i in range(200) for kind in ("conversation", "detail")], 0.5, 0
+    )
+    assert 70 < sum(r["id"].endswith("_described") for r in half) < 130
 
 
 def test_demo_seed_reaches_every_step() -> None:
