@@ -41,6 +41,7 @@ from llava_lite.demo.vision import VisionPretrainSettings, cell_targets, pretrai
 from llava_lite.generation.offline import OfflineTeacher
 from llava_lite.generation.pipeline import GenerationPipeline
 from llava_lite.generation.settings import settings_from
+from llava_lite.io import write_jsonl_atomic
 from llava_lite.symbolic import load_coco
 from llava_lite.synthetic import build_world, load_scenes
 from llava_lite.synthetic.tasks import caption_records, eval_questions, write_json
@@ -380,8 +381,7 @@ def run_demo(
         ],
     )  # fmt: skip
     chats = checked[: s.chat_images]
-    with (out / "chats.jsonl").open("w") as f:  # every checked chat, to see what the wrong claims were
-        f.writelines(json.dumps(chat) + "\n" for chat in checked)
+    write_jsonl_atomic(out / "chats.jsonl", checked)  # every checked chat, to see what the wrong claims were
     for chat in chats:
         clock.say(f"chat about {chat['image']} ({chat['claims_right']}/{chat['claims']} claims right):")
         for q, a in chat["turns"]:
