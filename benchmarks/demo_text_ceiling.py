@@ -76,7 +76,7 @@ def main() -> None:
     train = contexts("train")
     start = time.perf_counter()
     result = warmup_llm(instruct, captions, cells(train), args.data / "llm", settings,
-        drills=drill_records(train, settings.drill_turns, settings.drill_mix, demo.seed),
+        drills=drill_records(train, settings.drill_turns, settings.drill_mix, demo.seed, settings.drill_pool),
     )  # fmt: skip
     warmup_seconds = time.perf_counter() - start
     model = LlamaForCausalLM.from_pretrained(result.path).eval()

@@ -286,14 +286,15 @@ def test_warmup_documents_put_one_image_position_per_cell(world) -> None:
     assert "How many objects?" in trained and "2</s>" in trained  # next-token loss on all text
 
 
-def test_drills_ask_true_closed_form_questions_in_training_wordings(world) -> None:
+@pytest.mark.parametrize("pool", ["train", "varied"])
+def test_drills_ask_true_closed_form_questions_in_training_wordings(world, pool) -> None:
     from llava_lite.synthetic.checker import check_turns
     from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT, WORDINGS
 
     contexts = load_coco(world.captions("train"), world.instances("train"))
     mix = {"colour": 0.5, "shape": 0.2, "count": 0.1, "position": 0.2}
-    records = drill_records(contexts, 4, mix, seed=0)
-    assert records == drill_records(contexts, 4, mix, seed=0) != drill_records(contexts, 4, mix, seed=1)
+    records = drill_records(contexts, 4, mix, seed=0, pool=pool)
+    assert records == drill_records(contexts, 4, mix, 0, pool) != drill_records(contexts, 4, mix, 1, pool)
     assert [r["image"] for r in records] == [c.file_name for c in contexts]
     scenes = {s.image_id: s for s in load_scenes(world, "train")}
 
@@ -304,8 +305,8 @@ def test_drills_ask_true_closed_form_questions_in_training_wordings(world) -> No
             for f in fs
         ]
 
-    train, held_out = frames("train"), frames("held_out")
-    asked = 0
+    train, held_out = frames(pool), frames("held_out")
+    asked, used = 0, set()
     for record, context in zip(records, contexts, strict=True):
         turns = record["conversations"]
         assert turns[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in turns) == 1
@@ -317,11 +318,16 @@ def test_drills_ask_true_closed_form_questions_in_training_wordings(world) -> No
             for q, a in zip(questions, turns[1::2], strict=True)
         ]
         for q, _ in pairs:
-            assert any(f.fullmatch(q) for f in train) and not any(f.fullmatch(q) for f in held_out), q
+            assert not any(f.fullmatch(q) for f in held_out), q
+            matched = {f.pattern for f in train if f.fullmatch(q)}
+            assert matched, q  # a wording of the pool
+            used |= matched
         result = check_turns(pairs, scenes[context.image_id])
         assert result.ok and result.checked >= len(pairs), (record, result)
         asked += len(pairs)
     assert asked > 3 * len(records)
+    # "varied" asks in far more sentence shapes than the teacher's frames
+    assert len(used) > (2 * len(frames("train")) if pool == "varied" else 5)
 
 
 def test_drills_name_an_image_whose_captions_do_not_describe_it(world) -> None:

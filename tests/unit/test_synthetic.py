@@ -329,3 +329,15 @@ def test_eval_questions_in_an_added_pool_ask_about_the_same_objects(world, monke
     assert [r["id"] for r in asked] == [r["id"] + "_extra" for r in canonical]
     assert [r["answer"] for r in asked] == [r["answer"] for r in canonical]
     assert all(r["conversations"][0]["value"].split("\n")[1].startswith("[") for r in asked)
+
+
+def test_varied_pool_holds_the_train_frames_and_indirect_questions_never_a_held_out_one() -> None:
+    """The drills' ``varied`` pool: the teacher's frames, the same after a lead-in, and requests."""
+    for key, train in WORDINGS["train"].items():
+        varied = WORDINGS["varied"][key]
+        assert set(train) <= set(varied) and len(varied) == len(set(varied)) > 4 * len(train)
+        assert not set(varied) & set(WORDINGS["held_out"][key])
+        assert any(f.startswith("Could you tell me ") for f in varied), key
+        for frame in varied:  # filled like any frame: the object named once, or none for count
+            question = frame.format(ref="the red circle", Ref="The red circle")
+            assert question.lower().count("the red circle") == (key != "count"), frame

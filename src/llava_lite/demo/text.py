@@ -92,11 +92,17 @@ class LLMWarmupSettings:
     cell_positions: bool = True
     corpus: str = "drills"
     # corpus="drills": closed-form questions per training image (each its own document), and
-    # the share of each type: count is learned first, colour and position last.
+    # the share of each type: count is learned first, colour and position last, so count
+    # gives position a share (0.1 -> 0.05: position 69-80 -> 83-86% over seeds 0-2).
     drill_turns: int = 4
     drill_mix: dict[str, float] = field(
-        default_factory=lambda: {"colour": 0.45, "shape": 0.15, "count": 0.1, "position": 0.3}
+        default_factory=lambda: {"colour": 0.45, "shape": 0.15, "count": 0.05, "position": 0.35}
     )
+    # The drills' wording pool (``synthetic.questions.WORDINGS``): "varied" adds indirect
+    # questions and requests ("Could you tell me what colour the circle is?") to the teacher's
+    # ``train`` frames, so the answer format is learned for sentence shapes, not a few frames
+    # (docs/demo.md, "Drills in varied wordings").
+    drill_pool: str = "varied"
     seed: int = 0
 
 
@@ -194,10 +200,10 @@ def turn_texts(records: list[dict[str, Any]]) -> list[str]:
 
 
 def drill_records(
-    contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int
+    contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int, pool: str = "train"
 ) -> list[dict[str, Any]]:
     """Per training image, one conversation of up to ``turns`` different closed-form questions
-    (types drawn by ``mix``, wordings from the ``train`` pool) about the scene its captions and
+    (types drawn by ``mix``, wordings from ``pool``) about the scene its captions and
     boxes give, as a teacher would read it. The warm-up reads each question as a document of
     its own; stage 2 reads the conversations with their images, like LLaVA-1.5's VQA data."""
     rng = random.Random(f"{seed}:drills")
@@ -212,7 +218,7 @@ def drill_records(
         for _ in range(4 * turns):  # bounded: repeats and inapplicable questions are redrawn
             if len(asked) == turns:
                 break
-            q = closed_question(rng.choices(types, weights)[0], scene, rng, "train", wording_rng=rng)
+            q = closed_question(rng.choices(types, weights)[0], scene, rng, pool, wording_rng=rng)
             if q is not None and all(q.question != a for a, _ in asked):
                 asked.append((q.question, q.answer))
         pairs = [(f"{question}\n{SHORT_ANSWER_PROMPT}", answer) for question, answer in asked]

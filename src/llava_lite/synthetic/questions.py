@@ -116,6 +116,59 @@ WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# Indirect questions and requests built from an opener and a body ("Could you tell me" + "what
+# colour the circle is"): the rule-written drills ask in these as well as the ``train`` pool, so
+# the closed-form answer format is learned for sentence shapes, not for a few frames.
+_OPENERS: tuple[str, ...] = (
+    "Could you tell me {body}?",
+    "Do you know {body}?",
+    "Would you tell me {body}?",
+    "Please tell me {body}.",
+    "I want to know {body}.",
+    "Let me know {body}.",
+    "Say {body}.",
+)
+_LEADS: tuple[str, ...] = ("Looking at the image, ", "In this picture, ")
+_BODIES: dict[str, tuple[str, ...]] = {
+    "colour": ("what color {ref} is", "what colour {ref} is", "the colour of {ref}", "which color {ref} has"),
+    "shape": (
+        "what shape {ref} is",
+        "the shape of {ref}",
+        "which shape {ref} has",
+        "what kind of shape {ref} is",
+    ),
+    "count": (
+        "how many objects there are",
+        "how many objects are in the image",
+        "how many shapes you can see",
+        "the number of objects in the picture",
+    ),
+    "position_x": (
+        "whether {ref} is on the left, in the center or on the right",
+        "if {ref} is placed on the left, in the center or on the right",
+        "which side {ref} is on: left, center or right",
+    ),
+    "position_y": (
+        "whether {ref} is at the top, in the middle or at the bottom",
+        "if {ref} is placed at the top, in the middle or at the bottom",
+        "which row {ref} is in: top, middle or bottom",
+    ),
+}
+
+
+def _composed(key: str) -> tuple[str, ...]:
+    """The ``train`` frames, each also after a lead-in, and every opener with every body;
+    minus any frame of the ``held_out`` pool, which no training text may use."""
+    train = WORDINGS["train"][key]
+    led = tuple(lead + f[0].lower() + f[1:] for lead in _LEADS for f in train if not f.startswith("{Ref}"))
+    opened = tuple(o.format(body=b) for o in _OPENERS for b in _BODIES[key])
+    held_out = set(WORDINGS["held_out"][key])
+    return tuple(dict.fromkeys(f for f in (*train, *led, *opened) if f not in held_out))
+
+
+WORDINGS["varied"] = {key: _composed(key) for key in WORDINGS["train"]}
+
+
 def word(pool: str, key: str, ref: str = "", rng: random.Random | None = None) -> str:
     """A wording of question ``key`` ("colour", ..., "position_x") from ``pool``: the pool's
     first wording, or one drawn by ``rng``; ``ref`` fills it."""
