@@ -5,8 +5,10 @@ pool that no training text uses (``synthetic.questions.WORDINGS``). Both pools w
 while the recipe was tuned, so the second is not a blind test either. This asks the same
 held-out objects once more, in ``UNSEEN``: wordings written for this check, in neither pool
 and in no training text, with other verbs and sentence shapes ("Which hue is ...", "Could you
-count the objects?", "{Ref}: left, center or right?"). Prints accuracy per type for the three
-wordings and one JSON line.
+count the objects?", "{Ref}: left, center or right?"). The drills' ``varied`` pool was
+written after ``UNSEEN`` had been read, so ``FRESH`` asks once more, in wordings written before
+any result of that pool was seen and in no pool ("Identify the colour of ...", "Give the
+horizontal position of ..."). Prints accuracy per type for the four wordings and one JSON line.
 
     python benchmarks/demo_wordings.py RUN_DIR
 """
@@ -65,6 +67,40 @@ UNSEEN: dict[str, tuple[str, ...]] = {
     ),
 }
 
+FRESH: dict[str, tuple[str, ...]] = {
+    "colour": (
+        "What is the color of {ref} in this image?",
+        "Identify the colour of {ref}.",
+        "Which color is used for {ref}?",
+        "What colour is {ref} painted?",
+        "Give the colour of {ref}.",
+    ),
+    "shape": (
+        "What shape does {ref} have in this image?",
+        "Identify the shape of {ref}.",
+        "What type of shape is {ref}?",
+        "Give the shape of {ref}.",
+        "What is {ref} shaped like?",
+    ),
+    "count": (
+        "How many objects can be seen?",
+        "Give the number of objects.",
+        "How many objects appear in this image?",
+        "What is the total number of shapes?",
+        "Count how many objects are shown.",
+    ),
+    "position_x": (
+        "Is {ref} in the left, center or right part of the image?",
+        "Where horizontally is {ref}: left, center or right?",
+        "Give the horizontal position of {ref}: left, center or right.",
+    ),
+    "position_y": (
+        "Is {ref} in the top, middle or bottom part of the image?",
+        "Where vertically is {ref}: top, middle or bottom?",
+        "Give the vertical position of {ref}: top, middle or bottom.",
+    ),
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -73,20 +109,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overlap = {w for ws in UNSEEN.values() for w in ws} & {
-        w for p in WORDINGS.values() for ws in p.values() for w in ws
-    }
-    if overlap:
-        raise SystemExit(f"UNSEEN shares wordings with the demo's pools: {sorted(overlap)}")
-    WORDINGS["unseen"] = UNSEEN  # a third pool, for this process only
+    pooled = {w for p in WORDINGS.values() for ws in p.values() for w in ws}
+    for name, extra in (("UNSEEN", UNSEEN), ("FRESH", FRESH)):
+        if overlap := {w for ws in extra.values() for w in ws} & pooled:
+            raise SystemExit(f"{name} shares wordings with the demo's pools: {sorted(overlap)}")
+    WORDINGS["unseen"], WORDINGS["fresh"] = UNSEEN, FRESH  # more pools, for this process only
     model = LlavaModel.from_pretrained(args.run_dir / "stage2" / "model")
     processor = LlavaProcessor.from_model(model)
     world = WorldPaths(args.run_dir / "world")
     scores = {}
-    for wording in ("canonical", "paraphrased", "unseen"):
+    for wording in ("canonical", "paraphrased", "unseen", "fresh"):
         records = eval_questions(world, "test", seed=args.seed, wording=wording)
         answers = args.run_dir / "eval" / f"answers_{wording}.jsonl"
-        if wording == "unseen":
+        if wording in ("unseen", "fresh"):
             answers.unlink(missing_ok=True)  # answers are resumed from an existing file
         scores[wording] = evaluate_closed_form(model, processor, records, world.image_root, answers, 50)[0]
     print(f"{'question type':<15}" + "".join(f"{w:>13}" for w in scores))

@@ -9,7 +9,9 @@ Each question type has two disjoint pools of wordings. The teacher writes in the
 pool, several wordings per type, so no type is one fixed phrase; the held-out set is asked
 once in the pool's first wording (the demo's own words) and once, about the same objects, in
 the ``"held_out"`` pool that no training text uses: the gap between the two is how much of
-the score is instruction following rather than a memorised template.
+the score is instruction following rather than a memorised template. A third pool,
+``"varied"``, holds the ``train`` frames and indirect questions and requests built from them
+("Could you tell me what colour the circle is?"): the demo's rule-written drills ask in it.
 """
 
 from __future__ import annotations
