@@ -104,7 +104,7 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
         corpus="all+drills",
     )
     contexts = load_coco(world.captions("train"), world.instances("train"))
-    drills = drill_records(contexts, 2, {"colour": 1.0, "count": 1.0}, seed=0)
+    drills = drill_records(contexts, 2, {"colour": 1.0, "count": 1.0}, seed=0, pool="train")
     result = warmup_llm(records, captions, scenes, tmp_path / "llm", settings, drills=drills)
     drill_turns = sum(len(d["conversations"]) // 2 for d in drills)  # one document per question
     assert drill_turns > len(drills) and result.documents == len(records) + drill_turns + len(captions)
@@ -335,7 +335,9 @@ def test_drills_name_an_image_whose_captions_do_not_describe_it(world) -> None:
 
     ctx = load_coco(world.captions("train"), world.instances("train"))[0]
     with pytest.raises(ValueError, match=rf"drills: image {ctx.image_id} \({ctx.file_name}\): no caption"):
-        drill_records([dataclasses.replace(ctx, captions=("Some shapes.",))], 4, {"colour": 1.0}, seed=0)
+        drill_records(
+            [dataclasses.replace(ctx, captions=("Some shapes.",))], 4, {"colour": 1.0}, seed=0, pool="train"
+        )
 
 
 def test_drills_corpus_needs_drill_records(world, tmp_path) -> None:

@@ -200,11 +200,12 @@ def turn_texts(records: list[dict[str, Any]]) -> list[str]:
 
 
 def drill_records(
-    contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int, pool: str = "train"
+    contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int, pool: str
 ) -> list[dict[str, Any]]:
     """Per training image, one conversation of up to ``turns`` different closed-form questions
-    (types drawn by ``mix``, wordings from ``pool``) about the scene its captions and
-    boxes give, as a teacher would read it. The warm-up reads each question as a document of
+    (types drawn by ``mix``, wordings from ``pool``: no default, so a caller cannot drift from
+    ``LLMWarmupSettings.drill_pool``) about the scene its captions and boxes give, as a teacher
+    would read it. The warm-up reads each question as a document of
     its own; stage 2 reads the conversations with their images, like LLaVA-1.5's VQA data."""
     rng = random.Random(f"{seed}:drills")
     types, weights = list(mix), list(mix.values())
