@@ -216,6 +216,11 @@ def test_short_answer_turns_make_one_document_per_closed_form_turn() -> None:
         {"from": "human", "value": f"<image>\nHow many objects are in the image?\n{SHORT_ANSWER_PROMPT}"},
         {"from": "gpt", "value": "2"},
     ]
+    (sentence,) = short_answer_turns([record], long=True)  # the other turns: sentence answers
+    assert sentence["id"] == "r1_turn1" and sentence["conversations"] == [
+        {"from": "human", "value": "<image>\nWhere is the circle?"},
+        {"from": "gpt", "value": "The circle is on the left."},
+    ]
     with pytest.raises(ValueError, match="corpus='everything'; valid"):
         warmup_llm([record], [], {}, "unused", LLMWarmupSettings(corpus="everything"))
 
@@ -346,3 +351,29 @@ def test_drills_corpus_needs_drill_records(world, tmp_path) -> None:
         warmup_llm([], [], _scenes(world), tmp_path / "llm", settings)
     with pytest.raises(ValueError, match="corpus='drills\\+everything'; valid"):
         warmup_llm([], [], _scenes(world), tmp_path / "llm", LLMWarmupSettings(corpus="drills+everything"))
+
+
+def test_long_answers_corpus_reads_a_seeded_share_of_the_sentence_turns(world, tmp_path) -> None:
+    import dataclasses
+
+    from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
+
+    scenes = _scenes(world)
+    records = [
+        {"id": str(i), "image": image, "conversations": [
+            {"from": "human", "value": f"<image>\nHow many objects are there?\n{SHORT_ANSWER_PROMPT}"},
+            {"from": "gpt", "value": "2"},
+            {"from": "human", "value": "Where is the circle?"},
+            {"from": "gpt", "value": "The circle is on the left of the image."}]}
+        for i, image in enumerate(scenes)
+    ]  # fmt: skip
+    settings = LLMWarmupSettings(
+        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, warmup_steps=0, batch_size=2,
+        corpus="long_answers", long_answer_sample=0.5,
+    )  # fmt: skip
+    half = warmup_llm(records, [], scenes, tmp_path / "half", settings)
+    assert half.documents == round(0.5 * len(records))  # one sentence turn per record, half of them
+    every = warmup_llm(
+        records, [], scenes, tmp_path / "every", dataclasses.replace(settings, long_answer_sample=1.0)
+    )
+    assert every.documents == len(records)

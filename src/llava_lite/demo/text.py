@@ -61,7 +61,7 @@ NOTHING_LOOK = LOOKS.index(None)  # an empty cell's index
 # What the warm-up reads besides the captions: drills (closed-form questions written from the
 # captions and boxes, one per document), the teacher's closed-form turns one per document, or
 # every teacher conversation (docs/demo.md: drills teach the most per step).
-WARMUP_CORPORA: tuple[str, ...] = ("all", "short_answers", "drills")
+WARMUP_CORPORA: tuple[str, ...] = ("all", "short_answers", "long_answers", "drills")
 
 
 @dataclass
@@ -103,6 +103,9 @@ class LLMWarmupSettings:
     # ``train`` frames, so the answer format is learned for sentence shapes, not a few frames
     # (docs/demo.md, "Drills in varied wordings").
     drill_pool: str = "varied"
+    # corpus="...+long_answers": the share of the teacher's sentence-answer turns read, each
+    # its own document (a random subset, so the drills keep most of the steps).
+    long_answer_sample: float = 1.0
     seed: int = 0
 
 
@@ -171,16 +174,17 @@ class SceneEmbedding(nn.Module):
         return x
 
 
-def short_answer_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def short_answer_turns(records: list[dict[str, Any]], long: bool = False) -> list[dict[str, Any]]:
     """Every closed-form turn of the conversations (its question ends with the short-answer
     prompt) as a one-turn record about the same image: the shortest documents that ask to
-    find an object and report one thing about it."""
+    find an object and report one thing about it. ``long=True``: every other turn instead
+    (sentence answers, descriptions, reasoning)."""
     turns = []
     for r in records:
         c = r["conversations"]
         for k in range(0, len(c) - 1, 2):
             question = c[k]["value"].replace(IMAGE_TOKEN, "").strip()
-            if question.endswith(SHORT_ANSWER_PROMPT):
+            if question.endswith(SHORT_ANSWER_PROMPT) != long:
                 turns.append(
                     {
                         "id": f"{r.get('id')}_turn{k // 2}",
@@ -330,6 +334,9 @@ def warmup_llm(
         chats += short_answer_turns(drills)
     if "short_answers" in parts:
         chats += short_answer_turns(conversations)
+    if "long_answers" in parts:
+        long = short_answer_turns(conversations, long=True)
+        chats += random.Random(f"{s.seed}:long_answers").sample(long, round(s.long_answer_sample * len(long)))
     if "all" in parts:
         chats += conversations
     docs = build_documents(
