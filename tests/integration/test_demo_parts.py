@@ -201,7 +201,7 @@ def test_scene_embedding_positions_are_shared_along_rows_and_columns() -> None:
 
 
 def test_short_answer_turns_make_one_document_per_closed_form_turn() -> None:
-    from llava_lite.demo.text import short_answer_turns
+    from llava_lite.demo.text import long_answer_turns, short_answer_turns
     from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
 
     record = {"id": "r1", "image": "a.png", "conversations": [
@@ -216,7 +216,7 @@ def test_short_answer_turns_make_one_document_per_closed_form_turn() -> None:
         {"from": "human", "value": f"<image>\nHow many objects are in the image?\n{SHORT_ANSWER_PROMPT}"},
         {"from": "gpt", "value": "2"},
     ]
-    (sentence,) = short_answer_turns([record], long=True)  # the other turns: sentence answers
+    (sentence,) = long_answer_turns([record])  # the other turns: sentence answers
     assert sentence["id"] == "r1_turn1" and sentence["conversations"] == [
         {"from": "human", "value": "<image>\nWhere is the circle?"},
         {"from": "gpt", "value": "The circle is on the left."},

@@ -178,17 +178,15 @@ class SceneEmbedding(nn.Module):
         return x
 
 
-def short_answer_turns(records: list[dict[str, Any]], long: bool = False) -> list[dict[str, Any]]:
-    """Every closed-form turn of the conversations (its question ends with the short-answer
-    prompt) as a one-turn record about the same image: the shortest documents that ask to
-    find an object and report one thing about it. ``long=True``: every other turn instead
-    (sentence answers, descriptions, reasoning)."""
+def _one_turn_records(records: list[dict[str, Any]], short: bool) -> list[dict[str, Any]]:
+    """Each turn whose question does (``short``) or does not end with the short-answer prompt,
+    as a one-turn record about the same image."""
     turns = []
     for r in records:
         c = r["conversations"]
         for k in range(0, len(c) - 1, 2):
             question = c[k]["value"].replace(IMAGE_TOKEN, "").strip()
-            if question.endswith(SHORT_ANSWER_PROMPT) != long:
+            if question.endswith(SHORT_ANSWER_PROMPT) == short:
                 turns.append(
                     {
                         "id": f"{r.get('id')}_turn{k // 2}",
@@ -200,6 +198,19 @@ def short_answer_turns(records: list[dict[str, Any]], long: bool = False) -> lis
                     }
                 )
     return turns
+
+
+def short_answer_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every closed-form turn of the conversations (its question ends with the short-answer
+    prompt) as a one-turn record about the same image: the shortest documents that ask to
+    find an object and report one thing about it."""
+    return _one_turn_records(records, short=True)
+
+
+def long_answer_turns(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every other turn (sentence answers, descriptions, reasoning) as a one-turn record: what
+    the chats ask for, which the one-word drills never show."""
+    return _one_turn_records(records, short=False)
 
 
 def turn_texts(records: list[dict[str, Any]]) -> list[str]:
@@ -339,7 +350,7 @@ def warmup_llm(
     if "short_answers" in parts:
         chats += short_answer_turns(conversations)
     if "long_answers" in parts:
-        long = short_answer_turns(conversations, long=True)
+        long = long_answer_turns(conversations)
         chats += random.Random(f"{s.seed}:long_answers").sample(long, round(s.long_answer_sample * len(long)))
     if "all" in parts:
         chats += conversations
