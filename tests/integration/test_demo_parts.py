@@ -377,3 +377,7 @@ def test_long_answers_corpus_reads_a_seeded_share_of_the_sentence_turns(world, t
         records, [], scenes, tmp_path / "every", dataclasses.replace(settings, long_answer_sample=1.0)
     )
     assert every.documents == len(records)
+    with pytest.raises(ValueError, match=r"long_answer_sample=1.5; valid: a share in \[0, 1\]"):
+        warmup_llm(
+            records, [], scenes, tmp_path / "bad", dataclasses.replace(settings, long_answer_sample=1.5)
+        )

@@ -334,6 +334,8 @@ def warmup_llm(
     parts = s.corpus.split("+")
     if not set(parts) <= set(WARMUP_CORPORA):
         raise ValueError(f"corpus={s.corpus!r}; valid: {list(WARMUP_CORPORA)}, or several joined by '+'")
+    if not 0.0 <= s.long_answer_sample <= 1.0:  # else random.sample's "larger than population"
+        raise ValueError(f"long_answer_sample={s.long_answer_sample!r}; valid: a share in [0, 1]")
     start = time.perf_counter()
     torch.manual_seed(s.seed)
     # The template's fixed text is in every document: show it to the tokenizer often enough
