@@ -336,6 +336,12 @@ def tokenize_text(tokenizer: Any, text: str, bos: list[int]) -> list[int]:
     return bos + tokenizer(text, add_special_tokens=False).input_ids
 
 
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], bos: list[int]) -> list[list[int]]:
+    """``tokenize_text`` of each of ``texts`` in one call: a fast tokenizer encodes a batch in
+    Rust at once, where one call per text spends most of its time in Python."""
+    return [bos + ids for ids in tokenizer(list(texts), add_special_tokens=False).input_ids]
+
+
 def prompt_for_generation(
     messages: Sequence[Message], tokenizer: Any, template: str | ChatTemplate, image_token: str = IMAGE_TOKEN
 ) -> list[int]:

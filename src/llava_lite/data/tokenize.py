@@ -34,7 +34,7 @@ from llava_lite.templates import (
     TemplateError,
     adds_bos,
     get_template,
-    tokenize_text,
+    tokenize_texts,
 )
 
 __all__ = [
@@ -71,17 +71,21 @@ def encode_conversation(
     except TemplateError as err:
         raise BadSampleError(err.reason, str(err)) from None
     bos = [tokenizer.bos_token_id] if tpl.uses_bos and adds_bos(tokenizer) else []
-    full_text = "".join(s.text for s in segments)
-    input_ids = tokenize_text(tokenizer, full_text, bos)
+    # Only boundaries between trained and untrained text matter; the text up to each one and
+    # the whole text are tokenised in one batch.
+    ends = [
+        i
+        for i in range(len(segments))
+        if i == len(segments) - 1 or segments[i + 1].trained != segments[i].trained
+    ]
+    texts = ["".join(s.text for s in segments[: i + 1]) for i in ends]
+    prefixes = tokenize_texts(tokenizer, texts, bos)
+    input_ids = prefixes[-1]
     labels = [IGNORE_INDEX] * len(input_ids)
     spans: list[tuple[int, int]] = []
-    text, start = "", 0
-    for i, seg in enumerate(segments):
-        text += seg.text
-        last = i == len(segments) - 1
-        if not last and segments[i + 1].trained == seg.trained:
-            continue  # only boundaries between trained and untrained text matter
-        prefix = input_ids if last else tokenize_text(tokenizer, text, bos)
+    start = 0
+    for i, prefix in zip(ends, prefixes, strict=True):
+        seg = segments[i]
         if input_ids[: len(prefix)] != prefix:
             raise BadSampleError(
                 "label_mismatch",
