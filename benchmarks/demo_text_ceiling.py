@@ -1,13 +1,12 @@
 """The demo's text ceiling: the warm-up LLM alone, given perfect scene cells for held-out images.
 
-Builds the demo's world and offline-teacher data (``DemoSettings.full(seed)`` sizes, or
-``DemoSettings.quick(seed)`` with ``--quick``) in ``--data``, warms the LLM up with that
-mode's ``LLMWarmupSettings`` plus ``--set key=value`` overrides,
-then asks every held-out question (canonical and paraphrased wordings) with the test
+Builds the demo's world and data (``conf/demo/full.yaml``, or ``quick.yaml`` with
+``--quick``, plus Hydra overrides of the demo's settings) in ``--data``, warms the LLM up as
+the demo does, then asks every held-out question (canonical and paraphrased wordings) with the test
 images' true cells in the image's place, greedy, at most 4 tokens. It isolates the LLM from
-the pixels (docs/demo.md, "The text ceiling"). Prints accuracy per type and one JSON line.
+the pixels (docs/demo_history.md, "The text ceiling"). Prints accuracy per type and one JSON line.
 
-    python benchmarks/demo_text_ceiling.py --data /tmp/ceiling --set steps=1500
+    python benchmarks/demo_text_ceiling.py --data /tmp/ceiling llm.steps=1500
 
 ``--predictions FILE`` writes every question with its answer, the prediction and the image's
 nine cells (JSON Lines), to see which object a wrong answer was about.
@@ -26,22 +25,14 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from llava_lite.config import IGNORE_INDEX, IMAGE_TOKEN
-from llava_lite.data.schema import normalize_conversation
-from llava_lite.data.tokenize import encode_conversation
+from llava_lite.data import encode_conversation, expand_image_slots, normalize_conversation
+from llava_lite.demo.data import build_data
 from llava_lite.demo.evaluate import normalize_answer
-from llava_lite.demo.run import DemoSettings, teacher_pipeline
-from llava_lite.demo.text import drill_records, embed_documents, warmup_llm
+from llava_lite.demo.run import warm_up_llm
+from llava_lite.demo.settings import demo_settings
+from llava_lite.demo.text import embed_documents
 from llava_lite.demo.vision import LOOKS, cell_targets
 from llava_lite.symbolic import load_coco
-from llava_lite.synthetic import build_world
-from llava_lite.synthetic.tasks import caption_records, eval_questions
-
-
-def _value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def main() -> None:
@@ -50,50 +41,35 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the sizes and warm-up of --quick")
-    parser.add_argument("--set", nargs="*", default=[], help="LLMWarmupSettings overrides, key=value")
+    parser.add_argument("overrides", nargs="*", help="the demo's settings, e.g. llm.steps=1500")
     parser.add_argument(
         "--predictions", type=Path, help="write each question and prediction here (JSON Lines)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    demo = DemoSettings.quick(args.seed) if args.quick else DemoSettings.full(args.seed)
-    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
-    settings = dataclasses.replace(demo.llm, **overrides)
-
-    world_dir, instruct_dir = args.data / "world", args.data / "instruct"
-    world = build_world(world_dir, demo.n_train, demo.n_val, demo.n_test, demo.image_size, demo.seed)
-    if not (instruct_dir / "instruct.json").is_file():
-        teacher_pipeline(world, instruct_dir, demo).run()
-    instruct = json.loads((instruct_dir / "instruct.json").read_text())
-    captions = caption_records(world, "train", demo.captions_per_image, demo.seed)
-
-    def contexts(split: str) -> list:
-        return load_coco(world.captions(split), world.instances(split))
-
-    def cells(split_contexts: list) -> dict[str, list[int]]:
-        return {c.file_name: cell_targets(c) for c in split_contexts}
-
-    train = contexts("train")
+    demo = demo_settings([f"seed={args.seed}", *args.overrides], quick=args.quick)
+    settings = demo.llm
+    data = build_data(demo, args.data)
     start = time.perf_counter()
-    result = warmup_llm(instruct, captions, cells(train), args.data / "llm", settings,
-        drills=drill_records(train, settings.drill_turns, settings.drill_mix, demo.seed, settings.drill_pool),
-    )  # fmt: skip
+    result = warm_up_llm(demo, data, args.data)
     warmup_seconds = time.perf_counter() - start
     model = LlamaForCausalLM.from_pretrained(result.path).eval()
     tokenizer = AutoTokenizer.from_pretrained(result.path)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    test_cells = cells(contexts("test"))
+    world = data.world
+    test_cells = {
+        c.file_name: cell_targets(c) for c in load_coco(world.captions("test"), world.instances("test"))
+    }
     predictions: list[dict[str, object]] = []
     right: dict[str, int] = defaultdict(int)
     asked: dict[str, int] = defaultdict(int)
     for wording in ("canonical", "paraphrased"):
-        for record in eval_questions(world, "test", demo.seed, wording=wording):
+        for record in data.held_out if wording == "canonical" else data.paraphrased:
             messages = normalize_conversation(record["conversations"], IMAGE_TOKEN, has_image=True)
             encoded = encode_conversation(messages, tokenizer, settings.template, IMAGE_TOKEN)
             prompt = encoded.input_ids[: next(i for i, t in enumerate(encoded.labels) if t != IGNORE_INDEX)]
-            at = prompt.index(image_id)
             scene = test_cells[record["image"]]
-            ids = prompt[:at] + [image_id] * len(scene) + prompt[at + 1 :]
+            ids, _ = expand_image_slots(prompt, prompt, image_id, len(scene), 1)
             answer: list[int] = []
             with torch.no_grad():
                 for _ in range(4):

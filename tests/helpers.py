@@ -35,16 +35,15 @@ TINY_TEXT_ARCH: dict[str, Any] = {
 def tiny_llava(
     projector: str = "mlp2x_gelu",
     conv_template: str | None = None,
-    patch_positions: bool = False,
     **vision: Any,
 ) -> LlavaModel:
     """A random CLIP + Llama :class:`LlavaModel` of the tiny archs above, seeded, in eval mode;
-    ``vision`` adds VisionConfig fields, ``conv_template`` (when given) replaces the default,
-    ``patch_positions`` is the ProjectorConfig field."""
+    ``projector`` is the projector type (variants included, e.g. ``mlp2x_gelu+patch_positions``),
+    ``vision`` adds VisionConfig fields, ``conv_template`` (when given) replaces the default."""
     torch.manual_seed(0)
     data: dict[str, Any] = {
         "vision": {"arch": TINY_VISION_ARCH, **vision},
-        "projector": {"type": projector, "patch_positions": patch_positions},
+        "projector": {"type": projector},
         "llm": {"model_type": "llama", "arch": TINY_TEXT_ARCH},
     }
     if conv_template is not None:

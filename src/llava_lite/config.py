@@ -70,16 +70,14 @@ class VisionConfig:
 
 @dataclass
 class ProjectorConfig:
-    """Maps vision features to LLM embeddings; ``type`` is a key of the projector registry.
+    """Maps vision features to LLM embeddings; ``type`` names an entry of the projector registry.
 
-    ``patch_positions`` adds a learned vector per image-token slot to the projected features,
-    so the LLM reads where each patch sits in the grid without the tower having to keep it
-    (a ViT's upper layers lose it; docs/demo.md). Not part of LLaVA: trained with the projector
-    (stage 1 included), saved natively, refused by the llava-hf export.
+    A type is a base (``linear``, ``identity``, ``mlp{N}x_gelu``) optionally with a variant
+    suffix, e.g. ``mlp2x_gelu+patch_positions`` (``llava_lite.modeling.projector``); only the
+    registry interprets it, so this config stays one string.
     """
 
     type: str = "mlp2x_gelu"
-    patch_positions: bool = False
 
 
 @dataclass
@@ -124,7 +122,7 @@ class LlavaConfig:
         if isinstance(self.vision, dict):
             self.vision = _from_dict(VisionConfig, self.vision)
         if isinstance(self.projector, dict):
-            self.projector = _from_dict(ProjectorConfig, self.projector)
+            self.projector = _from_dict(ProjectorConfig, _upgrade_projector(self.projector))
         if isinstance(self.llm, dict):
             self.llm = _from_dict(LLMConfig, self.llm)
         if self.image_aspect not in IMAGE_ASPECTS:
@@ -185,8 +183,31 @@ def preset(name: str) -> dict[str, Any]:
         if "defaults" in part:
             raise ValueError(f"{folder / group / option}.yaml: nested defaults lists are not supported here")
         merged = OmegaConf.merge(merged, {group: part})
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:  # a part the run makes or the user names: ``???`` in the file
+        raise ValueError(f"model preset {name!r} needs {', '.join(f'model.{k}' for k in missing)}: set it")
     data = OmegaConf.to_container(merged, resolve=True)
     assert isinstance(data, dict)
+    return data
+
+
+# The variant suffix that replaced ProjectorConfig's old ``patch_positions: bool`` field.
+_LEGACY_PATCH_POSITIONS = "+patch_positions"
+
+
+def _upgrade_projector(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before projector variants had ``patch_positions: bool``; fold it into ``type``.
+
+    ``{type: X, patch_positions: true}`` becomes ``{type: "X+patch_positions"}`` and ``false`` is
+    dropped, so old ``config.json`` files, checkpoints' hyperparameters and dicts load unchanged.
+    """
+    if "patch_positions" not in data:
+        return data
+    data = dict(data)
+    if data.pop("patch_positions"):
+        kind = str(data.get("type", ProjectorConfig.type))
+        if not kind.endswith(_LEGACY_PATCH_POSITIONS):
+            data["type"] = kind + _LEGACY_PATCH_POSITIONS
     return data
 
 

@@ -73,7 +73,17 @@ def test_unknown_teacher(tmp_path: Path) -> None:
     result = _run(
         tmp_path, "llava-lite-generate", "teacher.name=clod", "captions_file=captions.json", "output_dir=out"
     )
-    _assert_reported(result, "llava-lite-generate", "'clod'", "valid: [")
+    _assert_reported(result, "llava-lite-generate", "'clod'", "valid: [", "teacher=offline")
+    result = _run(
+        tmp_path,
+        "llava-lite-generate",
+        "teacher=offline",
+        "teacher._target_=llava_lite.no_such_module.Teacher",
+        "captions_file=captions.json",
+        "output_dir=out",
+    )
+    _assert_reported(result, "llava-lite-generate", "teacher._target_=", "No module named 'llava_lite")
+    assert not (tmp_path / "out").exists()
 
 
 def test_chat_on_a_folder_that_is_not_a_model(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -10,29 +11,27 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava_lite.config import VisionConfig
+from llava_lite.demo.data import DemoData, described_first
 from llava_lite.demo.evaluate import normalize_answer
-from llava_lite.demo.run import DemoSettings, described_first
-from llava_lite.demo.text import (
-    LLMWarmupSettings,
-    SceneEmbedding,
-    build_documents,
-    drill_records,
-    warmup_llm,
-)
+from llava_lite.demo.run import stage_overrides
+from llava_lite.demo.settings import demo_settings
+from llava_lite.demo.text import SceneEmbedding, build_documents, warmup_llm
 from llava_lite.demo.vision import (
     LOOKS,
     NOTHING,
     WHAT_PHRASES,
-    VisionPretrainSettings,
     cell_targets,
     pixel_statistics,
     pretrain_vision,
 )
 from llava_lite.modeling import VisionTower
 from llava_lite.symbolic import load_coco
-from llava_lite.synthetic import build_world, load_scenes
+from llava_lite.synthetic import WorldPaths, build_world, load_scenes
 from llava_lite.synthetic.language import article
-from llava_lite.synthetic.tasks import caption_records
+from llava_lite.synthetic.tasks import caption_records, drill_records
+from llava_lite.training import compose_config
+
+FULL = demo_settings()  # the shipped recipe; tests shrink it with dataclasses.replace
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +64,8 @@ def test_pixel_statistics_center_the_world(world) -> None:
 
 def test_vision_pretraining_learns_and_loads_as_a_llava_tower(world, tmp_path) -> None:
     torch.set_num_threads(1)
-    settings = VisionPretrainSettings(steps=60, batch_size=32, warmup_steps=6, hidden_size=64, intermediate_size=128,
-                                      num_layers=3, text_hidden_size=64, projection_dim=64)  # fmt: skip
+    settings = dataclasses.replace(FULL.vision, steps=60, batch_size=32, warmup_steps=6, hidden_size=64,
+                                   intermediate_size=128, num_layers=3)  # fmt: skip
     result = pretrain_vision(world, tmp_path / "clip", settings)
     first, last = result.losses[0], result.losses[-1]
     assert last[1] < first[1] and last[2] < 0.7 * first[2]  # both losses fell
@@ -93,19 +92,13 @@ def test_llm_warmup_trains_and_saves_a_hub_style_checkpoint(world, tmp_path) -> 
         for i, (image, cells) in enumerate(scenes.items())
     ]  # fmt: skip
     captions = caption_records(world, "train", 2)
-    settings = LLMWarmupSettings(
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        steps=60,
-        batch_size=8,
-        lr=3e-3,
-        warmup_steps=3,
-        corpus="all+drills",
-    )
+    settings = dataclasses.replace(
+        FULL.llm, hidden_size=64, intermediate_size=128, num_layers=2, steps=60, batch_size=8, lr=3e-3,
+        warmup_steps=3, long_answer_sample=1.0,
+    )  # fmt: skip
     contexts = load_coco(world.captions("train"), world.instances("train"))
     drills = drill_records(contexts, 2, {"colour": 1.0, "count": 1.0}, seed=0, pool="train")
-    result = warmup_llm(records, captions, scenes, tmp_path / "llm", settings, drills=drills)
+    result = warmup_llm(records, captions, drills, scenes, tmp_path / "llm", settings)
     drill_turns = sum(len(d["conversations"]) // 2 for d in drills)  # one document per question
     assert drill_turns > len(drills) and result.documents == len(records) + drill_turns + len(captions)
     assert result.losses[-1][1] < 0.7 * result.losses[0][1]
@@ -133,7 +126,7 @@ def test_llm_warmup_packed_rows_keep_documents_apart(world) -> None:
     docs = build_documents([(r, "plain") for r in captions], _scenes(world), tokenizer)
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128))  # fmt: skip
-    scene = SceneEmbedding(32, positions=True)
+    scene = SceneEmbedding(32)
     collate = PackingCollator(tokenizer.pad_token_id, 100, image_token_id=image_id)
     batch = _packed(collate, docs, list(range(len(docs))))
     assert max(len(d.input_ids) for d in docs) <= 100  # nothing cut
@@ -158,17 +151,21 @@ def test_llm_warmup_packed_rows_keep_documents_apart(world) -> None:
 def test_llm_warmup_names_a_record_without_scene_cells(world, tmp_path) -> None:
     record = {"id": "lost-7", "image": "nowhere.png", "conversations": [
         {"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "2"}]}  # fmt: skip
-    settings = LLMWarmupSettings(
-        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, batch_size=1, corpus="all"
+    settings = dataclasses.replace(
+        FULL.llm,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=1,
+        steps=1,
+        batch_size=1,
+        long_answer_sample=1.0,
     )
     with pytest.raises(ValueError, match=r"lost-7.*nowhere\.png"):
-        warmup_llm([record], [], _scenes(world), tmp_path / "llm", settings)
+        warmup_llm([record], [], [], _scenes(world), tmp_path / "llm", settings)
     captions = caption_records(world, "train", 1)[:3]
-    short_rows = LLMWarmupSettings(
-        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, max_tokens_per_row=12, corpus="all"
-    )
+    short_rows = dataclasses.replace(settings, max_tokens_per_row=12)
     with pytest.raises(ValueError, match=r"record \S+_cap0 has \d+ tokens > max_tokens_per_row=12"):
-        warmup_llm([], captions, _scenes(world), tmp_path / "llm", short_rows)  # never cut silently
+        warmup_llm([], captions, [], _scenes(world), tmp_path / "llm", short_rows)  # never cut silently
 
 
 def test_cell_looks_describe_every_cell_from_captions_and_boxes(world) -> None:
@@ -185,19 +182,25 @@ def test_cell_looks_describe_every_cell_from_captions_and_boxes(world) -> None:
 def test_scene_embedding_adds_size_colour_and_shape() -> None:
     scene = SceneEmbedding(16)
     idx = {look: i for i, look in enumerate(LOOKS)}
-    e = scene(torch.tensor([idx[("small", "red", "circle")], idx[("large", "red", "circle")],
-                            idx[("small", "blue", "cross")], idx[("large", "blue", "cross")], 0, 0]))  # fmt: skip
+    cells = [idx[("small", "red", "circle")], idx[("large", "red", "circle")],
+             idx[("small", "blue", "cross")], idx[("large", "blue", "cross")], 0, 0]  # fmt: skip
+    e = scene(torch.tensor(cells)[:, None])[:, 0]  # [6, 16]: each look alone in the top-left cell
     assert torch.allclose(e[0] - e[1], e[2] - e[3], atol=1e-6)  # the size difference is one vector
-    assert not torch.allclose(e[0], e[2]) and torch.equal(e[4], e[5]) and torch.equal(e[4], scene.nothing)
+    corner = scene.row.weight[0] + scene.column.weight[0]
+    assert (
+        not torch.allclose(e[0], e[2])
+        and torch.equal(e[4], e[5])
+        and torch.allclose(e[4], scene.nothing + corner)
+    )
 
 
 def test_scene_embedding_positions_are_shared_along_rows_and_columns() -> None:
     idx = {look: i for i, look in enumerate(LOOKS)}
     same = torch.full((9,), idx[("small", "red", "circle")])
-    e = SceneEmbedding(16, positions=True)(same)  # [9, 16]: one look in every cell
+    e = SceneEmbedding(16)(same)  # [9, 16]: one look in every cell
     assert torch.allclose(e[0] - e[1], e[3] - e[4], atol=1e-6)  # left -> center is one vector in each row
     assert torch.allclose(e[0] - e[3], e[2] - e[5], atol=1e-6)  # top -> middle is one vector in each column
-    assert not torch.allclose(e[0], SceneEmbedding(16)(same)[0])  # without positions: no row / column
+    assert not torch.allclose(e[0], e[4])  # cells of one look differ by their place
 
 
 def test_short_answer_turns_make_one_document_per_closed_form_turn() -> None:
@@ -221,8 +224,6 @@ def test_short_answer_turns_make_one_document_per_closed_form_turn() -> None:
         {"from": "human", "value": "<image>\nWhere is the circle?"},
         {"from": "gpt", "value": "The circle is on the left."},
     ]
-    with pytest.raises(ValueError, match="corpus='everything'; valid"):
-        warmup_llm([record], [], {}, "unused", LLMWarmupSettings(corpus="everything"))
 
 
 def _record(image: str, kind: str, k: int, turns: int) -> dict:
@@ -258,16 +259,31 @@ def test_described_first_opens_the_shorter_conversation_with_the_description() -
     assert 70 < sum(r["id"].endswith("_described") for r in half) < 130
 
 
-def test_demo_seed_reaches_every_step() -> None:
-    for settings in (DemoSettings.full(3), DemoSettings.quick(3)):
-        assert settings.seed == settings.vision.seed == settings.llm.seed == 3
-    assert DemoSettings.full() == DemoSettings()
-
-
-def test_quick_settings_are_smaller_than_full() -> None:
-    full, quick = DemoSettings(), DemoSettings.quick()
-    assert quick.n_train < full.n_train and quick.stage2.steps < full.stage2.steps
-    assert quick.vision.steps < full.vision.steps and quick.llm.steps < full.llm.steps
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_stage_overrides_compose_the_shipped_experiment(stage: str, tmp_path) -> None:
+    """A stage runs the shipped demo experiment with the demo's schedule, seed and parts."""
+    settings = demo_settings(["seed=5", f"{stage}.steps=7", f"{stage}.lr=0.01", f"{stage}.batch_size=3"])
+    data = DemoData(
+        world=WorldPaths(tmp_path / "world"), train_contexts=[], instruct=[],
+        stage1_file=tmp_path / "captions.json", stage2_files=[tmp_path / "a.json", tmp_path / "b.json"],
+        drills=[], held_out=[], paraphrased=[], generation={},
+    )  # fmt: skip
+    parts = {"vision": tmp_path / "clip", "llm": tmp_path / "llm", "projector": tmp_path / "p.safetensors"}
+    cfg = compose_config(stage_overrides(settings, stage, data, parts, tmp_path))
+    assert (cfg.seed, cfg.trainer.max_steps, cfg.module.optimizer.lr, cfg.data.batch_size) == (5, 7, 0.01, 3)
+    assert cfg.model.vision.name_or_path == str(parts["vision"]) and cfg.model.llm.name_or_path == str(
+        parts["llm"]
+    )
+    assert cfg.model.projector.type == "mlp2x_gelu+patch_positions" and "arch" not in cfg.model.llm
+    assert cfg.model.vision.select_layer == settings.vision.feature_layer
+    assert cfg.paths.output_dir == str(tmp_path / stage) and cfg.data.group_by_modality_length
+    if stage == "stage1":
+        assert cfg.module.stage == "pretrain" and cfg.model.conv_template == "plain"
+        assert list(cfg.data.train_files) == [str(data.stage1_file)] and not cfg.export_model
+    else:
+        assert cfg.module.stage == "finetune" and cfg.model.conv_template == settings.llm.template
+        assert list(cfg.data.train_files) == [str(f) for f in data.stage2_files] and cfg.export_model
+        assert cfg.model.init_projector_from == str(parts["projector"])
 
 
 def test_warmup_documents_put_one_image_position_per_cell(world) -> None:
@@ -336,8 +352,6 @@ def test_drills_ask_true_closed_form_questions_in_training_wordings(world, pool)
 
 
 def test_drills_name_an_image_whose_captions_do_not_describe_it(world) -> None:
-    import dataclasses
-
     ctx = load_coco(world.captions("train"), world.instances("train"))[0]
     with pytest.raises(ValueError, match=rf"drills: image {ctx.image_id} \({ctx.file_name}\): no caption"):
         drill_records(
@@ -345,17 +359,7 @@ def test_drills_name_an_image_whose_captions_do_not_describe_it(world) -> None:
         )
 
 
-def test_drills_corpus_needs_drill_records(world, tmp_path) -> None:
-    settings = LLMWarmupSettings(hidden_size=32, intermediate_size=64, steps=1, batch_size=2, corpus="drills")
-    with pytest.raises(ValueError, match="corpus='drills' needs drill records"):
-        warmup_llm([], [], _scenes(world), tmp_path / "llm", settings)
-    with pytest.raises(ValueError, match="corpus='drills\\+everything'; valid"):
-        warmup_llm([], [], _scenes(world), tmp_path / "llm", LLMWarmupSettings(corpus="drills+everything"))
-
-
 def test_long_answers_corpus_reads_a_seeded_share_of_the_sentence_turns(world, tmp_path) -> None:
-    import dataclasses
-
     from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
 
     scenes = _scenes(world)
@@ -367,17 +371,21 @@ def test_long_answers_corpus_reads_a_seeded_share_of_the_sentence_turns(world, t
             {"from": "gpt", "value": "The circle is on the left of the image."}]}
         for i, image in enumerate(scenes)
     ]  # fmt: skip
-    settings = LLMWarmupSettings(
-        hidden_size=32, intermediate_size=64, num_layers=1, steps=1, warmup_steps=0, batch_size=2,
-        corpus="long_answers", long_answer_sample=0.5,
+    settings = dataclasses.replace(
+        FULL.llm, hidden_size=32, intermediate_size=64, num_layers=1, steps=1, warmup_steps=0, batch_size=2,
+        long_answer_sample=0.5,
     )  # fmt: skip
-    half = warmup_llm(records, [], scenes, tmp_path / "half", settings)
+    half = warmup_llm(records, [], [], scenes, tmp_path / "half", settings)
     assert half.documents == round(0.5 * len(records))  # one sentence turn per record, half of them
     every = warmup_llm(
-        records, [], scenes, tmp_path / "every", dataclasses.replace(settings, long_answer_sample=1.0)
+        records, [], [], scenes, tmp_path / "every", dataclasses.replace(settings, long_answer_sample=1.0)
     )
-    assert every.documents == len(records)
-    with pytest.raises(ValueError, match=r"long_answer_sample=1.5; valid: a share in \[0, 1\]"):
+    assert every.documents == len(records)  # the closed-form turns never: the drills teach those
+    with pytest.raises(ValueError, match="LLM warm-up: no documents"):
         warmup_llm(
-            records, [], scenes, tmp_path / "bad", dataclasses.replace(settings, long_answer_sample=1.5)
+            records, [], [], scenes, tmp_path / "none", dataclasses.replace(settings, long_answer_sample=0.0)
+        )
+    with pytest.raises(ValueError, match=r"llm.long_answer_sample=1.5; valid: a share in \[0, 1\]"):
+        warmup_llm(
+            records, [], [], scenes, tmp_path / "bad", dataclasses.replace(settings, long_answer_sample=1.5)
         )

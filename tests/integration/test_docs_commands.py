@@ -109,9 +109,7 @@ QUICK: dict[str, Quick] = {
         fill={"...": COCO, "output_dir=data/instruct": ("output_dir=data/instruct_batch",)},
         why="a fresh output_dir: in data/instruct every sample is done and nothing would be batched",
     ),
-    "llava-lite-generate ... teacher.name=offline": run(
-        fill={"...": (*COCO, "output_dir=data/instruct_offline")}
-    ),
+    "llava-lite-generate ... teacher=offline": run(fill={"...": (*COCO, "output_dir=data/instruct_offline")}),
     # training: two steps of each tiny stage, then a resumed third
     "llava-lite-train experiment=tiny_pretrain data.train_files=data/captions.json "
     "data.image_root=data/images run_name=s1": run(*TINY_TRAIN),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from api_helpers import pipeline_settings
+from api_helpers import pipeline_settings, write_coco
 from fakes.anthropic_api import FakeAnthropicAPI
 from llava_lite.claude.cache import RequestCache
 from llava_lite.claude.client import ApiFatalError
@@ -21,33 +21,8 @@ KEY = "sk-ant-test-PIPELINE-MISBEHAVE-5d1a"
 TYPES = 3
 
 
-def _coco(tmp_path: Path, n_images: int) -> tuple[Path, Path]:
-    images = [
-        {"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 480} for i in range(1, n_images + 1)
-    ]
-    captions = {
-        "images": images,
-        "annotations": [
-            {"id": i, "image_id": i, "caption": f"A kite number {i} flies over a beach."}
-            for i in range(1, n_images + 1)
-        ],
-    }
-    instances = {
-        "images": images,
-        "categories": [{"id": 1, "name": "kite"}],
-        "annotations": [
-            {"id": i, "image_id": i, "category_id": 1, "bbox": [64, 48, 320, 240]}
-            for i in range(1, n_images + 1)
-        ],
-    }
-    cap, inst = tmp_path / "captions_train.json", tmp_path / "instances_train.json"
-    cap.write_text(json.dumps(captions))
-    inst.write_text(json.dumps(instances))
-    return cap, inst
-
-
 def _settings(tmp_path: Path, n_images: int, **overrides):
-    cap, inst = _coco(tmp_path, n_images)
+    cap, inst = write_coco(tmp_path, n_images)
     teacher = {
         "model": "claude-test",
         "max_retries": 1,

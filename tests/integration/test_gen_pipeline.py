@@ -284,14 +284,17 @@ def test_cli_config_composes_and_runs_the_offline_teacher(tmp_path):
         f"instances_file={world.instances('train')}",
         f"image_root={world.image_root}",
         f"output_dir={tmp_path / 'gen'}",
-        "teacher.name=offline",
     ]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="generate", overrides=overrides)
+        old_form = compose(config_name="generate", overrides=[*overrides, "teacher.name=offline"])
+        with pytest.raises(ValueError, match=r"teacher.name='offline'.*teacher=offline"):
+            cli_run(old_form)  # the teacher is a config group now; the old form says so in one line
+        assert not (tmp_path / "gen").exists()
+        cfg = compose(config_name="generate", overrides=[*overrides, "teacher=offline"])
         summary = cli_run(cfg)
         assert summary["samples_total"] > 0
         records = list(read_jsonl(tmp_path / "gen" / "instruct.jsonl"))
         assert records and all(r["teacher"] == "offline" for r in records)
-        bad = compose(config_name="generate", overrides=[*overrides, "+no_such_key=1"])
+        bad = compose(config_name="generate", overrides=[*overrides, "teacher=offline", "+no_such_key=1"])
     with pytest.raises(Exception, match="no_such_key"):
         cli_run(bad)

@@ -108,7 +108,7 @@ def test_a_failed_start_leaves_a_finished_run_folder_as_it_was(api, tmp_path):
         (_settings(tmp_path, captions_file=str(tmp_path / "missing.json")), FileNotFoundError),
         (_settings(tmp_path), ApiFatalError),  # retired
         (_settings(tmp_path, teacher={"model": "claude-unpriced", "prices": None}), ValueError),
-        (_settings(tmp_path, teacher={"name": "gpt"}), KeyError),
+        (_settings(tmp_path, teacher={"_target_": "llava_lite.no_such_module.Teacher"}), ValueError),
     ]
     for bad, error in starts:
         with pytest.raises(error):

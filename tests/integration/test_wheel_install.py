@@ -101,6 +101,14 @@ def test_wheel_ships_the_configs(wheel_venv: tuple[Path, Path]) -> None:
     assert shipped == source
 
 
+def test_wheel_ships_py_typed(wheel_venv: tuple[Path, Path]) -> None:
+    """PEP 561: type checkers read the installed package's hints only with this marker."""
+    wheel, venv = wheel_venv
+    with zipfile.ZipFile(wheel) as archive:
+        assert "llava_lite/py.typed" in archive.namelist()
+    assert list(venv.glob("lib/python*/site-packages/llava_lite/py.typed"))
+
+
 def test_installed_commands_find_their_configs_outside_the_repo(
     wheel_venv: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from omegaconf import OmegaConf, open_dict
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from llava_lite.config import LlavaConfig, preset_names
+from llava_lite.generation.pipeline import GenerationPipeline
+from llava_lite.generation.settings import settings_from
 from llava_lite.modeling import LlavaModel, build_projector
 from llava_lite.training import (
     LlavaLitModule,
@@ -40,6 +43,8 @@ TRAIN_GROUPS = (
     "paths",
     "experiment",
 )
+GENERATE_GROUPS = ("teacher",)
+DEMO_GROUPS = ("demo",)
 _HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
@@ -101,7 +106,7 @@ def _instantiate_trainer(trainer_node) -> None:
 
 
 def test_every_config_file_is_covered() -> None:
-    known = set(TRAIN_GROUPS)
+    known = {*TRAIN_GROUPS, *GENERATE_GROUPS, *DEMO_GROUPS}
     groups = {str(p.parent.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF}
     assert groups <= known, (
         f"config groups {sorted(groups - known)} are not tested: add them to test_configs.py"
@@ -116,10 +121,30 @@ def test_primary_configs_compose(primary: str) -> None:
     assert len(cfg) > 0
 
 
+@pytest.mark.parametrize("option", _options("teacher"))
+def test_teacher_configs(option: str, tmp_path: Path) -> None:
+    """Each ``teacher=<option>`` of llava-lite-generate validates and builds the teacher it names
+    (nothing is sent or written); the option is the name its records carry."""
+    overrides = [f"teacher={option}", "captions_file=captions.json", f"output_dir={tmp_path / 'out'}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="generate", overrides=overrides)
+    teacher = GenerationPipeline(settings_from(OmegaConf.to_container(cfg, resolve=True))).teacher
+    assert teacher.name == option
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("option", _options("model"))
 def test_model_presets(option: str, train_file: Path) -> None:
     # Stage 2's composition: stage 1 swaps the chat template for `plain` (checked below).
     cfg = _cfg(train_file, f"model={option}", "experiment=finetune")
+    if missing := sorted(OmegaConf.missing_keys(cfg)):  # parts a run makes (model=demo)
+        with pytest.raises(
+            ValueError, match=rf"model preset '{option}' needs {re.escape(', '.join(missing))}: set it"
+        ):
+            LlavaConfig.from_name(option)
+        cfg = _cfg(train_file, f"model={option}", "experiment=finetune", *(f"{k}=org/x" for k in missing))
+        assert {OmegaConf.select(cfg, k) for k in missing} == {"org/x"}
+        return
     config = _llava_config(cfg.model)
     # One preset table: from_name reads the file Hydra composes (only the stage's template differs).
     assert config.to_dict() == LlavaConfig.from_name(option).to_dict()
@@ -137,7 +162,7 @@ def test_model_presets(option: str, train_file: Path) -> None:
 def test_model_parts(group: str, option: str, train_file: Path) -> None:
     cfg = _cfg(train_file, "model=tiny", f"{group}={option}")
     config = _llava_config(cfg.model)
-    assert build_projector(config.projector.type, 4, 8) is not None  # a registered type
+    assert build_projector(config.projector.type, 4, 8, 16) is not None  # a registered type (16 image tokens)
     if _is_offline(cfg.model):
         module = instantiate(cfg.module)
         assert module.model.projector is not None
@@ -187,6 +212,18 @@ def test_paths(option: str, train_file: Path) -> None:
 @pytest.mark.parametrize("option", _options("experiment"))
 def test_experiments(option: str, train_file: Path, tiny_model: LlavaModel) -> None:
     cfg = _cfg(train_file, f"experiment={option}", f"data.train_files={train_file}")
+    if missing := sorted(OmegaConf.missing_keys(cfg)):  # the demo's stages name the parts it makes
+        assert option.startswith("demo_") and missing == [
+            "model.llm.name_or_path",
+            "model.vision.name_or_path",
+        ]
+        cfg = _cfg(
+            train_file,
+            f"experiment={option}",
+            f"data.train_files={train_file}",
+            "model.llm.name_or_path=org/llm",
+            "model.vision.name_or_path=org/clip",
+        )
     OmegaConf.to_container(cfg, resolve=True)  # no dangling interpolation
     assert cfg.module.stage in ("pretrain", "finetune")
     assert option.startswith(cfg.module.stage) or cfg.module.stage in option
@@ -272,7 +309,7 @@ def test_presets_are_the_model_group_including_qwen2_and_llama2(caplog) -> None:
     )
     assert (llama2.conv_template, llama2.llm.name_or_path) == ("llama_2", "meta-llama/Llama-2-7b-chat-hf")
     assert LlavaConfig.from_name("tiny", model_max_length=128).model_max_length == 128
-    with pytest.raises(KeyError, match=r"unknown LLaVA preset 'nope'; valid: \['llava_llama2_7b'"):
+    with pytest.raises(KeyError, match=r"unknown LLaVA preset 'nope'; valid: \[.*'llava_llama2_7b'"):
         LlavaConfig.from_name("nope")
     with caplog.at_level("WARNING"):  # every key of a preset file is a LlavaConfig field
         LlavaConfig.from_name("llava_v1_5_7b")
@@ -285,3 +322,28 @@ def test_init_projector_from_is_a_config_field(train_file: Path) -> None:
     )
     assert _llava_config(cfg.model).init_projector_from == "/runs/s1/projector.safetensors"
     assert LlavaConfig.from_name("tiny").init_projector_from is None
+
+
+@pytest.mark.parametrize("option", _options("demo"))
+def test_demo_configs(option: str) -> None:
+    """``llava-lite-demo`` (``demo=full``) and ``--quick`` (``demo=quick``) compose into every
+    setting the demo reads, each set in a shipped file (no dataclass default stands in)."""
+    from llava_lite.demo.settings import demo_settings, settings_count
+
+    settings = demo_settings(["seed=4"], quick=option == "quick")
+    assert settings.seed == 4 and settings_count(settings) == settings_count(demo_settings())
+    full = demo_settings()
+    if option == "quick":
+        assert settings.world.n_train < full.world.n_train and settings.stage2.steps < full.stage2.steps
+        assert settings.vision.steps < full.vision.steps and settings.llm.steps < full.llm.steps
+    with pytest.raises(Exception, match=r"stage2\.stepz"):
+        demo_settings(["stage2.stepz=3"])  # a mistyped key is named, not ignored
+
+
+def test_the_demo_settings_count_is_the_one_the_docs_state() -> None:
+    from llava_lite.demo.settings import demo_settings, settings_count
+
+    stated = f"**{settings_count(demo_settings())} settings**"
+    root = Path(__file__).resolve().parents[2]
+    for doc in ("README.md", "docs/demo.md"):
+        assert stated in (root / doc).read_text(), f"{doc} does not say {stated}"

@@ -52,4 +52,22 @@ def test_a_mistyped_flag_is_answered_before_the_heavy_imports() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
-    assert "unrecognized arguments: --seeds 1" in done.stderr
+    assert "unrecognized arguments: --seeds" in done.stderr
+
+
+def test_seed_and_overrides_reach_the_settings(monkeypatch, tmp_path) -> None:
+    """``--seed``, ``--quick`` and ``key=value`` overrides compose the shipped demo config."""
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(demo_run, "run_demo", lambda out, settings: seen.append(settings))
+    demo_cli.main(["--quick", "--seed", "7", "--out", str(tmp_path), "stage2.steps=3", "llm.drill_pool=varied"])
+    (settings,) = seen
+    assert (settings.seed, settings.stage2.steps, settings.llm.drill_pool) == (7, 3, "varied")
+    assert settings.world.n_train == 500  # the quick recipe under the overrides
+
+
+def test_cfg_job_prints_the_settings_and_runs_nothing(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(demo_run, "run_demo", lambda out, settings: pytest.fail("the demo ran"))
+    demo_cli.main(["--cfg", "job", "stage1.steps=9"])
+    printed = capsys.readouterr().out
+    assert "stage1:\n  steps: 9\n" in printed and "seed: 0\n" in printed

@@ -2,6 +2,7 @@
 
 import logging
 import warnings
+from dataclasses import replace
 
 import pytest
 
@@ -9,7 +10,9 @@ from api_helpers import TEST_PRICES, claude_teacher, generate_once
 from llava_lite.claude.client import ApiFatalError
 from llava_lite.claude.prices import PRICES, Budget, BudgetExceeded, Prices
 from llava_lite.claude.settings import DEFAULT_MODEL
-from llava_lite.generation.base import GenerationRequest, TeacherError
+from llava_lite.generation.base import GenerationRequest, TeacherError, TeacherReply
+from llava_lite.generation.pipeline import GenerationPipeline
+from llava_lite.generation.settings import settings_from
 from llava_lite.generation.teacher import ClaudeTeacher, build_teacher
 from llava_lite.symbolic import ObjectBox, SymbolicContext
 
@@ -151,11 +154,57 @@ def test_key_never_appears_in_logs_or_cache(api, tmp_path, caplog):
     assert all(KEY.encode() not in p.read_bytes() for p in tmp_path.iterdir())
 
 
-def test_build_teacher_by_name():
+class _Echo:
+    """A teacher from outside the library, as a config's ``_target_`` names one."""
+
+    def __init__(self, greeting: str, repeat: int = 1) -> None:
+        self.name = "echo"
+        self.greeting, self.repeat = greeting, repeat
+
+    async def generate(self, request: GenerationRequest) -> TeacherReply:
+        return TeacherReply(turns=[(self.greeting, self.greeting * self.repeat)], model="echo")
+
+
+ECHO = f"{__name__}._Echo"
+
+
+def test_build_teacher_by_name_or_by_target():
     assert isinstance(build_teacher("anthropic", model="claude-test", prices=TEST_PRICES), ClaudeTeacher)
-    assert build_teacher("offline", seed=3).name == "offline"
-    with pytest.raises(KeyError, match="valid"):
-        build_teacher("gpt")
+    echo = build_teacher({"_target_": ECHO, "greeting": "hi"}, repeat=2)
+    assert isinstance(echo, _Echo) and (echo.greeting, echo.repeat) == ("hi", 2)
+    with pytest.raises(KeyError, match=r"valid names: \['anthropic'\].*_target_"):
+        build_teacher("offline")  # no longer a name: teacher=offline names it by _target_
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ({"_target_": "llava_lite.no_such_module.Teacher"}, "No module named 'llava_lite.no_such_module'"),
+        ({"_target_": ECHO}, "TypeError: .*greeting"),  # a missing argument
+        ({"_target_": ECHO, "greeting": "hi", "colour": "red"}, "unexpected keyword argument 'colour'"),
+        ({"_target_": "collections.Counter"}, "built a Counter, not a teacher"),
+        ({"_target_": f"{__name__}.ECHO"}, "Expected a callable target"),  # not a class or function
+        ({"_target_": ""}, "must be the dotted path"),
+        ({"_target_": 3}, "must be the dotted path"),
+    ],
+)
+def test_a_bad_target_is_one_line_naming_the_setting(spec, says):
+    with pytest.raises(ValueError, match=says) as caught:
+        build_teacher(spec)
+    message = str(caught.value)
+    assert message.startswith("teacher._target_=") and "\n" not in message
+
+
+def test_settings_take_a_target_node_whole_and_refuse_the_old_name_form(tmp_path):
+    settings = settings_from({"captions_file": "c.json", "teacher": {"_target_": ECHO, "greeting": "hi"}})
+    assert settings.teacher.target == {"_target_": ECHO, "greeting": "hi"}
+    assert settings.teacher.name == "anthropic" and settings.teacher.concurrency == 8  # the run's defaults
+    pipeline = GenerationPipeline(replace(settings, output_dir=str(tmp_path)))
+    assert isinstance(pipeline.teacher, _Echo) and pipeline.paid is None
+    assert settings_from({"captions_file": "c.json"}).teacher.target is None  # Claude, the default
+    with pytest.raises(ValueError, match=r"teacher.name='offline'.*teacher=offline") as caught:
+        settings_from({"captions_file": "c.json", "teacher": {"name": "offline"}})
+    assert "\n" not in str(caught.value)
 
 
 def test_the_default_model_is_priced_and_raises_no_deprecation_warning(api, tmp_path):

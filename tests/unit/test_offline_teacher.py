@@ -1,4 +1,5 @@
-"""The offline teacher writes true, varied, deterministic replies from the symbolic context only."""
+"""The synthetic world's offline teacher writes true, varied, deterministic replies from the symbolic
+context only, and the shipped ``teacher=offline`` config builds it."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import dataclasses
 import re
 
 import pytest
+from omegaconf import OmegaConf
 
 from llava_lite.generation.base import RESPONSE_TYPES, GenerationRequest, Teacher, TeacherError
-from llava_lite.generation.offline import OfflineTeacher
+from llava_lite.generation.teacher import build_teacher
+from llava_lite.hydra_conf import config_dir
 from llava_lite.symbolic import load_coco
-from llava_lite.synthetic import build_world, load_scenes
+from llava_lite.synthetic import OfflineTeacher, build_world, load_scenes
 from llava_lite.synthetic.checker import check_turns
 from llava_lite.synthetic.questions import DETAIL_INSTRUCTIONS, SHORT_ANSWER_PROMPT, WORDINGS
+from llava_lite.synthetic.teacher import OfflineTeacher as FromItsModule
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,15 @@ def _request(ctx, response_type: str, index: int = 0) -> GenerationRequest:
 
 def test_it_is_a_teacher() -> None:
     teacher: Teacher = OfflineTeacher()
-    assert teacher.name == "offline"
+    assert teacher.name == "offline" and OfflineTeacher is FromItsModule
+
+
+def test_the_shipped_config_builds_it_with_its_arguments() -> None:
+    spec = OmegaConf.to_container(OmegaConf.load(config_dir("generate") / "teacher" / "offline.yaml"))
+    assert isinstance(spec, dict)
+    teacher = build_teacher({**spec, "seed": 4, "short_answer_rate": 0.25})
+    assert isinstance(teacher, OfflineTeacher)
+    assert (teacher.seed, teacher.short_answer_rate) == (4, 0.25)
 
 
 @pytest.mark.parametrize("response_type", RESPONSE_TYPES)

@@ -3,6 +3,7 @@
 llava-lite-demo                 # full demo (minutes on 2 CPU cores: README "The demo")
 llava-lite-demo --quick         # CI-sized: under 2 minutes, above chance
 llava-lite-demo --out runs/demo --seed 1 --threads 2
+llava-lite-demo stage2.steps=400 llm.drill_pool=train   # any setting of conf/demo/*.yaml
 """
 
 from __future__ import annotations
@@ -36,25 +37,47 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="llava-lite-demo", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small CI-sized run (< 2 min)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo/<time>)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of every step (default: the config's, 0)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch CPU threads (default: every core this process may run on)",
     )
+    parser.add_argument(
+        "--cfg",
+        choices=["job"],
+        default=None,
+        help="print the composed settings and exit, as Hydra's --cfg job",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides of the demo's settings (conf/demo/full.yaml), e.g. stage2.steps=400",
+    )
     args = parser.parse_args(argv)
     run_cli("llava-lite-demo", lambda: _demo(args))
 
 
 def _demo(args: argparse.Namespace) -> None:
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        from llava_lite.demo.settings import demo_settings
+
+        print(OmegaConf.to_yaml(OmegaConf.structured(demo_settings(_overrides(args), args.quick))), end="")
+        return
     threads = thread_count(args.threads)
     # Imported here, not at the top: torch, transformers and Lightning take ~15 s to import on
     # two cores, and ``--help`` or a mistyped flag should answer at once.
     import torch
     import transformers
 
-    from llava_lite.demo.run import DemoSettings, run_demo
+    from llava_lite.demo.run import run_demo
+    from llava_lite.demo.settings import demo_settings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The demo prints its own progress; keep the libraries' per-load reports out of it.
@@ -67,9 +90,14 @@ def _demo(args: argparse.Namespace) -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(threads)
-    settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings.full(args.seed)
+    settings = demo_settings(_overrides(args), quick=args.quick)
     out = args.out or Path("runs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_demo(out, settings)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--seed`` as the override it stands for, then the command line's own."""
+    return [*([] if args.seed is None else [f"seed={args.seed}"]), *args.overrides]
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ from llava_lite.data.bad_samples import BAD_SAMPLE_REASONS, BadSampleCounter, Ba
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.data.datamodule import LlavaDataModule
 from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset, build_sample
+from llava_lite.data.packing import PackingCollator
 from llava_lite.data.processor import LlavaProcessor
 from llava_lite.data.sampler import ModalityLengthGroupedSampler, padding_fraction
 from llava_lite.data.schema import RawRecord, normalize_conversation
 from llava_lite.data.sources import expand_files, read_records
-from llava_lite.data.tokenize import encode_conversation
+from llava_lite.data.tokenize import encode_conversation, expand_image_slots
 from llava_lite.templates import TEMPLATES, get_template, prompt_for_generation
 
 __all__ = [
@@ -24,11 +25,13 @@ __all__ = [
     "LlavaProcessor",
     "LlavaStreamingDataset",
     "ModalityLengthGroupedSampler",
+    "PackingCollator",
     "RawRecord",
     "SkipReport",
     "build_sample",
     "encode_conversation",
     "expand_files",
+    "expand_image_slots",
     "get_template",
     "normalize_conversation",
     "padding_fraction",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llava_lite.config import IMAGE_TOKEN
-from llava_lite.evaluation.metrics import GroupedAccuracy
+from llava_lite.evaluation import GroupedAccuracy
 from llava_lite.inference import DecodingSettings, Question, generate_answers, read_answers
 from llava_lite.synthetic.language import NUMBER_WORDS
 from llava_lite.synthetic.tasks import chance_by_type

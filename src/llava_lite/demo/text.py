@@ -2,25 +2,22 @@
 
 LLaVA starts from Vicuna, which already reads, refers and answers; a random 2-layer Llama
 does not, and learning to find one object among several takes more steps than stage 2 can
-pay for on CPU, so this warm-up teaches it on text, without pixels (measurements behind the
-recipe: ``docs/demo.md``):
+pay for on CPU, so this warm-up teaches it on text, without pixels:
 
 * the image's place holds **scene cells**: one position per grid cell, in the raster order
   of the vision tower's nine patch tokens, so where a cell is is where its token is, as for
   patch tokens. Each cell's input vector is learned: the sum of a size, a colour and a shape
   embedding, or one "nothing" vector, plus a row and a column vector, read from the same
   captions and boxes a teacher sees;
-* documents are *drills*, closed-form questions written by rule from each training image's
-  captions and boxes, one per document, and a quarter of the teacher's sentence-answer turns
-  (``corpus="drills+long_answers"``; or the teacher's closed-form turns, ``"short_answers"``,
-  or every teacher conversation, ``"all"``, joinable with "+"), with the chat template, and
-  the stage-1 caption pairs (``plain`` template), with scene cells where ``<image>``'s tokens
-  go; next-token loss on every text token;
+* documents are the *drills* (``synthetic.tasks.drill_records``), one closed-form question
+  each, a share of the teacher's sentence-answer turns (``long_answer_sample``), one each,
+  with the chat template, and the stage-1 caption pairs (``plain`` template), with scene
+  cells where ``<image>``'s slots go; next-token loss on every text token;
 * batches are drawn at random, so every step mixes captions and questions, and packed into
-  rows (``llava_lite.data.packing``: positions restart per document, no attention across
-  documents), so no padding is paid for;
-* it trains through the library's ``training.objective`` (AdamW groups, warm-up + cosine,
-  norm clipping), as the vision pretraining does.
+  rows (positions restart per document, no attention across documents), so no padding is
+  paid for;
+* it trains through the library's ``training.ObjectiveModule`` (AdamW groups, warm-up +
+  cosine, norm clipping), as the vision pretraining does.
 
 The cell embeddings are dropped afterwards. LLaVA's stage 1 then does what the paper says it
 does, train the projector to turn visual features into vectors the frozen LLM reads, and
@@ -33,7 +30,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,75 +39,29 @@ from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llava_lite.config import IGNORE_INDEX, IMAGE_TOKEN
-from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.data.packing import PackingCollator
-from llava_lite.data.schema import normalize_conversation
-from llava_lite.data.tokenize import encode_conversation
+from llava_lite.data import (
+    BadSampleError,
+    PackingCollator,
+    encode_conversation,
+    expand_image_slots,
+    get_template,
+    normalize_conversation,
+)
+from llava_lite.demo.settings import LLMWarmupSettings
 from llava_lite.demo.vision import LOOKS
-from llava_lite.generation.validation import to_conversations
-from llava_lite.modeling.llava import splice_features
-from llava_lite.modeling.llm import check_packed_attention, prepare_tokenizer
-from llava_lite.modeling.tokenizer import build_tiny_tokenizer
-from llava_lite.symbolic import SymbolicContext
-from llava_lite.synthetic.context import ContextInsufficient, parse_context
-from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT, closed_question
+from llava_lite.modeling import (
+    build_tiny_tokenizer,
+    check_packed_attention,
+    prepare_tokenizer,
+    splice_features,
+)
+from llava_lite.synthetic.questions import SHORT_ANSWER_PROMPT
 from llava_lite.synthetic.scene import COLORS, GRID, SHAPES, SIZES
-from llava_lite.templates import get_template
-from llava_lite.training.objective import ObjectiveModule, fit_objective
+from llava_lite.training import ObjectiveModule, fit_objective
 
 NOTHING_LOOK = LOOKS.index(None)  # an empty cell's index
-# What the warm-up reads besides the captions: drills (closed-form questions written from the
-# captions and boxes, one per document), the teacher's closed-form turns one per document, or
-# every teacher conversation (docs/demo.md: drills teach the most per step).
-WARMUP_CORPORA: tuple[str, ...] = ("all", "short_answers", "long_answers", "drills")
-
-
-@dataclass
-class LLMWarmupSettings:
-    # Narrower than before (192 / 512): in the same steps hidden 128 learned to find objects
-    # faster, at half the cost per token (docs/demo.md, "The text ceiling").
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    # Two layers learned to find objects as fast per step as four, at half the cost (docs/demo.md).
-    num_layers: int = 2
-    num_heads: int = 4
-    vocab_size: int = 512
-    max_position_embeddings: int = 512
-    # 2,200: with a quarter of the teacher's sentence answers beside the drills (below), the
-    # drills keep about the steps they had at 1,800 (docs/demo.md, "Sentence answers in the
-    # warm-up": 89.8% mean held-out over seeds 0-2, chat claims 66 -> 77%).
-    steps: int = 2200
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 30
-    weight_decay: float = 0.0
-    template: str = "vicuna_v1"
-    # A step's documents are packed into rows of at most this many tokens (positions restart,
-    # no attention across documents). Short rows: attention inside a row costs its length
-    # squared; drills are 64-85 tokens, the teacher's sentence answers (descriptions) up to 176.
-    max_tokens_per_row: int = 192
-    # Add a row and a column vector to each cell, as patch tokens carry their place.
-    cell_positions: bool = True
-    # Drills teach the one-word answer; the chats ask for sentences, which only stage 2 taught
-    # ("Which shape is the red object?" -> "The green object is a cross."), so a share of the
-    # teacher's sentence-answer turns is read too (``long_answer_sample``).
-    corpus: str = "drills+long_answers"
-    # corpus="drills": closed-form questions per training image (each its own document), and
-    # the share of each type: count is learned first, colour and position last, so count
-    # gives position a share (0.1 -> 0.05: position 69-80 -> 83-86% over seeds 0-2).
-    drill_turns: int = 4
-    drill_mix: dict[str, float] = field(
-        default_factory=lambda: {"colour": 0.45, "shape": 0.15, "count": 0.05, "position": 0.35}
-    )
-    # The drills' wording pool (``synthetic.questions.WORDINGS``): "varied" adds indirect
-    # questions and requests ("Could you tell me what colour the circle is?") to the teacher's
-    # ``train`` frames, so the answer format is learned for sentence shapes, not a few frames
-    # (docs/demo.md, "Drills in varied wordings").
-    drill_pool: str = "varied"
-    # corpus="...+long_answers": the share of the teacher's sentence-answer turns read, each
-    # its own document (a random subset: 0.5 left the drills too few steps, 77% held-out).
-    long_answer_sample: float = 0.25
-    seed: int = 0
+# Above every stage's model_max_length: the LLM's positions never run out in LLaVA's stages.
+MAX_POSITIONS = 512
 
 
 @dataclass
@@ -136,12 +87,11 @@ class Document:
 
 
 class SceneEmbedding(nn.Module):
-    """Input vectors for scene cells: size + colour + shape embeddings, or a learned "nothing";
-    with ``positions``, plus the cell's row and column vectors."""
+    """Input vectors for scene cells: size + colour + shape embeddings, or a learned "nothing",
+    plus the cell's row and column vectors, as patch tokens carry their place."""
 
-    def __init__(self, hidden_size: int, positions: bool = False) -> None:
+    def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.positions = positions
         self.row = nn.Embedding(GRID, hidden_size)
         self.column = nn.Embedding(GRID, hidden_size)
         self.size = nn.Embedding(len(SIZES), hidden_size)
@@ -172,10 +122,8 @@ class SceneEmbedding(nn.Module):
             + self.shape(self.shape_of[cells])
         )
         x = torch.where((cells == NOTHING_LOOK).unsqueeze(-1), self.nothing, x)
-        if self.positions:  # cells are row-major: cell k sits in row k // GRID, column k % GRID
-            k = torch.arange(cells.shape[-1], device=cells.device)
-            x = x + self.row(k // GRID) + self.column(k % GRID)
-        return x
+        k = torch.arange(cells.shape[-1], device=cells.device)  # row-major: row k // GRID, column k % GRID
+        return x + self.row(k // GRID) + self.column(k % GRID)
 
 
 def _one_turn_records(records: list[dict[str, Any]], short: bool) -> list[dict[str, Any]]:
@@ -218,40 +166,6 @@ def turn_texts(records: list[dict[str, Any]]) -> list[str]:
     return [t["value"].replace(IMAGE_TOKEN, "").strip() for r in records for t in r["conversations"]]
 
 
-def drill_records(
-    contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int, pool: str
-) -> list[dict[str, Any]]:
-    """Per training image, one conversation of up to ``turns`` different closed-form questions
-    (types drawn by ``mix``, wordings from ``pool``: no default, so a caller cannot drift from
-    ``LLMWarmupSettings.drill_pool``) about the scene its captions and boxes give, as a teacher
-    would read it. The warm-up reads each question as a document of
-    its own; stage 2 reads the conversations with their images, like LLaVA-1.5's VQA data."""
-    rng = random.Random(f"{seed}:drills")
-    types, weights = list(mix), list(mix.values())
-    records = []
-    for context in contexts:
-        try:
-            scene = parse_context(context)
-        except ContextInsufficient as e:
-            raise ValueError(f"drills: {e}") from e
-        asked: list[tuple[str, str]] = []
-        for _ in range(4 * turns):  # bounded: repeats and inapplicable questions are redrawn
-            if len(asked) == turns:
-                break
-            q = closed_question(rng.choices(types, weights)[0], scene, rng, pool, wording_rng=rng)
-            if q is not None and all(q.question != a for a, _ in asked):
-                asked.append((q.question, q.answer))
-        pairs = [(f"{question}\n{SHORT_ANSWER_PROMPT}", answer) for question, answer in asked]
-        records.append(
-            {
-                "id": f"drill_{context.image_id}",
-                "image": context.file_name,
-                "conversations": to_conversations(pairs),
-            }
-        )
-    return records
-
-
 def build_documents(
     records: list[tuple[dict[str, Any], str]], scenes: dict[str, list[str]], tokenizer
 ) -> list[Document]:
@@ -270,10 +184,9 @@ def build_documents(
         try:
             messages = normalize_conversation(record["conversations"], IMAGE_TOKEN, has_image=True)
             encoded = encode_conversation(messages, tokenizer, template, IMAGE_TOKEN)
+            ids, _ = expand_image_slots(encoded.input_ids, encoded.labels, image_id, len(cells), 1)
         except BadSampleError as e:  # teacher output always encodes; say which record did not
             raise ValueError(f"record {record.get('id')}: {e}") from e
-        at = encoded.input_ids.index(image_id)
-        ids = encoded.input_ids[:at] + [image_id] * len(cells) + encoded.input_ids[at + 1 :]
         docs.append(Document(str(record.get("id")), ids, cells, image_id))
     return docs
 
@@ -290,8 +203,7 @@ def embed_documents(
 
 
 def _random_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless random batches of document indices: every step mixes the kinds of document
-    (measured better than length-grouped batches, ``docs/demo.md``)."""
+    """Endless random batches of document indices: every step mixes the kinds of document."""
     rng = random.Random(seed)
     while True:
         yield rng.sample(range(n), min(batch_size, n))
@@ -318,47 +230,40 @@ def _packed(collate: PackingCollator, docs: list[Document], batch: list[int]) ->
 def warmup_llm(
     conversations: list[dict[str, Any]],
     captions: list[dict[str, Any]],
+    drills: list[dict[str, Any]],
     scenes: dict[str, list[int]],
     out_dir: str | Path,
     settings: LLMWarmupSettings,
+    seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
-    drills: list[dict[str, Any]] | None = None,
 ) -> LLMWarmupResult:
     """Train the tiny LLM (and its tokenizer) on the world's text; save both to ``out_dir``.
 
-    ``conversations``: instruction records (``settings.template``); ``captions``: stage-1
-    caption records (``plain``); ``scenes``: scene cells per image (``demo.vision.cell_targets``);
-    ``drills``: ``drill_records`` output, needed when ``settings.corpus`` names "drills".
+    ``conversations``: the teacher's records (``settings.template``), of whose sentence-answer
+    turns ``settings.long_answer_sample`` is read; ``captions``: stage-1 caption records
+    (``plain``); ``drills``: ``synthetic.tasks.drill_records``, each question a document;
+    ``scenes``: scene cells per image (``demo.vision.cell_targets``).
     """
     s = settings
-    parts = s.corpus.split("+")
-    if not set(parts) <= set(WARMUP_CORPORA):
-        raise ValueError(f"corpus={s.corpus!r}; valid: {list(WARMUP_CORPORA)}, or several joined by '+'")
     if not 0.0 <= s.long_answer_sample <= 1.0:  # else random.sample's "larger than population"
-        raise ValueError(f"long_answer_sample={s.long_answer_sample!r}; valid: a share in [0, 1]")
+        raise ValueError(f"llm.long_answer_sample={s.long_answer_sample!r}; valid: a share in [0, 1]")
     start = time.perf_counter()
-    torch.manual_seed(s.seed)
+    torch.manual_seed(seed)
     # The template's fixed text is in every document: show it to the tokenizer often enough
     # that its words become single tokens.
     fixed = [get_template(s.template).default_system or "", "USER: ASSISTANT:"] * 200
     texts = turn_texts(conversations[:3000] + captions[:3000])
     tokenizer = build_tiny_tokenizer("sentencepiece", vocab_size=s.vocab_size, extra_texts=texts + fixed)
     image_id = prepare_tokenizer(tokenizer, IMAGE_TOKEN)
-    chats: list[dict[str, Any]] = []
-    if "drills" in parts:
-        if not drills:
-            raise ValueError("LLM warm-up: corpus='drills' needs drill records (drills=, from drill_records)")
-        chats += short_answer_turns(drills)
-    if "short_answers" in parts:
-        chats += short_answer_turns(conversations)
-    if "long_answers" in parts:
-        long = long_answer_turns(conversations)
-        chats += random.Random(f"{s.seed}:long_answers").sample(long, round(s.long_answer_sample * len(long)))
-    if "all" in parts:
-        chats += conversations
+    long = long_answer_turns(conversations)
+    chats = short_answer_turns(drills) + random.Random(f"{seed}:long_answers").sample(
+        long, round(s.long_answer_sample * len(long))
+    )
     docs = build_documents(
         [(r, s.template) for r in chats] + [(r, "plain") for r in captions], scenes, tokenizer
     )
+    if not docs:
+        raise ValueError("LLM warm-up: no documents (no drills, captions or sentence answers to read)")
     longest = max(docs, key=lambda d: len(d.input_ids))
     if len(longest.input_ids) > s.max_tokens_per_row:  # a packed row never cuts a document
         raise ValueError(
@@ -372,7 +277,7 @@ def warmup_llm(
         num_hidden_layers=s.num_layers,
         num_attention_heads=s.num_heads,
         num_key_value_heads=s.num_heads,
-        max_position_embeddings=s.max_position_embeddings,
+        max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -380,7 +285,7 @@ def warmup_llm(
     )
     model = LlamaForCausalLM(config)
     check_packed_attention(model, "LLM warm-up packing")
-    scene = SceneEmbedding(s.hidden_size, s.cell_positions)
+    scene = SceneEmbedding(s.hidden_size)
     collate = PackingCollator(tokenizer.pad_token_id, s.max_tokens_per_row, image_token_id=image_id)
 
     def objective(batch: dict[str, Any]) -> tuple[Tensor, tuple[Tensor]]:
@@ -398,12 +303,11 @@ def warmup_llm(
         {"llm": model, "scene": scene},
         objective,
         lr=s.lr,
-        weight_decay=s.weight_decay,
         warmup_steps=s.warmup_steps,
         progress=progress,
     )
-    batches = (_packed(collate, docs, b) for b in _random_batches(len(docs), s.batch_size, s.seed))
-    fit_objective(module, batches, s.steps, seed=s.seed)
+    batches = (_packed(collate, docs, b) for b in _random_batches(len(docs), s.batch_size, seed))
+    fit_objective(module, batches, s.steps, seed=seed)
     losses = [(int(step), value) for step, value in module.losses]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

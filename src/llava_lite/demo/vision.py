@@ -12,7 +12,7 @@ LLaVA starts from CLIP; offline there is none, so the demo trains a small
   does. Labels come from the captions and boxes through ``synthetic.context.parse_context``,
   the same symbolic data a teacher sees; the heads are dropped after pretraining.
 
-Global CLIP alone ignores counts and positions (measured: ``docs/demo.md``); the regional
+Global CLIP alone ignores counts and positions (measured: ``docs/demo_history.md``); the regional
 losses are what put "what is where" into the tokens LLaVA's projector reads. The result is
 trained through the library's ``training.objective`` (AdamW groups, warm-up + cosine, norm
 clipping) and saved the way hub CLIP checkpoints are (``CLIPModel`` + ``CLIPImageProcessor`` + tokenizer),
@@ -37,13 +37,14 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from llava_lite.modeling.tokenizer import build_tiny_tokenizer
+from llava_lite.demo.settings import VisionPretrainSettings
+from llava_lite.modeling import build_tiny_tokenizer
 from llava_lite.symbolic import SymbolicContext, load_coco
 from llava_lite.synthetic.context import parse_context
 from llava_lite.synthetic.language import article, located
 from llava_lite.synthetic.scene import COLORS, GRID, SHAPES, SIZES, cell_phrase
 from llava_lite.synthetic.world import WorldPaths
-from llava_lite.training.objective import ObjectiveModule, fit_objective
+from llava_lite.training import ObjectiveModule, fit_objective
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +57,6 @@ LOOKS: tuple[tuple[str, str, str] | None, ...] = (
 # The same looks in words, and where each cell is (row-major, the order of the patch grid).
 WHAT_PHRASES: tuple[str, ...] = tuple(NOTHING if look is None else article(" ".join(look)) for look in LOOKS)
 WHERE_PHRASES: tuple[str, ...] = tuple(located(cell_phrase((r, c))) for r in range(GRID) for c in range(GRID))
-
-
-@dataclass
-class VisionPretrainSettings:
-    image_size: int = 96
-    patch_size: int = 32  # 3x3 patches: one token per grid cell
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    text_hidden_size: int = 128
-    text_layers: int = 2
-    projection_dim: int = 128
-    feature_layer: int = -2  # the hidden layer LLaVA's tower will select
-    steps: int = 800  # at region weight 1, 600 named 86% of object cells right, 900: 92%
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.05
-    # The per-cell what / where losses weigh 3x the image-caption loss: at 800 steps the tower
-    # then names 94-97% of held-out object cells instead of 86-93% (seeds 0-2, docs/demo.md).
-    region_weight: float = 3.0
-    seed: int = 0
 
 
 @dataclass
@@ -106,7 +84,7 @@ def pixel_statistics(
     """Per-channel mean and std of a split's pixels, for the image processor.
 
     OpenAI's CLIP statistics put this world's dark background far from zero, where the
-    small objects drown in one shared component of every patch token (``docs/demo.md``);
+    small objects drown in one shared component of every patch token (``docs/demo_history.md``);
     the data's own statistics, as for any new domain, avoid that.
     """
     data = json.loads(world.captions(split).read_text())
@@ -164,17 +142,20 @@ class RegionHead(nn.Module):
         return self.what(cells), self.where(cells)  # [N, 9, 49], [N, 9, 9]
 
 
-def build_clip(settings: VisionPretrainSettings, vocab_size: int, pad_id: int, eos_id: int) -> CLIPModel:
+def build_clip(
+    settings: VisionPretrainSettings, image_size: int, vocab_size: int, pad_id: int, eos_id: int
+) -> CLIPModel:
+    """A CLIP whose text tower and projection are as wide as its vision tower."""
     s = settings
-    if s.image_size % s.patch_size or (s.image_size // s.patch_size) % GRID:
+    if image_size % s.patch_size or (image_size // s.patch_size) % GRID:
         raise ValueError(
-            f"image_size / patch_size must be a multiple of {GRID}; got {s.image_size}/{s.patch_size}"
+            f"image size / vision.patch_size must be a multiple of {GRID}; got {image_size}/{s.patch_size}"
         )
     config = CLIPConfig(
         text_config={
             "vocab_size": vocab_size,
-            "hidden_size": s.text_hidden_size,
-            "intermediate_size": 2 * s.text_hidden_size,
+            "hidden_size": s.hidden_size,
+            "intermediate_size": 2 * s.hidden_size,
             "num_hidden_layers": s.text_layers,
             "num_attention_heads": 4,
             "max_position_embeddings": 96,
@@ -187,10 +168,10 @@ def build_clip(settings: VisionPretrainSettings, vocab_size: int, pad_id: int, e
             "intermediate_size": s.intermediate_size,
             "num_hidden_layers": s.num_layers,
             "num_attention_heads": s.num_heads,
-            "image_size": s.image_size,
+            "image_size": image_size,
             "patch_size": s.patch_size,
         },
-        projection_dim=s.projection_dim,
+        projection_dim=s.hidden_size,
     )
     return CLIPModel(config)
 
@@ -237,23 +218,25 @@ def pretrain_vision(
     world: WorldPaths,
     out_dir: str | Path,
     settings: VisionPretrainSettings,
+    seed: int = 0,
     progress: Callable[[int, float, float], None] | None = None,
 ) -> VisionPretrainResult:
     """Train the tiny CLIP on the world's train split, score it on val, save it to ``out_dir``."""
     s = settings
     start = time.perf_counter()
-    torch.manual_seed(s.seed)
-    rng = random.Random(s.seed)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    image_size = int(json.loads(world.meta.read_text())["image_size"])
     caption_texts = [c for ctx in load_coco(world.captions("train")) for c in ctx.captions]
     tokenizer = build_tiny_tokenizer(
         "bpe", vocab_size=384, extra_texts=caption_texts[:2000] + list(WHAT_PHRASES + WHERE_PHRASES)
     )
     processor = CLIPImageProcessor(
-        size={"shortest_edge": s.image_size},
-        crop_size={"height": s.image_size, "width": s.image_size},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         **pixel_statistics(world),
     )
-    model = build_clip(s, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    model = build_clip(s, image_size, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     head = RegionHead(s.hidden_size)
     objective = _Objective(model, head, tokenizer.pad_token_id, s.feature_layer)
     train = _Data(world, "train", processor, tokenizer)
@@ -275,7 +258,7 @@ def pretrain_vision(
         warmup_steps=s.warmup_steps,
         progress=progress,
     )
-    fit_objective(module, batches(), s.steps, seed=s.seed)
+    fit_objective(module, batches(), s.steps, seed=seed)
     losses = [(int(step), g, r) for step, g, r in module.losses]
 
     model.eval()

@@ -10,6 +10,7 @@ buy replies in batches through it, reads what it bought, and closes it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from llava_lite.claude.estimate import TokenEstimator
 
 RESPONSE_TYPES = ("conversation", "detail", "complex_reasoning")
+# The one teacher chosen by name (Claude); any other is named by a config `_target_` (conf/teacher/),
+# so this package never has to know the packages teachers come from.
+BUILT_IN_TEACHER = "anthropic"
+TARGET_KEY = "_target_"
+TARGET_SETTING = f"teacher.{TARGET_KEY}"
 
 
 @dataclass
@@ -125,3 +131,42 @@ class PaidTeacher(Teacher, Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def check_target(spec: Mapping[str, Any]) -> None:
+    """Refuse, in one line naming the setting, a teacher node whose ``_target_`` is not a dotted path."""
+    target = spec.get(TARGET_KEY)
+    if not isinstance(target, str) or not target.strip() or any(not part for part in target.split(".")):
+        raise ValueError(
+            f"{TARGET_SETTING}={target!r}: must be the dotted path of a teacher class or function "
+            "(e.g. mypackage.teachers.MyTeacher)"
+        )
+
+
+def teacher_from_target(spec: Mapping[str, Any], **kwargs: Any) -> Teacher:
+    """The teacher a config node names by ``_target_``, built with ``hydra.utils.instantiate`` (the
+    node's other keys, then ``kwargs``, are its arguments). A target that cannot be imported, refuses
+    its arguments or builds something that is not a teacher is one error line naming the setting."""
+    check_target(spec)
+    target = spec[TARGET_KEY]
+    from hydra.utils import instantiate  # only runs that build a teacher from config pay for it
+
+    try:
+        teacher = instantiate({"_convert_": "all", **spec}, **kwargs)
+    except Exception as e:
+        raise ValueError(f"{TARGET_SETTING}={target!r}: {_root_cause(e)}") from e
+    generate = getattr(teacher, "generate", None)
+    if not isinstance(getattr(teacher, "name", None), str) or not callable(generate):
+        raise ValueError(
+            f"{TARGET_SETTING}={target!r} built a {type(teacher).__name__}, not a teacher "
+            "(one needs a str `name` and an async `generate(request)`)"
+        )
+    return teacher
+
+
+def _root_cause(err: BaseException) -> str:
+    """The first line of the innermost cause: what Hydra's wrapping says last is what went wrong."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

@@ -117,8 +117,8 @@ class GenerationPipeline:
 
     def _build_teacher(self, client_kwargs: dict[str, Any]) -> Teacher:
         s, t = self.settings, self.settings.teacher
-        if t.name != "anthropic":
-            return build_teacher(t.name, seed=t.seed)
+        if t.target is not None:  # a teacher named by `_target_` in config
+            return build_teacher(t.target)
         if t.base_url is not None:
             client_kwargs.setdefault("base_url", t.base_url)
         return ClaudeTeacher(

@@ -8,14 +8,21 @@ provider's current price list for the model you choose.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from llava_lite.claude.settings import ClaudeSettings
 from llava_lite.config import validated_settings
-from llava_lite.generation.base import RESPONSE_TYPES, BatchSettings
+from llava_lite.generation.base import (
+    BUILT_IN_TEACHER,
+    RESPONSE_TYPES,
+    TARGET_KEY,
+    BatchSettings,
+    check_target,
+)
 from llava_lite.generation.messages import ContextOptions
 from llava_lite.generation.prompts import PROMPT_VERSION
 from llava_lite.generation.validation import ValidationConfig
@@ -23,12 +30,30 @@ from llava_lite.generation.validation import ValidationConfig
 
 @dataclass
 class TeacherSettings(ClaudeSettings):
-    """The shared Claude settings (model, limits, ``prices``) plus what only the teacher has."""
+    """The built-in Claude teacher's settings (the shared Claude ones plus its own), or any other
+    teacher as a ``{_target_: <class path>, **its arguments}`` node in ``target``.
 
-    name: str = "anthropic"  # "anthropic" | "offline"
+    A config names another teacher by ``_target_`` (``conf/teacher/``: ``teacher=offline``), so
+    this package never names the packages teachers come from; :func:`settings_from` moves such a
+    ``teacher`` node into ``target`` whole, and the run builds it with ``hydra.utils.instantiate``.
+    The pipeline's own knobs (``concurrency``, ``max_tokens`` after a cut reply) keep their
+    defaults here for such a teacher.
+    """
+
+    name: str = BUILT_IN_TEACHER  # the one teacher chosen by name; any other is a `_target_`
     prompt_caching: bool = True
     max_tokens_after_cut: int = 4096  # a retry after a reply cut by max_tokens doubles it, up to this
-    seed: int = 0  # offline teacher only
+    target: dict[str, Any] | None = None  # {_target_: ..., **kwargs}: a teacher built from config
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.name != BUILT_IN_TEACHER:
+            raise ValueError(
+                f"teacher.name={self.name!r}; valid: [{BUILT_IN_TEACHER!r}] (any other teacher is chosen by "
+                "teacher=<option of conf/teacher/>, e.g. teacher=offline, or by teacher._target_)"
+            )
+        if self.target is not None:
+            check_target(self.target)
 
 
 @dataclass
@@ -82,5 +107,22 @@ class GenerateSettings:
 
 
 def settings_from(cfg: DictConfig | dict[str, Any] | GenerateSettings) -> GenerateSettings:
-    """Validate a Hydra / dict config against :class:`GenerateSettings` (types, unknown keys)."""
-    return validated_settings(GenerateSettings, cfg)
+    """Validate a Hydra / dict config against :class:`GenerateSettings` (types, unknown keys).
+
+    A ``teacher`` node with a ``_target_`` is taken whole as ``teacher.target``: its keys are that
+    teacher's arguments, not the Claude teacher's settings.
+    """
+    if isinstance(cfg, GenerateSettings):
+        return cfg
+    return validated_settings(GenerateSettings, _target_moved(cfg))
+
+
+def _target_moved(cfg: DictConfig | dict[str, Any]) -> DictConfig | dict[str, Any]:
+    teacher = cfg.get("teacher")
+    if not isinstance(teacher, Mapping) or TARGET_KEY not in teacher:
+        return cfg
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    assert isinstance(plain, dict)
+    spec = plain["teacher"]
+    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    return {**plain, "teacher": {"target": spec}}

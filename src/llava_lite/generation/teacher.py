@@ -1,4 +1,4 @@
-"""Claude as the teacher (``AsyncAnthropic``), and choosing a teacher by name.
+"""Claude as the teacher (``AsyncAnthropic``), and building the teacher a config chooses.
 
 The teacher owns everything about paying for a reply: the request body, the cache lookup
 (a stored reply is replayed, never bought twice), the budget reservation, the bounded
@@ -26,13 +26,16 @@ from llava_lite.claude.paying import PaysForMessages
 from llava_lite.claude.prices import Usage
 from llava_lite.claude.settings import DEFAULT_MODEL
 from llava_lite.generation.base import (
+    BUILT_IN_TEACHER,
     RESPONSE_TYPES,
+    TARGET_KEY,
     BatchSettings,
     BatchStats,
     GenerationRequest,
     Teacher,
     TeacherError,
     TeacherReply,
+    teacher_from_target,
 )
 from llava_lite.generation.messages import (
     PAPER_CONTEXT,
@@ -47,7 +50,7 @@ from llava_lite.symbolic import SymbolicContext
 
 log = logging.getLogger(__name__)
 
-TEACHERS = ("anthropic", "offline")
+TEACHERS = (BUILT_IN_TEACHER,)  # chosen by name; any other by a config `_target_` (build_teacher)
 
 
 class ClaudeTeacher(PaysForMessages):
@@ -170,13 +173,16 @@ class ClaudeTeacher(PaysForMessages):
         return stats
 
 
-def build_teacher(name: str, **kwargs: Any) -> Teacher:
-    """``anthropic`` → :class:`ClaudeTeacher` (kwargs as its constructor); ``offline`` →
-    ``OfflineTeacher(seed=...)`` from the synthetic world (imported only when chosen)."""
-    if name == "anthropic":
+def build_teacher(teacher: str | Mapping[str, Any], **kwargs: Any) -> Teacher:
+    """``"anthropic"`` → :class:`ClaudeTeacher` (``kwargs`` as its constructor); a config node
+    ``{_target_: <class path>, **arguments}`` → that teacher, built by ``hydra.utils.instantiate``
+    (``kwargs`` added to its arguments; see :func:`~llava_lite.generation.base.teacher_from_target`).
+    Teachers live where their data lives and are named in config, never imported here."""
+    if isinstance(teacher, Mapping):
+        return teacher_from_target(teacher, **kwargs)
+    if teacher == BUILT_IN_TEACHER:
         return ClaudeTeacher(**kwargs)
-    if name == "offline":
-        from llava_lite.generation.offline import OfflineTeacher
-
-        return OfflineTeacher(seed=int(kwargs.get("seed", 0)))
-    raise KeyError(f"unknown teacher {name!r}; valid: {list(TEACHERS)}")
+    raise KeyError(
+        f"unknown teacher {teacher!r}; valid names: {list(TEACHERS)}, any other teacher is a config node "
+        f"with {TARGET_KEY} (conf/teacher/)"
+    )

@@ -90,7 +90,7 @@ class LlavaModel(nn.Module):
             config.projector.type,
             self.vision_tower.hidden_size,
             llm_hidden,
-            self.vision_tower.num_image_tokens if config.projector.patch_positions else None,
+            self.vision_tower.num_image_tokens,
         ).to(self.llm.get_input_embeddings().weight.dtype)
         self.image_processor = (
             image_processor if image_processor is not None else self.vision_tower.build_image_processor()

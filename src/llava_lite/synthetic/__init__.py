@@ -2,10 +2,13 @@
 
 ``build_world`` writes the images and ``captions_{split}.json`` / ``instances_{split}.json``;
 ``llava_lite.synthetic.tasks`` turns them into stage-1 caption records and held-out
-closed-form questions; ``llava_lite.synthetic.checker`` verifies answers against the truth.
+closed-form questions; ``llava_lite.synthetic.checker`` verifies answers against the truth;
+``OfflineTeacher`` (``llava_lite.synthetic.teacher``) writes instruction data from the
+captions and boxes, chosen with ``llava-lite-generate teacher=offline``.
 """
 
 from llava_lite.synthetic.scene import COLORS, SHAPES, SIZES, Scene, SceneObject
+from llava_lite.synthetic.teacher import OfflineTeacher
 from llava_lite.synthetic.world import SPLITS, WorldPaths, build_world, load_scenes, sample_scene
 
 __all__ = [
@@ -13,6 +16,7 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "SPLITS",
+    "OfflineTeacher",
     "Scene",
     "SceneObject",
     "WorldPaths",

@@ -13,15 +13,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from llava_lite.synthetic.language import (
-    article,
-    capitalize,
-    count_phrase,
-    join_and,
-    located,
-    number_word,
-    plural,
-)
+from llava_lite.synthetic import language
 from llava_lite.synthetic.scene import Scene, SceneObject
 
 _LIST_INTROS = (
@@ -39,7 +31,7 @@ _SINGLE_INTROS = (
 
 
 def _item(obj: SceneObject) -> str:
-    return f"{article(obj.noun())} {located(obj.position)}"
+    return f"{language.article(obj.noun())} {language.located(obj.position)}"
 
 
 def _reading_order(objects: tuple[SceneObject, ...]) -> list[SceneObject]:
@@ -54,35 +46,45 @@ def _list_caption(rng: random.Random, scene: Scene, shuffled: bool) -> str:
         return rng.choice(_SINGLE_INTROS).format(item=_item(objs[0]))
     template = rng.choice(_LIST_INTROS)
     objects = rng.choice(("shapes", "objects"))
-    return capitalize(
-        template.format(n=number_word(len(objs)), objects=objects, items=join_and([_item(o) for o in objs]))
+    return language.capitalize(
+        template.format(
+            n=language.number_word(len(objs)),
+            objects=objects,
+            items=language.join_and([_item(o) for o in objs]),
+        )
     )
 
 
 def _count_caption(rng: random.Random, scene: Scene) -> str:
     n = len(scene.objects)
     by_shape = Counter(o.shape for o in scene.objects)
-    shapes = join_and([count_phrase(k, s) if k > 1 else article(s) for s, k in sorted(by_shape.items())])
+    shapes = language.join_and(
+        [language.count_phrase(k, s) if k > 1 else language.article(s) for s, k in sorted(by_shape.items())]
+    )
     if n == 1:
-        return f"There is only one object in the image, {article(scene.objects[0].noun(size=False))}."
+        return (
+            f"There is only one object in the image, {language.article(scene.objects[0].noun(size=False))}."
+        )
     return rng.choice(
         (
-            f"There are {number_word(n)} objects: {shapes}.",
-            f"{capitalize(number_word(n))} shapes in total: {shapes}.",
-            f"The image has {shapes}, {number_word(n)} objects altogether.",
+            f"There are {language.number_word(n)} objects: {shapes}.",
+            f"{language.capitalize(language.number_word(n))} shapes in total: {shapes}.",
+            f"The image has {shapes}, {language.number_word(n)} objects altogether.",
         )
     )
 
 
 def _color_caption(rng: random.Random, scene: Scene) -> str:
     groups = Counter(o.noun(size=False) for o in rng.sample(list(scene.objects), len(scene.objects)))
-    nouns = [count_phrase(k, noun) if k > 1 else article(noun) for noun, k in groups.items()]
+    nouns = [
+        language.count_phrase(k, noun) if k > 1 else language.article(noun) for noun, k in groups.items()
+    ]
     colors = sorted({o.color for o in scene.objects})
     return rng.choice(
         (
-            f"{capitalize(join_and(nouns))} on a plain dark background.",
-            f"Simple {plural('shape', len(scene.objects))} colored {join_and(colors)}.",
-            f"A dark image with {join_and(nouns)}.",
+            f"{language.capitalize(language.join_and(nouns))} on a plain dark background.",
+            f"Simple {language.plural('shape', len(scene.objects))} colored {language.join_and(colors)}.",
+            f"A dark image with {language.join_and(nouns)}.",
         )
     )
 
@@ -90,11 +92,11 @@ def _color_caption(rng: random.Random, scene: Scene) -> str:
 def _relation_caption(rng: random.Random, scene: Scene) -> str:
     if len(scene.objects) == 1:
         obj = scene.objects[0]
-        return f"{capitalize(article(obj.noun(size=False)))} sits alone {located(obj.position)} of the image."
+        return f"{language.capitalize(language.article(obj.noun(size=False)))} sits alone {language.located(obj.position)} of the image."
     pairs = [(a, b) for a in scene.objects for b in scene.objects if a.noun(size=False) != b.noun(size=False)]
     if not pairs:  # every object is the same coloured shape
         obj = scene.objects[0]
-        return f"{capitalize(count_phrase(len(scene.objects), obj.noun(size=False)))} and nothing else."
+        return f"{language.capitalize(language.count_phrase(len(scene.objects), obj.noun(size=False)))} and nothing else."
     a, b = rng.choice(pairs)
     (ra, ca), (rb, cb) = a.cell, b.cell
     if ca != cb and (ra == rb or rng.random() < 0.5):

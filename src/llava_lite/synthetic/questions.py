@@ -39,7 +39,7 @@ _Y_OPTIONS = "at the top, in the middle, or at the bottom"
 # "{ref}" is a referring expression ("the red circle"); "{Ref}" the same, capitalised.
 # Position wordings name their axis's three answers, so the question says what to answer.
 # Some name the object last: the tiny demo LLM gathers a reference poorly from mid-sentence,
-# and wordings that move it teach the gather itself (docs/demo.md, "... the reference last").
+# and wordings that move it teach the gather itself (docs/demo_history.md, "... the reference last").
 WORDINGS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
         "colour": (

@@ -2,6 +2,7 @@
 
 * Stage-1 caption data, like LCS-558K / CC3M-595K ``chat.json``: one image and one caption
   per record, the human turn only ``<image>`` (the ``plain`` template ignores it anyway).
+* Drills: closed-form questions about each training image, written from its captions and boxes.
 * Held-out closed-form questions (``colour``, ``shape``, ``count``, ``position``) from a
   split's ground truth, each with ``question_type``, ``answer`` and ``choices`` so chance
   is known (1 / number of choices).
@@ -12,10 +13,12 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from llava_lite.config import IMAGE_TOKEN
+from llava_lite.generation.validation import to_conversations
+from llava_lite.symbolic import SymbolicContext
+from llava_lite.synthetic.context import ContextInsufficient, parse_context
 from llava_lite.synthetic.questions import QUESTION_TYPES, SHORT_ANSWER_PROMPT, WORDINGS, closed_question
 from llava_lite.synthetic.world import WorldPaths, load_scenes
 
@@ -108,11 +111,34 @@ def chance_by_type(records: list[dict[str, Any]]) -> dict[str, float]:
     return {t: sum(v) / len(v) for t, v in sums.items()}
 
 
-def write_json(records: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write records as one JSON list (the form LLaVA's data files use)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    tmp.replace(path)
-    return path
+def drill_records(
+    contexts: list[SymbolicContext], turns: int, mix: dict[str, float], seed: int, pool: str
+) -> list[dict[str, Any]]:
+    """Per training image, one conversation of up to ``turns`` different closed-form questions
+    (types drawn by ``mix``, wordings from the ``pool`` of ``questions.WORDINGS``) about the
+    scene its captions and boxes give, as a teacher would read it: the offline counterpart of
+    the academic VQA data in LLaVA-1.5's mix."""
+    rng = random.Random(f"{seed}:drills")
+    types, weights = list(mix), list(mix.values())
+    records = []
+    for context in contexts:
+        try:
+            scene = parse_context(context)
+        except ContextInsufficient as e:
+            raise ValueError(f"drills: {e}") from e
+        asked: list[tuple[str, str]] = []
+        for _ in range(4 * turns):  # bounded: repeats and inapplicable questions are redrawn
+            if len(asked) == turns:
+                break
+            q = closed_question(rng.choices(types, weights)[0], scene, rng, pool, wording_rng=rng)
+            if q is not None and all(q.question != a for a, _ in asked):
+                asked.append((q.question, q.answer))
+        pairs = [(f"{question}\n{SHORT_ANSWER_PROMPT}", answer) for question, answer in asked]
+        records.append(
+            {
+                "id": f"drill_{context.image_id}",
+                "image": context.file_name,
+                "conversations": to_conversations(pairs),
+            }
+        )
+    return records

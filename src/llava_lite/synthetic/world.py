@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava_lite.io import write_json_atomic
 from llava_lite.synthetic.captions import scene_captions
 from llava_lite.synthetic.render import render_scene, shape_polygon, visible_areas
 from llava_lite.synthetic.scene import (
@@ -145,10 +145,10 @@ def build_world(
                     }
                 )
         info = {"description": f"llava_lite synthetic world ({split})", "version": "1.0", "year": 2026}
-        _write_json(
+        write_json_atomic(
             paths.captions(split), {"info": info, "licenses": [], "images": images, "annotations": captions}
         )
-        _write_json(
+        write_json_atomic(
             paths.instances(split),
             {
                 "info": info,
@@ -159,7 +159,7 @@ def build_world(
             },
         )
         log.info("world %s: %d images, %d objects -> %s", split, len(images), len(instances), paths.root)
-    _write_json(
+    write_json_atomic(
         paths.meta,
         {"seed": seed, "image_size": image_size, "splits": counts, "shapes": list(SHAPES),
          "colors": list(COLORS), "sizes": list(SIZES)},
@@ -183,10 +183,3 @@ def load_scenes(paths: WorldPaths, split: str) -> list[Scene]:
             SceneObject(names[int(ann["category_id"])], attrs["color"], attrs["size"], cell, (x, y, w, h))
         )
     return [Scene(i, *sizes[i], tuple(objs)) for i, objs in by_image.items()]
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a JSON file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)

@@ -1,7 +1,9 @@
 """The stage-1 artefact: projector weights on their own, in a small safetensors file.
 
 Stage 2 names this file explicitly (``model.init_projector_from=...``); nothing is inferred
-from folder names. The file records the projector type so a mismatch fails loudly.
+from folder names. The file records the projector type so a mismatch fails loudly; types
+that differ only by a variant suffix (``mlp2x_gelu`` / ``mlp2x_gelu+patch_positions``) are
+compared key by key instead, so files from before variants were type names still load.
 
 The original LLaVA's stage-1 ``mm_projector.bin`` loads too: a torch state dict with keys
 ``model.mm_projector.0.weight`` ... (``torch.load(weights_only=True)``, so no code runs);
@@ -18,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from llava_lite.modeling.projector import PatchPositions
+from llava_lite.modeling.projector import same_base_projector
 
 PROJECTOR_FILE = "projector.safetensors"
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -39,8 +41,10 @@ def save_projector(
     return path
 
 
-def _read_state(path: Path, projector_type: str) -> dict[str, Tensor]:
-    """Tensors of a projector file, ours (safetensors) or the original LLaVA's (``mm_projector.bin``)."""
+def _read_state(path: Path, projector_type: str) -> tuple[dict[str, Tensor], str | None]:
+    """Tensors of a projector file, ours (safetensors) or the original LLaVA's (``mm_projector.bin``),
+    and the projector type the file records (None: it records none)."""
+    saved_type = None
     if path.suffix in _TORCH_SUFFIXES:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -48,13 +52,15 @@ def _read_state(path: Path, projector_type: str) -> dict[str, Tensor]:
     else:
         with safe_open(str(path), framework="pt") as f:
             saved_type = (f.metadata() or {}).get("projector_type")
-        if saved_type is not None and saved_type != projector_type:
+        # Another variant of the same base may still fit: files written before variants were
+        # type names record the base only (e.g. 'mlp2x_gelu' with patch positions). The keys decide.
+        if saved_type is not None and not same_base_projector(saved_type, projector_type):
             raise ValueError(
                 f"{path} holds a {saved_type!r} projector; this model's projector is {projector_type!r}"
             )
         state = load_file(str(path))
     # "model.mm_projector.0.weight" (original LLaVA) -> "0.weight"; our own keys have no prefix.
-    return {k.split(_ORIGINAL_PREFIX, 1)[-1]: v for k, v in state.items()}
+    return {k.split(_ORIGINAL_PREFIX, 1)[-1]: v for k, v in state.items()}, saved_type
 
 
 def load_projector(projector: nn.Module, path: str | Path, projector_type: str) -> None:
@@ -62,7 +68,7 @@ def load_projector(projector: nn.Module, path: str | Path, projector_type: str) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.init_projector_from: no projector file at {path}")
-    state = _read_state(path, projector_type)
+    state, saved_type = _read_state(path, projector_type)
     own = projector.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     bad_shapes = [
@@ -71,10 +77,12 @@ def load_projector(projector: nn.Module, path: str | Path, projector_type: str) 
         if state[k].shape != own[k].shape
     ]
     if missing or unexpected or bad_shapes:
-        positions = any(isinstance(m, PatchPositions) for m in projector.modules())
+        # Other keys mean another projector type (a variant adds or drops one); shapes alone, other sizes.
+        written = f", file: {saved_type}" if saved_type and saved_type != projector_type else ""
         hint = (
-            "; was it written with another model.projector.patch_positions? set it to match"
-            if positions or unexpected
+            f"; was it written with another model.projector.type (this model: {projector_type}{written})? "
+            "set it to match"
+            if missing or unexpected
             else ""
         )
         raise ValueError(

@@ -43,6 +43,7 @@ from transformers import LlavaConfig as HFLlavaConfig
 from llava_lite.config import IMAGE_TOKEN, LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
 from llava_lite.modeling.hf_config import config_to_arch
 from llava_lite.modeling.llava import LlavaModel, __version__
+from llava_lite.modeling.projector import projector_to_llava_hf
 from llava_lite.templates import get_template
 
 log = logging.getLogger(__name__)
@@ -55,34 +56,8 @@ _UNSET_LENGTH = 10**9  # tokenizers without a limit report a huge model_max_leng
 
 
 def _projector_to_hf(model: LlavaModel) -> tuple[str, dict[str, Tensor]]:
-    """(projector_hidden_act, ``multi_modal_projector.*`` tensors) for our projector."""
-    kind = model.config.projector.type
-    proj = model.projector
-    if model.config.projector.patch_positions:
-        raise ValueError(
-            "projector.patch_positions=true has no llava-hf equivalent (LlavaForConditionalGeneration "
-            "adds nothing to the projected features); save the native format (save_pretrained) instead"
-        )
-    if kind == "mlp2x_gelu":
-        assert isinstance(proj, nn.Sequential)
-        return "gelu", {
-            "linear_1.weight": proj[0].weight,
-            "linear_1.bias": proj[0].bias,
-            "linear_2.weight": proj[2].weight,
-            "linear_2.bias": proj[2].bias,
-        }
-    if kind == "linear":
-        assert isinstance(proj, nn.Linear)
-        out_dim = proj.weight.shape[0]
-        return "linear", {
-            "linear_1.weight": proj.weight,
-            "linear_1.bias": proj.bias,
-            "linear_2.weight": torch.eye(out_dim, dtype=proj.weight.dtype),
-            "linear_2.bias": torch.zeros(out_dim, dtype=proj.weight.dtype),
-        }
-    raise ValueError(
-        f"projector {kind!r} has no llava-hf equivalent; export supports 'mlp2x_gelu' and 'linear'"
-    )
+    """(projector_hidden_act, ``multi_modal_projector.*`` tensors): the registry knows each type's rule."""
+    return projector_to_llava_hf(model.config.projector.type, model.projector)
 
 
 def _output_head(llm: nn.Module) -> nn.Linear:

@@ -1,12 +1,16 @@
-"""A rule-based teacher: the three LLaVA response types from the symbolic context alone.
+"""The world's rule-based teacher: the three LLaVA response types from the symbolic context alone.
 
 It reads exactly what the Claude teacher reads (captions + ``category: [box]`` lines) and
 never the world's hidden state: shapes and positions come from the boxes, colour and size
-from captions that say "<size> <colour> <shape> <in/on/at> the <position>" (the synthetic
-world writes such captions; see ``llava_lite.synthetic.captions``). A box that no caption
-describes is a ``TeacherError("context_insufficient")``, counted by the pipeline like any
-other rejected reply. Answers are true of the image by construction and varied in wording;
-each reply is deterministic from the teacher's seed and the request.
+from captions that say "<size> <colour> <shape> <in/on/at> the <position>" (this world
+writes such captions; see :mod:`llava_lite.synthetic.captions`), so it lives beside the
+world, not in :mod:`llava_lite.generation`. A box that no caption describes is a
+``TeacherError("context_insufficient")``, counted by the pipeline like any other rejected
+reply. Answers are true of the image by construction and varied in wording; each reply is
+deterministic from the teacher's seed and the request.
+
+The generation run finds it through its config: ``llava-lite-generate teacher=offline``
+(``conf/teacher/offline.yaml``, ``_target_: llava_lite.synthetic.OfflineTeacher``).
 """
 
 from __future__ import annotations
