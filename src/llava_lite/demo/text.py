@@ -115,7 +115,8 @@ class SceneEmbedding(nn.Module):
         self.register_buffer("shape_of", torch.tensor([SHAPES.index(x[2]) for x in looks]), persistent=False)
 
     def forward(self, cells: Tensor) -> Tensor:
-        """``cells``: indices into LOOKS, any shape [...] -> vectors [..., D]."""
+        """``cells``: indices into LOOKS, one image's cells row-major in the last dim [..., C] ->
+        vectors [..., C, D]."""
         x = (
             self.size(self.size_of[cells])
             + self.color(self.color_of[cells])
