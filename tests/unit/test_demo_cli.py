@@ -71,3 +71,19 @@ def test_cfg_job_prints_the_settings_and_runs_nothing(monkeypatch, capsys) -> No
     demo_cli.main(["--cfg", "job", "stage1.steps=9"])
     printed = capsys.readouterr().out
     assert "stage1:\n  steps: 9\n" in printed and "seed: 0\n" in printed
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("llm.drill_pool=nope", r"llm\.drill_pool='nope'; valid: \['train'"),
+        ("+llm.drill_mix.colr=1", r"llm\.drill_mix has \['colr'\]; valid question types"),
+        ("llm.long_answer_sample=1.5", r"llm\.long_answer_sample=1\.5; valid: a share in \[0, 1\]"),
+        ("stage2.described_first=-0.1", r"stage2\.described_first=-0\.1; valid: a share in \[0, 1\]"),
+    ],
+)
+def test_a_bad_setting_is_named_before_anything_runs(override: str, message: str) -> None:
+    from llava_lite.demo.settings import demo_settings
+
+    with pytest.raises(ValueError, match=message):
+        demo_settings([override])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, is_dataclass
 
 from llava_lite.config import validated_settings
+from llava_lite.synthetic.questions import QUESTION_TYPES, WORDINGS
 
 
 @dataclass
@@ -62,6 +63,13 @@ class LLMWarmupSettings:
     drill_pool: str
     long_answer_sample: float
 
+    def __post_init__(self) -> None:
+        if self.drill_pool not in WORDINGS:
+            raise ValueError(f"llm.drill_pool={self.drill_pool!r}; valid: {list(WORDINGS)}")
+        if unknown := sorted(set(self.drill_mix) - set(QUESTION_TYPES)):
+            raise ValueError(f"llm.drill_mix has {unknown}; valid question types: {list(QUESTION_TYPES)}")
+        _check_share("llm.long_answer_sample", self.long_answer_sample)
+
 
 @dataclass
 class StageSettings:
@@ -73,6 +81,9 @@ class StageSettings:
 @dataclass
 class FinetuneSettings(StageSettings):
     described_first: float
+
+    def __post_init__(self) -> None:
+        _check_share("stage2.described_first", self.described_first)
 
 
 @dataclass
@@ -92,6 +103,11 @@ class DemoSettings:
     stage1: StageSettings
     stage2: FinetuneSettings
     eval: EvalSettings
+
+
+def _check_share(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value!r}; valid: a share in [0, 1]")
 
 
 def demo_settings(overrides: Sequence[str] = (), quick: bool = False) -> DemoSettings:

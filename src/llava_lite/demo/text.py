@@ -246,8 +246,6 @@ def warmup_llm(
     ``scenes``: scene cells per image (``demo.vision.cell_targets``).
     """
     s = settings
-    if not 0.0 <= s.long_answer_sample <= 1.0:  # else random.sample's "larger than population"
-        raise ValueError(f"llm.long_answer_sample={s.long_answer_sample!r}; valid: a share in [0, 1]")
     start = time.perf_counter()
     torch.manual_seed(seed)
     # The template's fixed text is in every document: show it to the tokenizer often enough
