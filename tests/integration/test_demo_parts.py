@@ -264,7 +264,7 @@ def test_stage_overrides_compose_the_shipped_experiment(stage: str, tmp_path) ->
     """A stage runs the shipped demo experiment with the demo's schedule, seed and parts."""
     settings = demo_settings(["seed=5", f"{stage}.steps=7", f"{stage}.lr=0.01", f"{stage}.batch_size=3"])
     data = DemoData(
-        world=WorldPaths(tmp_path / "world"), train_contexts=[], instruct=[],
+        world=WorldPaths(tmp_path / "world"), train_contexts=[], instruct=[], captions=[],
         stage1_file=tmp_path / "captions.json", stage2_files=[tmp_path / "a.json", tmp_path / "b.json"],
         drills=[], held_out=[], paraphrased=[], generation={},
     )  # fmt: skip

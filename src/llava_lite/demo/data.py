@@ -34,16 +34,13 @@ class DemoData:
     world: WorldPaths
     train_contexts: list[SymbolicContext]  # what a teacher reads of each training image
     instruct: list[dict[str, Any]]  # the teacher's records
+    captions: list[dict[str, Any]]  # the stage-1 caption pairs, as written to stage1_file
     stage1_file: Path
     stage2_files: list[Path]  # the teacher's data (some descriptions first) and the drills
     drills: list[dict[str, Any]]
     held_out: list[dict[str, Any]]  # closed-form questions on the test split, canonical wording
     paraphrased: list[dict[str, Any]]  # the same questions in held-out wordings
     generation: dict[str, dict[str, int]]  # samples, rejects and teacher errors by kind
-
-    @property
-    def stage1_records(self) -> list[dict[str, Any]]:
-        return read_json(self.stage1_file, list, "stage-1 caption pairs")
 
 
 def teacher_pipeline(world: WorldPaths, output_dir: Path, settings: DemoSettings) -> GenerationPipeline:
@@ -111,8 +108,9 @@ def build_data(settings: DemoSettings, out_dir: Path) -> DemoData:
         write_json_atomic(stage2_file, described_first(instruct, s.stage2.described_first, s.seed))
     held_out = eval_questions(world, "test", s.seed)
     paraphrased = eval_questions(world, "test", s.seed, wording="paraphrased")
+    captions = caption_records(world, "train", w.captions_per_image, s.seed)
     files = {
-        "stage1_captions.json": caption_records(world, "train", w.captions_per_image, s.seed),
+        "stage1_captions.json": captions,
         "drills.json": drills,
         "eval_test.json": held_out,
         "eval_test_paraphrased.json": paraphrased,
@@ -123,6 +121,7 @@ def build_data(settings: DemoSettings, out_dir: Path) -> DemoData:
         world=world,
         train_contexts=contexts,
         instruct=instruct,
+        captions=captions,
         stage1_file=data_dir / "stage1_captions.json",
         stage2_files=[stage2_file, data_dir / "drills.json"],
         drills=drills,

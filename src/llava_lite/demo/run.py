@@ -88,7 +88,7 @@ def warm_up_llm(
     """The tiny Llama, saved as ``out_dir / "pretrained" / "llm"``."""
     scenes = {c.file_name: cell_targets(c) for c in data.train_contexts}
     return warmup_llm(
-        data.instruct, data.stage1_records, data.drills, scenes, out_dir / "pretrained" / "llm",
+        data.instruct, data.captions, data.drills, scenes, out_dir / "pretrained" / "llm",
         settings.llm, settings.seed, progress,
     )  # fmt: skip
 
