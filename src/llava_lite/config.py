@@ -26,8 +26,11 @@ S = TypeVar("S")
 
 VISION_BACKENDS = ("hf", "timm")
 SELECT_FEATURES = ("patch", "cls_patch")
-# How an image becomes a square before the tower's processor (see llava_lite.data.images.make_square).
-IMAGE_ASPECTS = ("pad", "resize", "crop")
+# How an image becomes a square before the tower's processor (see llava_lite.data.images.make_square),
+# or ``anyres``: a base view plus a grid of full-resolution tiles (LLaVA-NeXT; ``LlavaConfig.anyres``).
+IMAGE_ASPECTS = ("pad", "resize", "crop", "anyres")
+# LLaVA-NeXT's default grid for a 336-pixel tower, (height, width) in pixels.
+LLAVA_NEXT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 # The text marker of an image in a conversation; one special token of the tokenizer.
 IMAGE_TOKEN = "<image>"
 # The label of a position the loss ignores (transformers' and PyTorch's default).
@@ -81,6 +84,21 @@ class ProjectorConfig:
 
 
 @dataclass
+class AnyResConfig:
+    """LLaVA-NeXT's high-resolution reading, used when ``LlavaConfig.image_aspect="anyres"``.
+
+    ``grid_pinpoints``: the canvases an image may be tiled into, each ``[height, width]`` in
+    pixels (transformers' order; the original LLaVA-NeXT code writes ``(width, height)``, and
+    its importer swaps them), multiples of the tower's input size. ``max_tiles``: OneVision's
+    ``anyres_max_N``: grid features above about N tiles' worth are bilinearly downsampled;
+    null keeps every feature (LLaVA-NeXT). See ``llava_lite.image_grid``.
+    """
+
+    grid_pinpoints: list[list[int]] = field(default_factory=lambda: copy.deepcopy(LLAVA_NEXT_GRID_PINPOINTS))
+    max_tiles: int | None = None
+
+
+@dataclass
 class LLMConfig:
     """Which causal LM to use, and how its tokenizer is obtained.
 
@@ -111,6 +129,7 @@ class LlavaConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     image_token: str = IMAGE_TOKEN
     image_aspect: str = "pad"
+    anyres: AnyResConfig = field(default_factory=AnyResConfig)
     model_max_length: int = 2048
     conv_template: str = "vicuna_v1"
     # A stage-1 projector file (projector.safetensors or LLaVA's mm_projector.bin) that
@@ -125,6 +144,8 @@ class LlavaConfig:
             self.projector = _from_dict(ProjectorConfig, _upgrade_projector(self.projector))
         if isinstance(self.llm, dict):
             self.llm = _from_dict(LLMConfig, self.llm)
+        if isinstance(self.anyres, dict):
+            self.anyres = _from_dict(AnyResConfig, self.anyres)
         if self.image_aspect not in IMAGE_ASPECTS:
             raise ValueError(f"image_aspect={self.image_aspect!r}; valid: {list(IMAGE_ASPECTS)}")
 

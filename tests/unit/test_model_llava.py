@@ -68,7 +68,7 @@ def test_image_slots_are_ignored_in_loss(model: LlavaModel) -> None:
 
 def test_count_mismatch_names_expected_and_found(model: LlavaModel) -> None:
     ids = _row(model, "one image")[None]
-    with pytest.raises(ValueError, match=r"16 image-token slots.*2 image\(s\) x 16 tokens each = 32"):
+    with pytest.raises(ValueError, match=r"16 image-token slots.*2 image\(s\) make 32 \(\[16, 16\]\); row 0"):
         model(ids, pixel_values=_pixels(2))
     with pytest.raises(ValueError, match="0 image"):
         model(ids)

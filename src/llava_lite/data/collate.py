@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from llava_lite.config import IGNORE_INDEX
-from llava_lite.data.bad_samples import SkipReport
+from llava_lite.data.bad_samples import BadSampleError, SkipReport, check_policy
+from llava_lite.image_grid import ImageGrid
 
 PADDING_SIDES = ("right", "left")
 
@@ -26,6 +27,21 @@ def trained_tokens(labels: torch.Tensor, input_ids: torch.Tensor, image_token_id
     return int(trained.sum())
 
 
+def batch_images(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The images of ``samples`` in order: ``pixel_values`` ``[N, 3, H, W]`` (one view each) or
+    ``[N_tiles, 3, H, W]`` (AnyRes tiles, image after image), and ``image_sizes`` ``[N, 2]`` when
+    the samples carry them (AnyRes), else None."""
+    views = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+    views = [v if v.dim() == 4 else v.unsqueeze(0) for v in views]  # each [n, 3, H, W]
+    sizes = [
+        tuple(size) for s in samples if s.get("pixel_values") is not None for size in s.get("image_sizes", [])
+    ]
+    return {
+        "pixel_values": torch.cat(views) if views else None,  # [N_tiles, 3, H, W]
+        "image_sizes": torch.tensor(sizes, dtype=torch.long) if sizes else None,  # [N, 2] (height, width)
+    }
+
+
 class LlavaCollator:
     """Pads to the longest sample (right for training, left for generation).
 
@@ -36,7 +52,7 @@ class LlavaCollator:
 
     Output: ``input_ids [B, T]``, ``attention_mask [B, T]``, ``labels [B, T]`` and
     ``trained_tokens`` (when samples have labels), ``pixel_values [N, 3, H, W]`` or None (images
-    in row order), ``ids``, ``skipped`` (list of ``SkipReport``), ``truncated`` (a ``SkipReport``
+    in row order; AnyRes: every image's tiles), ``image_sizes [N, 2]`` or None, ``ids``, ``skipped`` (list of ``SkipReport``), ``truncated`` (a ``SkipReport``
     per kept sample the processor cut), and ``stream_positions`` for streaming datasets.
     """
 
@@ -47,9 +63,13 @@ class LlavaCollator:
         padding_side: str = "right",
         image_token_id: int | None = None,
         pad_to_multiple_of: int | None = None,
+        image_grid: ImageGrid | None = None,
+        on_bad_sample: str = "skip",
     ) -> None:
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side={padding_side!r}; valid: {list(PADDING_SIDES)}")
+        self.image_grid = image_grid
+        self.on_bad_sample = check_policy(on_bad_sample)
         self.pad_token_id = pad_token_id
         self.model_max_length = model_max_length
         self.padding_side = padding_side
@@ -66,7 +86,9 @@ class LlavaCollator:
                 positions.append(sample["stream_position"])
             if "input_ids" not in sample:
                 continue
-            fitted = self._fit(sample)
+            fitted = self._check_images(sample)
+            if not isinstance(fitted, SkipReport):
+                fitted = self._fit(fitted)
             if isinstance(fitted, SkipReport):
                 skipped.append(fitted)
             else:
@@ -85,6 +107,36 @@ class LlavaCollator:
         if positions:
             batch["stream_positions"] = positions
         return batch
+
+    def _check_images(self, sample: dict[str, Any]) -> dict[str, Any] | SkipReport:
+        """With an ``image_grid``, a sample's image slots and tiles must be what its images make
+        (``image_token_mismatch`` otherwise, under ``on_bad_sample``), so the model never sees a
+        mismatch; samples from this library's processor always agree."""
+        grid, pixels = self.image_grid, sample.get("pixel_values")
+        if grid is None or self.image_token_id is None:
+            return sample
+        sizes = [tuple(size) for size in sample.get("image_sizes", [])]
+        slots = int((sample["input_ids"] == self.image_token_id).sum())
+        if pixels is None:
+            tokens, tiles, have = 0, 0, 0
+        elif grid.anyres:
+            tokens = sum(grid.num_tokens(h, w) for h, w in sizes)
+            tiles, have = sum(grid.num_tiles(h, w) for h, w in sizes), int(pixels.shape[0])
+        else:
+            n = 1 if pixels.dim() == 3 else int(pixels.shape[0])
+            tokens, tiles, have = n * grid.base_tokens, n, n
+        if slots == tokens and tiles == have:
+            return sample
+        err = BadSampleError(
+            "image_token_mismatch",
+            f"{slots} image-token slots and {have} image views, but its image(s) of size {sizes} "
+            f"make {tokens} tokens from {tiles} views",
+            str(sample.get("id", "")),
+            str(sample.get("source", "")),
+        )
+        if self.on_bad_sample == "raise":
+            raise err
+        return err.report()
 
     def _fit(self, sample: dict[str, Any]) -> dict[str, Any] | SkipReport:
         ids = sample["input_ids"]
@@ -121,11 +173,10 @@ class LlavaCollator:
             attention_mask[row, cols] = 1
             if s.get("labels") is not None:
                 labels[row, cols] = s["labels"]
-        images = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "pixel_values": torch.stack(images) if images else None,  # [N, 3, H, W]
+            **batch_images(samples),
         }
         if has_labels:
             batch["labels"] = labels

@@ -94,7 +94,7 @@ class LlavaDataModule(L.LightningDataModule):
 
     def attach_processor(self, processor: LlavaProcessor) -> None:
         if self.packing.enabled:
-            self.packing.check_budget(processor.num_image_tokens)
+            self.packing.check_budget(processor.image_grid.max_tokens)
             if self.packing.max_tokens_per_row < processor.model_max_length:
                 log.info(
                     "packing: samples are limited to data.packing.max_tokens_per_row=%d (model_max_length %d)",
@@ -174,6 +174,8 @@ class LlavaDataModule(L.LightningDataModule):
             model_max_length=processor.model_max_length,
             padding_side=padding_side,
             image_token_id=processor.image_token_id,
+            image_grid=processor.image_grid,
+            on_bad_sample=self.on_bad_sample,
         )
 
     def train_collator(self) -> LlavaCollator:
@@ -186,6 +188,8 @@ class LlavaDataModule(L.LightningDataModule):
             self.packing.max_tokens_per_row,
             processor.image_token_id,
             one_row=self.packing.one_row,
+            image_grid=processor.image_grid,
+            on_bad_sample=self.on_bad_sample,
         )
 
     def train_dataloader(self) -> DataLoader:

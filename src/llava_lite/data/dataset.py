@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from llava_lite.config import IMAGE_TOKEN
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, SkipReport, check_policy
+from llava_lite.data.images import image_size
 from llava_lite.data.processor import LlavaProcessor
 from llava_lite.data.resume import StreamPosition
 from llava_lite.data.sampler import approx_length
@@ -117,15 +118,27 @@ class LlavaDataset(Dataset):
             return {"skipped": [err.report()]}
 
     def modality_lengths(self) -> tuple[list[int], list[bool]]:
-        """Approximate lengths (words, + image tokens) and whether each record has an image."""
-        n_img = self.processor.num_image_tokens if self.processor else 0
+        """Approximate lengths (words, + image tokens) and whether each record has an image.
+
+        Under AnyRes an image's tokens depend on its size, read from the file's header (an
+        unreadable one counts as the largest image; the sample reports it when loaded).
+        """
+        processor = self.processor
         lengths, has_image = [], []
         for raw in self.records:
             assert raw.messages is not None  # checked in __init__
-            words = approx_length(raw.messages)
-            lengths.append(words + (n_img if raw.has_image else 0))
+            length = approx_length(raw.messages)
+            if raw.has_image and processor is not None:
+                length += self._image_tokens(raw, processor)
+            lengths.append(length)
             has_image.append(raw.has_image)
         return lengths, has_image
+
+    def _image_tokens(self, raw: RawRecord, processor: LlavaProcessor) -> int:
+        if not processor.anyres:
+            return processor.num_image_tokens
+        size = image_size(raw.image_bytes if raw.image_bytes is not None else raw.image_path, self.image_root)
+        return processor.image_grid.max_tokens if size is None else processor.image_tokens(size)
 
 
 def _unit_hash(seed: int, key: str) -> float:

@@ -50,6 +50,19 @@ def open_image(source: str | bytes | Image.Image, image_root: str | None = None)
         raise BadSampleError("unreadable_image", f"{where}: {err}") from err
 
 
+def image_size(source: str | bytes, image_root: str | None = None) -> tuple[int, int] | None:
+    """``(height, width)`` from the file's header alone (nothing decoded), or None when unreadable:
+    length grouping counts AnyRes tokens with it, and the sample itself reports a bad file."""
+    try:
+        if isinstance(source, bytes):
+            with Image.open(io.BytesIO(source)) as img:
+                return img.height, img.width
+        with fsspec.open(resolve_image_path(source, image_root), "rb") as f, Image.open(f) as img:
+            return img.height, img.width
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
 def expand_to_square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Pad the short side evenly with ``background`` (LLaVA-1.5's ``pad`` aspect)."""
     w, h = img.size
@@ -102,10 +115,3 @@ def make_square(img: Image.Image, aspect: str, image_processor: Any) -> Image.Im
             return img
         return center_crop_square(img)
     raise ValueError(f"image_aspect={aspect!r}; valid: {list(IMAGE_ASPECTS)}")
-
-
-def open_square(
-    source: str | bytes | Image.Image, image_root: str | None, aspect: str, image_processor: Any
-) -> Image.Image:
-    """The decoded RGB image made square by ``aspect``: the processor's whole image path before pixels."""
-    return make_square(open_image(source, image_root), aspect, image_processor)

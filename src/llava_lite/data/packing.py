@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from llava_lite.config import IGNORE_INDEX
-from llava_lite.data.collate import LlavaCollator
+from llava_lite.data.collate import LlavaCollator, batch_images
+from llava_lite.image_grid import ImageGrid
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class PackingConfig:
         return cfg
 
     def check_budget(self, num_image_tokens: int) -> None:
-        """A row must hold at least one image block and a trained token after it."""
+        """A row must hold the largest image block (``ImageGrid.max_tokens``) and a trained token after it."""
         if self.enabled and self.max_tokens_per_row <= num_image_tokens:
             raise ValueError(
                 f"data.packing.max_tokens_per_row={self.max_tokens_per_row} is smaller than one image block "
@@ -107,11 +108,12 @@ def first_fit_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
 class PackingCollator(LlavaCollator):
     """A :class:`LlavaCollator` whose batches are packed rows (see the module docstring).
 
-    Output: ``input_ids [R, T]``, ``labels [R, T]``, ``position_ids [R, T]`` (per sample, from 0),
-    no ``attention_mask``, ``pixel_values [N, 3, H, W]`` in row-major sample order, ``ids`` in
-    the same order, ``real_tokens`` (non-padding), ``trained_tokens``, ``skipped`` and (streaming) ``stream_positions``.
-    Each row's tail padding forms its own segment, which no sample can attend to. ``one_row``
-    lays the rows end to end in one row of all the batch's tokens, without padding.
+        Output: ``input_ids [R, T]``, ``labels [R, T]``, ``position_ids [R, T]`` (per sample, from 0),
+        no ``attention_mask``, ``pixel_values`` / ``image_sizes`` in row-major sample order (as
+    :func:`~llava_lite.data.collate.batch_images`), ``ids`` in
+        the same order, ``real_tokens`` (non-padding), ``trained_tokens``, ``skipped`` and (streaming) ``stream_positions``.
+        Each row's tail padding forms its own segment, which no sample can attend to. ``one_row``
+        lays the rows end to end in one row of all the batch's tokens, without padding.
     """
 
     def __init__(
@@ -120,8 +122,16 @@ class PackingCollator(LlavaCollator):
         max_tokens_per_row: int,
         image_token_id: int | None = None,
         one_row: bool = False,
+        image_grid: ImageGrid | None = None,
+        on_bad_sample: str = "skip",
     ) -> None:
-        super().__init__(pad_token_id, model_max_length=max_tokens_per_row, image_token_id=image_token_id)
+        super().__init__(
+            pad_token_id,
+            model_max_length=max_tokens_per_row,
+            image_token_id=image_token_id,
+            image_grid=image_grid,
+            on_bad_sample=on_bad_sample,
+        )
         self.max_tokens_per_row = max_tokens_per_row
         self.one_row = one_row
 
@@ -149,12 +159,11 @@ class PackingCollator(LlavaCollator):
                 start += length
                 order.append(s)
             position_ids[r, start:] = torch.arange(longest - start)  # padding: a segment of its own
-        images = [s["pixel_values"] for s in order if s.get("pixel_values") is not None]
         return {
             "ids": [str(s.get("id", "")) for s in order],
             "real_tokens": sum(s["input_ids"].numel() for s in order),
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
-            "pixel_values": torch.stack(images) if images else None,  # [N, 3, H, W]
+            **batch_images(order),  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2] or None
         }

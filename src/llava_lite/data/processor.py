@@ -9,19 +9,30 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 
 from llava_lite.config import IGNORE_INDEX, IMAGE_ASPECTS, IMAGE_TOKEN
-from llava_lite.data.images import open_square
+from llava_lite.data.images import make_square, open_image
 from llava_lite.data.schema import normalize_conversation
 from llava_lite.data.tokenize import check_reserved_text, encode_conversation, expand_image_slots, fit_length
+from llava_lite.image_grid import ImageGrid
 from llava_lite.templates import Message, get_template, prompt_for_generation
 
 # What happens to a sample longer than model_max_length (the data config's ``overlong``).
 OVERLONG_POLICIES = ("skip", "raise", "truncate")
+
+
+class PreparedImage(NamedTuple):
+    """An image ready for the model: its pixels and the size its token count depends on."""
+
+    pixel_values: torch.Tensor  # [3, H, W] one square view, or [n_tiles, 3, H, W] under AnyRes
+    size: tuple[int, int]  # (height, width) of the image as opened
+
+
+ImageInput = str | bytes | Image.Image | PreparedImage | torch.Tensor
 
 
 class LlavaProcessor:
@@ -48,6 +59,7 @@ class LlavaProcessor:
         image_aspect: str = "pad",
         model_max_length: int = 2048,
         overlong: str = "skip",
+        image_grid: ImageGrid | None = None,
     ) -> None:
         if image_aspect not in IMAGE_ASPECTS:
             raise ValueError(f"image_aspect={image_aspect!r}; valid: {list(IMAGE_ASPECTS)}")
@@ -67,7 +79,13 @@ class LlavaProcessor:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.num_image_tokens = num_image_tokens
+        self.num_image_tokens = num_image_tokens  # one square view's tokens
+        # Counts every image's tokens (llava_lite.image_grid); without one, each image is one view.
+        self.image_grid = image_grid or ImageGrid(tile=0, patches=0, base_tokens=num_image_tokens)
+        if self.image_grid.anyres != (image_aspect == "anyres"):
+            raise ValueError(
+                f"image_aspect={image_aspect!r} needs an AnyRes image_grid exactly when 'anyres'"
+            )
         self.image_token = image_token
         self.image_token_id: int = token_id
         self.image_aspect = image_aspect
@@ -89,6 +107,7 @@ class LlavaProcessor:
             "template": cfg.conv_template,
             "image_aspect": cfg.image_aspect,
             "model_max_length": cfg.model_max_length,
+            "image_grid": model.image_grid,
         }
         valid = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
         unknown = sorted(set(overrides) - set(valid))
@@ -108,14 +127,41 @@ class LlavaProcessor:
         return self.template.stop_token_ids(self.tokenizer)
 
     # ---- images ---------------------------------------------------------------------
-    def load_image(self, source: str | bytes | Image.Image, image_root: str | None = None) -> torch.Tensor:
-        """Open (path, fsspec URL, bytes or PIL), convert to RGB, square by ``image_aspect``, preprocess."""
-        square = open_square(source, image_root, self.image_aspect, self.image_processor)
-        out = self.image_processor(images=square, return_tensors="pt")
-        return out["pixel_values"][0].float()  # [3, H, W]
+    @property
+    def anyres(self) -> bool:
+        return self.image_grid.anyres
+
+    def image_tokens(self, size: tuple[int, int]) -> int:
+        """Slots an image of ``size`` (height, width) fills (``llava_lite.image_grid``)."""
+        return self.image_grid.num_tokens(*size)
+
+    def prepare_image(self, source: ImageInput, image_root: str | None = None) -> PreparedImage:
+        """Open (path, fsspec URL, bytes or PIL), convert to RGB, then square it by ``image_aspect``
+        and preprocess, or (``anyres``) tile it with transformers' LLaVA-NeXT image processor."""
+        if isinstance(source, PreparedImage):
+            return source
+        if isinstance(source, torch.Tensor):
+            if self.anyres:
+                raise ValueError(
+                    "an AnyRes model needs each image's size: pass a PreparedImage "
+                    "(processor.prepare_image(...)), not bare pixel values"
+                )
+            return PreparedImage(source, (int(source.shape[-2]), int(source.shape[-1])))
+        img = open_image(source, image_root)
+        size = (img.height, img.width)
+        if self.anyres:
+            tiles = self.image_processor(images=img, return_tensors="pt")["pixel_values"][0]
+            return PreparedImage(tiles.float(), size)  # [n_tiles, 3, H, W]
+        square = make_square(img, self.image_aspect, self.image_processor)
+        pixels = self.image_processor(images=square, return_tensors="pt")["pixel_values"][0]
+        return PreparedImage(pixels.float(), size)  # [3, H, W]
+
+    def load_image(self, source: ImageInput, image_root: str | None = None) -> torch.Tensor:
+        """The pixel values of :meth:`prepare_image`: ``[3, H, W]``, or ``[n_tiles, 3, H, W]`` under AnyRes."""
+        return self.prepare_image(source, image_root).pixel_values
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        """A PIL image → ``[3, H, W]`` pixel values, as :meth:`load_image` does."""
+        """A PIL image → pixel values, as :meth:`load_image` does."""
         return self.load_image(image)
 
     # ---- training samples -----------------------------------------------------------
@@ -133,7 +179,7 @@ class LlavaProcessor:
     def process_messages(
         self,
         messages: Sequence[Message],
-        image: str | bytes | Image.Image | torch.Tensor | None,
+        image: ImageInput | None,
         record_id: str = "",
         image_root: str | None = None,
     ) -> dict[str, Any]:
@@ -146,8 +192,13 @@ class LlavaProcessor:
         has_image = image is not None
         check_reserved_text(messages, self.reserved_text, self.image_token)
         enc = encode_conversation(messages, self.tokenizer, self.template, self.image_token)
+        prepared = None
+        n_slots = self.num_image_tokens
+        if has_image and self.anyres:  # the slot count depends on the image's size: open it first
+            prepared = self.prepare_image(image, image_root)
+            n_slots = self.image_tokens(prepared.size)
         input_ids, labels = expand_image_slots(
-            enc.input_ids, enc.labels, self.image_token_id, self.num_image_tokens, 1 if has_image else 0
+            enc.input_ids, enc.labels, self.image_token_id, n_slots, 1 if has_image else 0
         )
         n_tokens = len(input_ids)
         input_ids, labels = fit_length(
@@ -155,15 +206,18 @@ class LlavaProcessor:
         )
         if len(input_ids) < n_tokens:
             self.truncations += 1
-        pixel_values = None
-        if has_image:
-            pixel_values = image if isinstance(image, torch.Tensor) else self.load_image(image, image_root)
+        if has_image and prepared is None:
+            prepared = self.prepare_image(image, image_root)
         sample = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),  # [T]
             "labels": torch.tensor(labels, dtype=torch.long),  # [T]
-            "pixel_values": pixel_values,  # [3, H, W] or None
+            "pixel_values": None
+            if prepared is None
+            else prepared.pixel_values,  # [3, H, W], [n, 3, H, W] or None
             "id": record_id,
         }
+        if prepared is not None and self.anyres:
+            sample["image_sizes"] = [prepared.size]  # (height, width) per image
         if len(input_ids) < n_tokens:  # the collator reports it, the DataModule counts it
             sample["truncated"] = f"{n_tokens} tokens cut to model_max_length={self.model_max_length}"
         return sample
@@ -172,11 +226,12 @@ class LlavaProcessor:
     def prompt(
         self,
         question: str,
-        image: str | bytes | Image.Image | torch.Tensor | None = None,
+        image: ImageInput | None = None,
         history: Sequence[tuple[str, str]] = (),
         system: str | None = None,
     ) -> dict[str, Any]:
-        """``input_ids [T]`` ending with the assistant prefix, and ``pixel_values [3, H, W]`` or None.
+        """``input_ids [T]`` ending with the assistant prefix, ``pixel_values`` (as :meth:`load_image`)
+        or None, and under AnyRes ``image_sizes`` ``[(height, width)]``.
 
         ``history`` holds earlier (question, answer) pairs; the image belongs to the first question.
         """
@@ -184,18 +239,24 @@ class LlavaProcessor:
         for q, a in history:
             messages += [("user", q), ("assistant", a)]
         messages.append(("user", question))
-        pixel_values = None
+        prepared = None
         if image is not None:
             first = 1 if system else 0
             text = messages[first][1].replace(self.image_token, "").strip()
             messages[first] = ("user", f"{self.image_token}\n{text}")
-            pixel_values = image if isinstance(image, torch.Tensor) else self.load_image(image)
+            prepared = self.prepare_image(image)
         ids = prompt_for_generation(messages, self.tokenizer, self.template, self.image_token)
         ids, _ = expand_image_slots(
             ids,
             [IGNORE_INDEX] * len(ids),
             self.image_token_id,
-            self.num_image_tokens,
-            1 if image is not None else 0,
+            self.num_image_tokens if prepared is None else self.image_tokens(prepared.size),
+            0 if prepared is None else 1,
         )
-        return {"input_ids": torch.tensor(ids, dtype=torch.long), "pixel_values": pixel_values}
+        out: dict[str, Any] = {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "pixel_values": None if prepared is None else prepared.pixel_values,
+        }
+        if prepared is not None and self.anyres:
+            out["image_sizes"] = [prepared.size]
+        return out

@@ -20,6 +20,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
+from llava_lite.data.collate import batch_images
 from llava_lite.inference import ChatSession, DecodingSettings, load_model_dir
 
 MODEL_ID = "llava_lite"
@@ -104,10 +105,8 @@ class LlavaLite(lmms):
             if not target:
                 raise ValueError(f"{task} doc {doc_id}: empty continuation {continuation!r}")
             ids = torch.cat([prompt["input_ids"], torch.tensor(target)])[None].to(device)  # [1, T]
-            pixel_values = prompt["pixel_values"]
-            logits = self.model(
-                ids, pixel_values=None if pixel_values is None else pixel_values[None].to(device)
-            ).logits  # [1, T, V]
+            images = {k: None if v is None else v.to(device) for k, v in batch_images([prompt]).items()}
+            logits = self.model(ids, **images).logits  # [1, T, V]
             steps = logits[0, -len(target) - 1 : -1].float().log_softmax(-1)  # [T_cont, V]
             wanted = torch.tensor(target, device=device)  # [T_cont]
             score = steps.gather(-1, wanted[:, None]).sum().item()

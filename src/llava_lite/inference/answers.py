@@ -258,10 +258,10 @@ def _answer_batch(
         except (OSError, ValueError) as e:
             raise ValueError(f"question {q.question_id!r}: {e}") from e
     batch = collator(samples)
-    pixel_values = batch["pixel_values"]
+    images = {k: None if batch[k] is None else batch[k].to(device) for k in ("pixel_values", "image_sizes")}
     new_tokens = model.generate(
         batch["input_ids"].to(device),  # [B, T], left-padded
-        pixel_values=None if pixel_values is None else pixel_values.to(device),  # [N, 3, H, W]
+        **images,  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2] under AnyRes
         attention_mask=batch["attention_mask"].to(device),  # [B, T]
         **settings.generate_kwargs(processor.stop_token_ids),
     )  # [B, T_new]

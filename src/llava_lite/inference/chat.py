@@ -25,6 +25,8 @@ from PIL import Image
 from transformers import TextIteratorStreamer
 
 from llava_lite.data.bad_samples import BadSampleError
+from llava_lite.data.collate import batch_images
+from llava_lite.data.processor import PreparedImage
 from llava_lite.inference.decoding import DecodingSettings
 from llava_lite.inference.loading import image_error
 
@@ -66,7 +68,7 @@ class ChatSession:
         self.settings = settings or DecodingSettings()
         self.system = system
         self.history: list[tuple[str, str]] = []
-        self.pixel_values: torch.Tensor | None = None  # [3, H, W], preprocessed once per image
+        self.image: PreparedImage | None = None  # preprocessed once per image (tiles and size under AnyRes)
         self.set_image(image)
 
     def set_image(self, image: ImageSource | None) -> None:
@@ -76,14 +78,14 @@ class ChatSession:
         naming the file) and leaves the session as it was.
         """
         try:
-            pixel_values = (
+            prepared = (
                 None
                 if image is None
-                else self.processor.load_image(str(image) if isinstance(image, Path) else image)
+                else self.processor.prepare_image(str(image) if isinstance(image, Path) else image)
             )
         except BadSampleError as err:
             raise image_error(err) from None
-        self.pixel_values = pixel_values
+        self.image = prepared
         self.history.clear()
 
     def reset(self) -> None:
@@ -93,9 +95,7 @@ class ChatSession:
         """The next turn's prompt (``input_ids [T]``, ``pixel_values``), trimming old turns to fit."""
         limit = self.processor.model_max_length - self.settings.max_new_tokens
         while True:
-            prompt = self.processor.prompt(
-                question, self.pixel_values, history=self.history, system=self.system
-            )
+            prompt = self.processor.prompt(question, self.image, history=self.history, system=self.system)
             if prompt["input_ids"].numel() <= limit:
                 return prompt
             if not self.history:
@@ -146,16 +146,14 @@ class ChatSession:
     ) -> None:
         """Worker thread: ``generate`` into ``streamer``; the tokens or the error go to ``outcome``."""
         device = next(self.model.parameters()).device
-        pixel_values = prompt["pixel_values"]
+        images = {k: None if v is None else v.to(device) for k, v in batch_images([prompt]).items()}
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():  # grad mode is per thread
                 new_tokens = self.model.generate(
                     prompt["input_ids"].unsqueeze(0).to(device),  # [1, T]
-                    pixel_values=None
-                    if pixel_values is None
-                    else pixel_values.unsqueeze(0).to(device),  # [1, 3, H, W]
+                    **images,  # pixel_values [1 or n_tiles, 3, H, W], image_sizes
                     streamer=streamer,
                     **self.settings.generate_kwargs(self.processor.stop_token_ids),
                 )  # [1, T_new]

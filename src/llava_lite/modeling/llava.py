@@ -1,9 +1,15 @@
 """LlavaModel: vision tower -> projector -> causal LM, with image features spliced into the text.
 
-The processor has already expanded every ``<image>`` into ``num_image_tokens`` copies of the
-image-token id. The model embeds the text, encodes the images, and scatters the projected
+The processor has already expanded every ``<image>`` into as many copies of the image-token
+id as the image has tokens (``image_grid.num_tokens``: fixed for one square view, by image
+size under AnyRes). The model embeds the text, encodes the images, and scatters the projected
 image features into those slots in row-major order, so one image's features fill one block
 of slots. Text-only rows simply have no slots.
+
+With ``image_aspect="anyres"`` the batch's ``pixel_values`` hold every image's tiles
+``[N_tiles, 3, H, W]`` (base view, then the grid) and ``image_sizes`` ``[N, 2]`` each image's
+(height, width); the tower and projector run on all tiles at once, and
+``llava_lite.modeling.anyres`` lays each image's tiles out as LLaVA-NeXT does.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -23,6 +30,8 @@ from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_lite.config import IGNORE_INDEX, LlavaConfig
+from llava_lite.image_grid import ImageGrid
+from llava_lite.modeling.anyres import ImageNewline, pack_tiles
 from llava_lite.modeling.hf_config import config_from_dict
 from llava_lite.modeling.llm import (
     build_llm,
@@ -32,7 +41,7 @@ from llava_lite.modeling.llm import (
     prepare_tokenizer,
 )
 from llava_lite.modeling.projector import build_projector
-from llava_lite.modeling.vision import VisionTower
+from llava_lite.modeling.vision import VisionTower, tiling_image_processor
 from llava_lite.templates import get_template
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,35 @@ class LossTerms(NamedTuple):
     loss_sum: Tensor  # [] summed cross-entropy over trained tokens
     num_tokens: int  # trained tokens (labels != -100 after the shift, image slots excluded)
     logits: Tensor | None  # [N, V] logits at the trained positions only; None with a fused loss
+
+
+class ImageTokenMismatch(ValueError):
+    """Image-token slots and image features disagree; ``row`` is the first batch row that does, if known."""
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+def mismatched_row(slots_per_row: list[int], tokens_per_image: list[int]) -> int | None:
+    """The first row whose slots the images, taken in row-major order, cannot fill exactly."""
+    image = 0
+    for row, slots in enumerate(slots_per_row):
+        filled = 0
+        while filled < slots and image < len(tokens_per_image):
+            filled += tokens_per_image[image]
+            image += 1
+        if filled != slots:
+            return row
+    return len(slots_per_row) - 1 if image < len(tokens_per_image) and slots_per_row else None
+
+
+def as_size_list(image_sizes: Tensor | list[Any] | None) -> list[tuple[int, int]]:
+    """``[N, 2]`` sizes (tensor, array or pairs) as plain ``(height, width)`` ints, never tensors."""
+    if image_sizes is None:
+        return []
+    rows = image_sizes.tolist() if hasattr(image_sizes, "tolist") else list(image_sizes)
+    return [(int(h), int(w)) for h, w in rows]
 
 
 def splice_features(inputs_embeds: Tensor, slots: Tensor, features: Tensor) -> Tensor:
@@ -92,40 +130,109 @@ class LlavaModel(nn.Module):
             llm_hidden,
             self.vision_tower.num_image_tokens,
         ).to(self.llm.get_input_embeddings().weight.dtype)
-        self.image_processor = (
-            image_processor if image_processor is not None else self.vision_tower.build_image_processor()
+        tower = self.vision_tower
+        anyres = config.image_aspect == "anyres"
+        self.image_grid = ImageGrid(
+            tile=tower.image_size,
+            patches=math.isqrt(tower.num_patches),
+            base_tokens=tower.num_image_tokens,
+            pinpoints=tuple((int(h), int(w)) for h, w in config.anyres.grid_pinpoints) if anyres else None,
+            max_tiles=config.anyres.max_tiles,
         )
-        self.num_image_tokens = self.vision_tower.num_image_tokens
+        # The learned row separator of AnyRes grids; it trains with the projector.
+        self.image_newline = (
+            ImageNewline(llm_hidden).to(self.llm.get_input_embeddings().weight.dtype) if anyres else None
+        )
+        if image_processor is None:
+            image_processor = tower.build_image_processor()
+        if anyres:
+            image_processor = tiling_image_processor(
+                image_processor, config.anyres.grid_pinpoints, tower.image_size
+            )
+        self.image_processor = image_processor
+        self.num_image_tokens = tower.num_image_tokens  # one view's tokens; AnyRes images have more
 
     def components(self) -> dict[str, nn.Module]:
-        """The three trainable parts, by the names freezing and optimiser groups use."""
-        return {"vision_tower": self.vision_tower, "projector": self.projector, "llm": self.llm}
+        """The three trainable parts, by the names freezing and optimiser groups use.
+
+        AnyRes's ``image_newline`` belongs to the projector part: both map vision into the LLM.
+        """
+        projector: nn.Module = self.projector
+        if self.image_newline is not None:
+            projector = nn.ModuleList([self.projector, self.image_newline])
+        return {"vision_tower": self.vision_tower, "projector": projector, "llm": self.llm}
 
     # ---- forward --------------------------------------------------------------------
     def encode_images(self, pixel_values: Tensor) -> Tensor:
-        """``[N, 3, H, W]`` -> projected features ``[N, P, D_llm]``."""
+        """``[N, 3, H, W]`` views or tiles -> projected features ``[N, P, D_llm]``."""
         features = self.vision_tower(pixel_values)  # [N, P, D_vision]
         features = features.to(next(self.projector.parameters(), features).dtype)
         return self.projector(features)  # [N, P, D_llm]
 
-    def embed_inputs(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
-        """Token embeddings with image features scattered into the image-token slots, ``[B, T, D]``."""
+    def image_features(
+        self, pixel_values: Tensor, image_sizes: Tensor | list[Any] | None = None
+    ) -> list[Tensor]:
+        """Each image's token features ``[num_tokens_i, D_llm]``; the tower runs once on all tiles."""
+        features = self.encode_images(pixel_values)  # [N_tiles, P, D]
+        if self.image_newline is None:
+            return list(features)
+        sizes = as_size_list(image_sizes)
+        tiles = [self.image_grid.num_tiles(h, w) for h, w in sizes]
+        return [
+            pack_tiles(chunk, size, self.image_grid, self.image_newline.weight)
+            for chunk, size in zip(features.split(tiles), sizes, strict=True)
+        ]
+
+    def image_token_counts(
+        self, pixel_values: Tensor | None, image_sizes: Tensor | list[Any] | None
+    ) -> list[int]:
+        """Slots each image of a batch fills, checked against the tiles ``pixel_values`` holds."""
+        if pixel_values is None:
+            return []
+        if self.image_newline is None:
+            return [self.num_image_tokens] * int(pixel_values.shape[0])
+        sizes = as_size_list(image_sizes)
+        if not sizes:
+            raise ValueError(
+                "this model reads images at any resolution (image_aspect='anyres'): pass image_sizes"
+            )
+        tiles = sum(self.image_grid.num_tiles(h, w) for h, w in sizes)
+        if tiles != pixel_values.shape[0]:
+            raise ImageTokenMismatch(
+                f"pixel_values hold {pixel_values.shape[0]} tiles but image_sizes {sizes} make {tiles}"
+            )
+        return [self.image_grid.num_tokens(h, w) for h, w in sizes]
+
+    def embed_inputs(
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor | None = None,
+        image_sizes: Tensor | list[Any] | None = None,
+    ) -> Tensor:
+        """Token embeddings with image features scattered into the image-token slots, ``[B, T, D]``.
+
+        Slots and images are compared before the tower runs; a mismatch raises
+        :class:`ImageTokenMismatch` naming the first row that disagrees.
+        """
         embed = self.llm.get_input_embeddings()
         inputs_embeds = embed(input_ids)  # [B, T, D]
         slots = input_ids == self.image_token_id  # [B, T]
-        n_slots = int(slots.sum())
-        n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
-        expected = n_images * self.num_image_tokens
-        if n_slots != expected:
+        counts = self.image_token_counts(pixel_values, image_sizes)
+        if int(slots.sum()) != sum(counts):
             per_row = slots.sum(dim=1).tolist()
-            raise ValueError(
-                f"image tokens do not match images: input_ids hold {n_slots} image-token slots "
-                f"(id {self.image_token_id}; per row {per_row}) but {n_images} image(s) x "
-                f"{self.num_image_tokens} tokens each = {expected} were expected"
+            row = mismatched_row(per_row, counts)
+            raise ImageTokenMismatch(
+                f"image tokens do not match images: input_ids hold {int(slots.sum())} image-token slots "
+                f"(id {self.image_token_id}; per row {per_row}) but the {len(counts)} image(s) make "
+                f"{sum(counts)} ({counts})"
+                + ("" if row is None else f"; row {row} is the first that disagrees"),
+                row,
             )
-        if n_images == 0:
+        if not counts:
             return inputs_embeds
-        return splice_features(inputs_embeds, slots, self.encode_images(pixel_values))  # [B, T, D]
+        assert pixel_values is not None
+        features = torch.cat(self.image_features(pixel_values, image_sizes))  # [sum tokens, D]
+        return splice_features(inputs_embeds, slots, features)  # [B, T, D]
 
     def forward(
         self,
@@ -134,6 +241,7 @@ class LlavaModel(nn.Module):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         position_ids: Tensor | None = None,
+        image_sizes: Tensor | list[Any] | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Full logits ``[B, T, V]`` and, with ``labels`` ``[B, T]``, the mean next-token loss.
@@ -142,7 +250,7 @@ class LlavaModel(nn.Module):
         :meth:`loss_terms` gives the same loss without computing logits nobody trains on.
         Packed rows pass ``position_ids`` that restart at 0 per sample and no ``attention_mask``.
         """
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
         if labels is not None:
             labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
         kwargs.setdefault("use_cache", False)  # a cache here is never read, and disables packed masking
@@ -162,6 +270,7 @@ class LlavaModel(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         linear_cross_entropy: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+        image_sizes: Tensor | list[Any] | None = None,
     ) -> LossTerms:
         """Summed next-token cross-entropy over the trained positions, their count and their logits.
 
@@ -172,7 +281,7 @@ class LlavaModel(nn.Module):
         ``linear_cross_entropy(head_weight [V, D], hidden [N, D], targets [N])`` -> summed loss
         replaces head + cross-entropy with a fused kernel (e.g. Liger's), so no logits exist.
         """
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)  # [B, T, D]
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)  # [B, T, D]
         targets = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)[:, 1:]  # [B, T-1]
         trained = targets != IGNORE_INDEX  # [B, T-1]
         mask_kw = {"attention_mask": attention_mask, "position_ids": position_ids}
@@ -207,6 +316,7 @@ class LlavaModel(nn.Module):
         eos_token_id: int | list[int] | None = None,
         use_cache: bool = True,
         streamer: Any = None,  # a transformers streamer (chat's TextIteratorStreamer): gets each new token
+        image_sizes: Tensor | list[Any] | None = None,
     ) -> Tensor:
         """New tokens only, ``[B, T_new]`` (rows that stop early are padded with the pad id).
 
@@ -219,7 +329,7 @@ class LlavaModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         elif bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate() needs left padding: some rows end with padding (attention_mask 0)")
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
         sampling: dict[str, Any] = {"do_sample": do_sample}
         if do_sample:
             sampling.update(temperature=temperature, top_p=top_p)

@@ -19,6 +19,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     CLIPImageProcessor,
+    LlavaNextImageProcessor,
     PretrainedConfig,
     SiglipImageProcessor,
 )
@@ -218,3 +219,35 @@ def apply_processor_overrides(processor: Any, cfg: VisionConfig) -> Any:
     if cfg.image_std is not None:
         data["image_std"] = list(cfg.image_std)
     return type(processor).from_dict(data)
+
+
+def tiling_image_processor(processor: Any, pinpoints: list[list[int]], tile: int) -> LlavaNextImageProcessor:
+    """transformers' LLaVA-NeXT image processor with ``processor``'s normalisation and ``pinpoints``.
+
+    It resizes to the chosen pinpoint keeping the aspect, pads with black (centred), cuts
+    row-major tiles of ``tile`` pixels and puts the whole image resized to one tile first, so
+    our pixels are transformers' pixels. A processor that already tiles keeps its settings
+    and gets ``pinpoints``.
+    """
+    data = processor.to_dict()
+    keep = (
+        "do_resize",
+        "resample",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+    )
+    settings: dict[str, Any] = {k: data[k] for k in keep if data.get(k) is not None}
+    settings.update(
+        size={"shortest_edge": tile}
+        if "shortest_edge" in (data.get("size") or {})
+        else {"height": tile, "width": tile},
+        crop_size={"height": tile, "width": tile},
+        do_center_crop=bool(data.get("do_center_crop")),
+        do_convert_rgb=True,
+        do_pad=True,
+        image_grid_pinpoints=[list(map(int, p)) for p in pinpoints],
+    )
+    return LlavaNextImageProcessor(**settings)

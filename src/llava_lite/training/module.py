@@ -24,6 +24,7 @@ import torch
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
+from llava_lite.modeling.llava import ImageTokenMismatch
 from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.training.freeze import (
     apply_lora,
@@ -178,14 +179,23 @@ class LlavaLitModule(L.LightningModule):
 
     def _loss_terms(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """Summed token loss of the batch and its trained-token count (padded or packed rows)."""
-        terms = self.model.loss_terms(
-            input_ids=batch["input_ids"],  # [B, T]
-            labels=batch["labels"],  # [B, T]
-            pixel_values=batch.get("pixel_values"),  # [N, 3, H, W] or None
-            attention_mask=batch.get("attention_mask"),  # [B, T], None for packed rows
-            position_ids=batch.get("position_ids"),  # [B, T] for packed rows
-            linear_cross_entropy=self.linear_cross_entropy,
-        )
+        try:
+            terms = self.model.loss_terms(
+                input_ids=batch["input_ids"],  # [B, T]
+                labels=batch["labels"],  # [B, T]
+                pixel_values=batch.get("pixel_values"),  # [N, 3, H, W] or AnyRes tiles [N_tiles, 3, H, W]
+                attention_mask=batch.get("attention_mask"),  # [B, T], None for packed rows
+                position_ids=batch.get("position_ids"),  # [B, T] for packed rows
+                linear_cross_entropy=self.linear_cross_entropy,
+                image_sizes=batch.get("image_sizes"),  # [N, 2] under AnyRes
+            )
+        except ImageTokenMismatch as err:
+            ids = list(batch.get("ids", []))
+            padded = batch.get("position_ids") is None and err.row is not None and err.row < len(ids)
+            where = (
+                f"sample {ids[err.row]!r}" if padded else f"a batch of samples {ids}"
+            )  # packed rows hold several
+            raise ImageTokenMismatch(f"{where}: {err}", err.row) from None
         expected = batch.get("trained_tokens", terms.num_tokens)
         if terms.num_tokens != expected:
             raise RuntimeError(

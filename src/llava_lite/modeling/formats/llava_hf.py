@@ -1,4 +1,6 @@
-"""Conversion to and from transformers' ``LlavaForConditionalGeneration`` (the ``llava-hf`` layout).
+"""Conversion to and from transformers' ``LlavaForConditionalGeneration`` (the ``llava-hf`` layout),
+and ``LlavaNextForConditionalGeneration`` for AnyRes models (``image_aspect="anyres"``: its
+``image_grid_pinpoints`` in ``config.json`` and the image processor, and ``image_newline``).
 
 Both directions go through the transformers model object and its own ``save_pretrained`` /
 ``from_pretrained``, so on-disk key names are whatever the installed transformers writes and
@@ -26,6 +28,7 @@ defaults: ``conv_template="vicuna_v1"`` (LLaVA-1.5's), ``image_aspect="pad"`` an
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,14 @@ from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
     LlavaProcessor,
 )
 from transformers import LlavaConfig as HFLlavaConfig
 
-from llava_lite.config import IMAGE_TOKEN, LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
+from llava_lite.config import IMAGE_TOKEN, AnyResConfig, LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
 from llava_lite.modeling.hf_config import config_to_arch
 from llava_lite.modeling.llava import LlavaModel, __version__
 from llava_lite.modeling.projector import projector_to_llava_hf
@@ -113,7 +119,7 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     template = get_template(model.config.conv_template)
     tied = _ties_in_llava_hf(llm)
     text_config = {**llm.config.to_dict(), "tie_word_embeddings": tied}
-    hf_config = HFLlavaConfig(
+    common: dict[str, Any] = dict(
         vision_config=tower.config.to_dict(),
         text_config=text_config,
         image_token_index=model.image_token_id,
@@ -131,11 +137,27 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
             }
         },
     )
-    hf_model = LlavaForConditionalGeneration(hf_config).to(head.weight.dtype)
+    anyres = model.image_newline is not None
+    hf_model: nn.Module
+    if anyres:
+        if model.config.anyres.max_tiles is not None:
+            raise ValueError(
+                f"anyres.max_tiles={model.config.anyres.max_tiles} (OneVision's anyres_max_N) has no "
+                "LlavaNext form; export a model without it"
+            )
+        pinpoints = [list(p) for p in model.config.anyres.grid_pinpoints]
+        hf_model = LlavaNextForConditionalGeneration(
+            LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
+        )
+    else:
+        hf_model = LlavaForConditionalGeneration(HFLlavaConfig(**common))
+    hf_model = hf_model.to(head.weight.dtype)
     state: dict[str, Tensor] = {f"model.vision_tower.{k}": v for k, v in tower.state_dict().items()}
     state.update({f"model.language_model.{k}": v for k, v in llm.base_model.state_dict().items()})
     state.update({f"model.multi_modal_projector.{k}": v for k, v in projector_state.items()})
     state["lm_head.weight"] = head.weight.detach().clone()  # a copy: untied exports own it
+    if model.image_newline is not None:
+        state["model.image_newline"] = model.image_newline.weight.detach().clone()
     hf_model.load_state_dict(state, strict=True)
     stops = template.stop_token_ids(model.tokenizer)
     generation = hf_model.generation_config
@@ -145,7 +167,8 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     hf_model.save_pretrained(out)
     tokenizer = copy.deepcopy(model.tokenizer)
     tokenizer.model_max_length = model.config.model_max_length
-    processor = LlavaProcessor(
+    processor_cls = LlavaNextProcessor if anyres else LlavaProcessor
+    processor = processor_cls(
         image_processor=model.image_processor,
         tokenizer=tokenizer,
         patch_size=int(tower.config.patch_size),
@@ -204,7 +227,8 @@ def _imported_config(
     stored = getattr(hc, EXPORT_KEY, None)
     if stored is None:
         derived.conv_template = FOREIGN_DEFAULTS["conv_template"]
-        derived.image_aspect = FOREIGN_DEFAULTS["image_aspect"]
+        if derived.image_aspect != "anyres":  # a llava_next folder says how it reads images
+            derived.image_aspect = FOREIGN_DEFAULTS["image_aspect"]
         derived.model_max_length = _default_max_length(hc, tokenizer)
         log.info(
             "%s: a llava-hf folder without %s; using conv_template=%r, image_aspect=%r, model_max_length=%d",
@@ -238,6 +262,8 @@ def _imported_config(
     config.image_token = derived.image_token
     config.llm.dtype = derived.llm.dtype
     config.llm.trust_remote_code = derived.llm.trust_remote_code
+    if derived.image_aspect == "anyres":
+        config.image_aspect, config.anyres.grid_pinpoints = "anyres", derived.anyres.grid_pinpoints
     if derived.vision.select_feature == "patch":  # 'default' strategy: patches only
         config.vision.select_feature = "patch"
     # 'full' keeps every token: "cls_patch", or "patch" on a tower without prefix tokens
@@ -251,9 +277,12 @@ def import_hf_llava(
     """Load a ``llava-hf`` folder (config, weights, tokenizer, image processor) as a LlavaModel.
 
     A folder written by :func:`export_to_hf_llava` comes back with its whole ``LlavaConfig``;
-    others get the defaults in the module docstring.
+    others get the defaults in the module docstring. A ``llava_next`` folder loads as an AnyRes
+    model with its ``image_grid_pinpoints`` as they are: transformers reads each as (height,
+    width), and so does llava_lite.
     """
-    hf_model = LlavaForConditionalGeneration.from_pretrained(
+    model_cls = LlavaNextForConditionalGeneration if _is_llava_next(path) else LlavaForConditionalGeneration
+    hf_model = model_cls.from_pretrained(
         path, use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code
     )
     hc = hf_model.config
@@ -285,6 +314,9 @@ def import_hf_llava(
         llm=LLMConfig(model_type=text_type, arch=text_arch, dtype=dtype, trust_remote_code=trust_remote_code),
         image_token=image_token,
     )
+    if isinstance(hf_model, LlavaNextForConditionalGeneration):
+        derived.image_aspect = "anyres"
+        derived.anyres = AnyResConfig(grid_pinpoints=[[int(h), int(w)] for h, w in hc.image_grid_pinpoints])
     config, retie = _imported_config(hc, derived, tokenizer, path)
     text_config = hc.text_config
     if retie and torch.equal(hf_model.lm_head.weight, hf_model.get_input_embeddings().weight):
@@ -316,9 +348,12 @@ def import_hf_llava(
     return model
 
 
-def _load_from_hf(
-    model: LlavaModel, hf_model: LlavaForConditionalGeneration, projector_state: dict[str, Any]
-) -> None:
+def _is_llava_next(path: str | Path) -> bool:
+    """Whether a llava-hf folder holds a LlavaNext (AnyRes) model, from its ``config.json``."""
+    return bool(json.loads((Path(path) / "config.json").read_text()).get("model_type") == "llava_next")
+
+
+def _load_from_hf(model: LlavaModel, hf_model: nn.Module, projector_state: dict[str, Any]) -> None:
     hf_state = hf_model.state_dict()
 
     def part(prefix: str) -> dict[str, Tensor]:
@@ -328,3 +363,5 @@ def _load_from_hf(
     model.llm.base_model.load_state_dict(part("model.language_model."), strict=True)
     _output_head(model.llm).weight.data.copy_(hf_state["lm_head.weight"])
     model.projector.load_state_dict(projector_state, strict=True)
+    if model.image_newline is not None:
+        model.image_newline.weight.data.copy_(hf_state["model.image_newline"])

@@ -8,6 +8,13 @@ weights (one file or shards with an index) in which the LLM keeps its usual keys
 The vision tower is named by ``mm_vision_tower`` (a hub id or a local CLIP folder); when the
 checkpoint also carries its weights (``model.vision_tower.vision_tower.*``) those win.
 
+LLaVA-NeXT checkpoints (``image_aspect_ratio: anyres`` or ``anyres_max_N``,
+``mm_patch_merge_type: spatial_unpad``) import as AnyRes models with their
+``model.image_newline``. The original code reads each ``image_grid_pinpoints`` entry as
+(width, height); llava_lite, like transformers, reads (height, width), so each pair is
+swapped on import and the model picks the grid the original picked, ties included (every
+image of 336 px or less on both sides ties between 336x672 and 672x336).
+
 The original never puts ``<image>`` in the vocabulary (it splices at id -200); here the
 tokenizer gains it as a special token after the LLM weights are loaded, with its embedding
 row initialised as a mean of the others — the row is never read, image features replace it.
@@ -25,14 +32,14 @@ from safetensors.torch import load_file
 from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer
 
-from llava_lite.config import LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
+from llava_lite.config import AnyResConfig, LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
 from llava_lite.modeling.llava import LlavaModel
 from llava_lite.modeling.llm import resize_for_tokenizer
 
 log = logging.getLogger(__name__)
 
 # The original's model_type -> the transformers LLM it wraps.
-LLM_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
+LLM_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
 # config.json keys about the multimodal wrapper or training, not the LLM architecture.
 _WRAPPER_KEYS = {
     "architectures",
@@ -41,6 +48,8 @@ _WRAPPER_KEYS = {
     "_name_or_path",
     "image_aspect_ratio",
     "image_grid_pinpoints",
+    "image_crop_resolution",
+    "image_split_resolution",
     "tokenizer_model_max_length",
     "tokenizer_padding_side",
     "tune_mm_mlp_adapter",
@@ -56,6 +65,8 @@ _WEIGHT_FILES = {  # (index file, single file) per format
 }
 PROJECTOR_PREFIX = "model.mm_projector."
 VISION_PREFIX = "model.vision_tower.vision_tower."
+NEWLINE_KEY = "model.image_newline"
+_ANYRES_MAX = "anyres_max_"
 # Their image_aspect_ratio -> ours: anything but "pad" is the processor's resize + centre crop.
 _ASPECTS = {"pad": "pad", "square": "crop", None: "crop"}
 
@@ -114,12 +125,11 @@ def original_to_config(data: dict[str, Any], vision_tower: str | None = None) ->
             "mm_use_im_start_end / mm_use_im_patch_token checkpoints (LLaVA v0) are not supported"
         )
     aspect = data.get("image_aspect_ratio")
-    if aspect not in _ASPECTS:
+    anyres = _anyres_config(data)
+    if anyres is None and aspect not in _ASPECTS:
         raise ValueError(
-            f"image_aspect_ratio={aspect!r} (LLaVA-NeXT) is not supported; supported: pad, square"
+            f"image_aspect_ratio={aspect!r} is not supported; supported: pad, square, anyres, anyres_max_N"
         )
-    if data.get("mm_patch_merge_type", "flat") != "flat":
-        raise ValueError(f"mm_patch_merge_type={data['mm_patch_merge_type']!r} is not supported")
     llm_type = LLM_TYPES[source_type]
     arch = {k: v for k, v in data.items() if k not in _WRAPPER_KEYS and not k.startswith("mm_")}
     dtypes = (arch.pop("torch_dtype", None), arch.pop("dtype", None))  # transformers 4.x / 5.x key
@@ -133,10 +143,36 @@ def original_to_config(data: dict[str, Any], vision_tower: str | None = None) ->
         ),
         projector=ProjectorConfig(type=data.get("mm_projector_type", "linear")),
         llm=LLMConfig(model_type=llm_type, arch=arch, dtype=dtype),
-        image_aspect=_ASPECTS[aspect],
+        image_aspect="anyres" if anyres else _ASPECTS[aspect],
+        anyres=anyres or AnyResConfig(),
         model_max_length=int(data.get("tokenizer_model_max_length") or 2048),
     )
     return config, AutoConfig.for_model(llm_type, **arch)
+
+
+def _anyres_config(data: dict[str, Any]) -> AnyResConfig | None:
+    """LLaVA-NeXT's settings as an :class:`AnyResConfig` (pinpoints swapped to (height, width)), or None."""
+    aspect = str(data.get("image_aspect_ratio"))
+    merge = data.get("mm_patch_merge_type", "flat")
+    if aspect != "anyres" and not aspect.startswith(_ANYRES_MAX):
+        if merge != "flat":
+            raise ValueError(
+                f"mm_patch_merge_type={merge!r} without image_aspect_ratio anyres is not supported"
+            )
+        return None
+    if merge != "spatial_unpad":
+        raise ValueError(
+            f"image_aspect_ratio={aspect!r} with mm_patch_merge_type={merge!r}: only 'spatial_unpad' "
+            "(LLaVA-NeXT's and transformers' layout) is supported"
+        )
+    pinpoints = data.get("image_grid_pinpoints")
+    if not isinstance(pinpoints, list) or not all(isinstance(p, list) and len(p) == 2 for p in pinpoints):
+        raise ValueError(
+            f"image_grid_pinpoints={pinpoints!r}: give the list of [width, height] pairs "
+            "(the '(1x1),...,(6x6)' range form is not read)"
+        )
+    max_tiles = int(aspect.removeprefix(_ANYRES_MAX)) if aspect.startswith(_ANYRES_MAX) else None
+    return AnyResConfig(grid_pinpoints=[[int(h), int(w)] for w, h in pinpoints], max_tiles=max_tiles)
 
 
 def import_original_llava(
@@ -165,6 +201,7 @@ def import_original_llava(
         k.removeprefix(PROJECTOR_PREFIX): v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)
     }
     vision_state = {k.removeprefix(VISION_PREFIX): v for k, v in state.items() if k.startswith(VISION_PREFIX)}
+    newline = state.pop(NEWLINE_KEY, None)
     llm_state = {
         k: v for k, v in state.items() if not k.startswith(("model.mm_projector.", "model.vision_tower."))
     }
@@ -177,6 +214,10 @@ def import_original_llava(
     model.llm.load_state_dict(llm_state, strict=True)
     resize_for_tokenizer(model.llm, model.tokenizer, config.llm.pad_vocab_to_multiple_of)
     model.projector.load_state_dict(projector_state, strict=True)
+    if model.image_newline is not None:
+        if newline is None:
+            raise ValueError(f"{folder}: an AnyRes (LLaVA-NeXT) checkpoint without {NEWLINE_KEY}")
+        model.image_newline.weight.data.copy_(newline)
     if vision_state:
         tower = model.vision_tower.model
         if not any(k.startswith("vision_model.") for k in tower.state_dict()):
