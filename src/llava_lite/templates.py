@@ -98,6 +98,12 @@ class ChatTemplate:
         """
         return None
 
+    def bos_ids(self, tokenizer: Any, text: str) -> list[int]:
+        """The ids before the tokens of ``text`` (a rendering of this template): the tokenizer's
+        BOS where this template uses one (:attr:`uses_bos`) and the tokenizer adds one (Llama:
+        yes; GPT-2, Qwen: no). Never trained: labels start after it."""
+        return [tokenizer.bos_token_id] if self.uses_bos and adds_bos(tokenizer) else []
+
     def _split_system(self, messages: Sequence[Message]) -> tuple[str | None, list[Message]]:
         if messages and messages[0][0] == "system":
             return messages[0][1], list(messages[1:])
@@ -248,7 +254,23 @@ class TokenizerTemplate(ChatTemplate):
     """
 
     name = "tokenizer"
-    uses_bos = False  # chat templates write BOS into the text themselves
+    uses_bos = True  # where transformers' processor adds it: see bos_ids
+
+    def bos_ids(self, tokenizer, text):
+        """BOS unless ``text`` starts with the BOS text, as transformers' processor adds it.
+
+        ``processor.apply_chat_template(tokenize=True)`` encodes the rendering with special
+        tokens unless it starts with ``bos_token`` (a template writing ``{{ bos_token }}``), so
+        a llava-hf chat template, which carries no BOS (ours exported), gets the tokenizer's BOS
+        from the processor, as in the model cards' ``processor(text=prompt, images=...)``: these
+        ids equal the built-in template's. transformers' *tokenizer* ``apply_chat_template``
+        never adds BOS; where the two part (a BOS-adding tokenizer and a template without BOS,
+        e.g. our chatml exported with a Llama tokenizer) we follow the processor.
+        """
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos):
+            return []
+        return [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
 
     def segments(self, messages, tokenizer, add_generation_prompt, image_token):
         if not getattr(tokenizer, "chat_template", None):
@@ -350,5 +372,5 @@ def prompt_for_generation(
     if not messages or messages[-1][0] != "user":
         raise ValueError("a generation prompt must end with a user message")
     segments = tpl.segments(messages, tokenizer, add_generation_prompt=True, image_token=image_token)
-    bos = [tokenizer.bos_token_id] if tpl.uses_bos and adds_bos(tokenizer) else []
-    return tokenize_text(tokenizer, "".join(s.text for s in segments), bos)
+    text = "".join(s.text for s in segments)
+    return tokenize_text(tokenizer, text, tpl.bos_ids(tokenizer, text))

@@ -32,7 +32,6 @@ from llava_lite.templates import (
     ChatTemplate,
     Message,
     TemplateError,
-    adds_bos,
     get_template,
     tokenize_texts,
 )
@@ -70,16 +69,15 @@ def encode_conversation(
         segments = tpl.segments(messages, tokenizer, add_generation_prompt=False, image_token=image_token)
     except TemplateError as err:
         raise BadSampleError(err.reason, str(err)) from None
-    bos = [tokenizer.bos_token_id] if tpl.uses_bos and adds_bos(tokenizer) else []
     # Only boundaries between trained and untrained text matter; the text up to each one and
-    # the whole text are tokenised in one batch.
+    # the whole text are tokenised in one batch, after the BOS the whole text gets (untrained).
     ends = [
         i
         for i in range(len(segments))
         if i == len(segments) - 1 or segments[i + 1].trained != segments[i].trained
     ]
     texts = ["".join(s.text for s in segments[: i + 1]) for i in ends]
-    prefixes = tokenize_texts(tokenizer, texts, bos)
+    prefixes = tokenize_texts(tokenizer, texts, tpl.bos_ids(tokenizer, texts[-1]) if texts else [])
     input_ids = prefixes[-1]
     labels = [IGNORE_INDEX] * len(input_ids)
     spans: list[tuple[int, int]] = []
