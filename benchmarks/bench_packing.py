@@ -24,7 +24,15 @@ component, not measured: VQA-style sets merge several short question/answer turn
 On the CPU everything is scaled by ``--scale`` (default 1/8: a 64-token image block and a
 256-token budget instead of 576 and 2,048) so a run takes a minute or two.
 
+``--anyres``: the same text lengths, but every image is read the LLaVA-NeXT way (AnyRes over
+LLaVA-NeXT's pinpoints scaled to the tower's tile), so its tokens vary with its size: each
+image's (height, width) has a log-uniform aspect ratio in [1/2, 2] and a long side of 400 to
+1,024 px, kept when LLaVA-NeXT's geometry (336 px tiles, 576 tokens a view) makes 1,500 to
+2,900 tokens of it, then scaled to the tower (about 170 to 340 tokens at 1/8); rows hold
+LLaVA-NeXT's 4,096 tokens (512 at 1/8). Lengths count each image's own tokens, for grouping too.
+
     python benchmarks/bench_packing.py
+    python benchmarks/bench_packing.py --anyres
     python benchmarks/bench_packing.py --lengths-from llava_v1_5_mix665k.json --samples 512
     python benchmarks/bench_packing.py --device cuda --scale 1 --size 7b_wide --dtype bfloat16
 """
@@ -46,6 +54,7 @@ from common import SIZES, build, machine, peak_memory
 from llava_lite.config import IGNORE_INDEX
 from llava_lite.data import LlavaCollator, LlavaProcessor, ModalityLengthGroupedSampler, read_records
 from llava_lite.data.packing import PackingCollator
+from llava_lite.image_grid import LLAVA_NEXT_PINPOINTS, ImageGrid
 from llava_lite.modeling import LlavaModel
 from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.training import apply_stage, build_adamw, param_groups
@@ -64,6 +73,19 @@ MIX: dict[str, tuple[int, bool, int, float]] = {
     "vg": (86_000, True, 200, 0.5),
 }
 FULL_IMAGE_TOKENS, FULL_BUDGET = 576, 2048
+# --anyres: LLaVA-NeXT's geometry at full scale, its image-token range and its model_max_length.
+NEXT_GRID = ImageGrid(336, 24, 576, LLAVA_NEXT_PINPOINTS)
+NEXT_TOKENS, NEXT_BUDGET = (1500, 2900), 4096
+
+
+def anyres_image(rng: random.Random, tile: int) -> tuple[int, int]:
+    """An image (height, width) LLaVA-NeXT makes ``NEXT_TOKENS`` tokens of, scaled to ``tile`` pixels a view."""
+    while True:
+        aspect = math.exp(rng.uniform(-math.log(2), math.log(2)))  # width / height
+        long = rng.uniform(400, 1024)
+        h, w = (long, long * aspect) if aspect < 1 else (long / aspect, long)
+        if NEXT_TOKENS[0] <= NEXT_GRID.num_tokens(round(h), round(w)) <= NEXT_TOKENS[1]:
+            return max(1, round(h * tile / 336)), max(1, round(w * tile / 336))
 
 
 def mix_samples(model: LlavaModel, n: int, scale: float, budget: int, seed: int) -> list[dict[str, Any]]:
@@ -75,7 +97,8 @@ def mix_samples(model: LlavaModel, n: int, scale: float, budget: int, seed: int)
     for i in range(n):
         name = rng.choices(names, weights)[0]
         _, has_image, median, sigma = MIX[name]
-        block = model.num_image_tokens if has_image else 0
+        size = anyres_image(rng, model.image_grid.tile) if has_image and model.image_grid.anyres else None
+        block = (model.image_grid.num_tokens(*size) if size else model.num_image_tokens) if has_image else 0
         text = max(4, round(rng.lognormvariate(math.log(median * scale), sigma)))
         text = min(text, budget - block)
         ids = torch.randint(10, 1000, (text,), generator=torch.Generator().manual_seed(seed * 100_003 + i))
@@ -85,7 +108,8 @@ def mix_samples(model: LlavaModel, n: int, scale: float, budget: int, seed: int)
             slots = torch.full((block,), model.image_token_id)
             ids = torch.cat([ids[:2], slots, ids[2:]])
             labels = torch.cat([labels[:2], torch.full_like(slots, IGNORE_INDEX), labels[2:]])
-        out.append({"input_ids": ids, "labels": labels, "id": f"{name}{i}", "_image": has_image})
+        sample = {"input_ids": ids, "labels": labels, "id": f"{name}{i}", "_image": has_image}
+        out.append({**sample, "image_sizes": [size]} if size else sample)
     return out
 
 
@@ -114,12 +138,15 @@ def file_samples(
     return out, rejected
 
 
-def with_pixels(samples: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+def with_pixels(samples: list[dict[str, Any]], grid: ImageGrid) -> list[dict[str, Any]]:
+    """Random pixels: ``[3, H, W]`` per image, or AnyRes's tiles ``[n_tiles, 3, H, W]``."""
     gen = torch.Generator().manual_seed(0)
-    return [
-        {**s, "pixel_values": torch.randn(3, size, size, generator=gen) if s["_image"] else None}
-        for s in samples
-    ]
+    out = []
+    for s in samples:
+        shape = (grid.num_tiles(*s["image_sizes"][0]),) if "image_sizes" in s else ()
+        pixels = torch.randn(*shape, 3, grid.tile, grid.tile, generator=gen) if s["_image"] else None
+        out.append({**s, "pixel_values": pixels})
+    return out
 
 
 def batches_for(mode: str, samples: list[dict[str, Any]], batch: int, seed: int) -> list[list[int]]:
@@ -146,13 +173,21 @@ def main() -> None:
     parser.add_argument("--lengths-from", default=None, help="a LLaVA JSON/JSONL file to take samples from")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--one-row", action="store_true", help="packed batches as one row (flash-attention)")
+    parser.add_argument(
+        "--anyres", action="store_true", help="LLaVA-NeXT AnyRes images (tokens vary per image)"
+    )
     args = parser.parse_args()
+    if args.anyres and args.lengths_from:
+        parser.error("--anyres takes its lengths from the built-in mix, not --lengths-from")
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = round(FULL_BUDGET * args.scale)
+    budget = round((NEXT_BUDGET if args.anyres else FULL_BUDGET) * args.scale)
     patch = SIZES[args.size]["patch_size"]
     image_px = patch * round(math.sqrt(FULL_IMAGE_TOKENS * args.scale))  # about 576 x scale image tokens
-    base = build(args.size, args.dtype, attn=args.attn, image_size=image_px).to(args.device)
+    # AnyRes: LLaVA-NeXT's pinpoints in tiles of image_px instead of 336 px.
+    pinpoints = tuple((h // 336 * image_px, w // 336 * image_px) for h, w in LLAVA_NEXT_PINPOINTS)
+    overrides = {"image_size": image_px, **({"pinpoints": pinpoints} if args.anyres else {})}
+    base = build(args.size, args.dtype, attn=args.attn, **overrides).to(args.device)
     apply_stage(base.components(), "finetune")
     check_packed_attention(base.llm, f"--attn {args.attn} packing", rows_per_batch=1 if args.one_row else 2)
     rejected = 0
@@ -160,7 +195,7 @@ def main() -> None:
         samples, rejected = file_samples(base, args.lengths_from, args.samples, budget, args.seed)
     else:
         samples = mix_samples(base, args.samples, args.scale, budget, args.seed)
-    samples = with_pixels(samples, base.vision_tower.image_size)
+    samples = with_pixels(samples, base.image_grid)
     pad_id = int(base.tokenizer.pad_token_id)
     collate = {
         "naive": LlavaCollator(pad_id, image_token_id=base.image_token_id),
@@ -176,7 +211,7 @@ def main() -> None:
     dtype = base.llm.get_input_embeddings().weight.dtype
 
     def to_dev(b: dict[str, Any]) -> dict[str, Any]:
-        keys = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values")
+        keys = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values", "image_sizes")
         out = {k: b[k].to(args.device) for k in keys if b.get(k) is not None}
         if "pixel_values" in out:
             out["pixel_values"] = out["pixel_values"].to(dtype)
@@ -232,18 +267,22 @@ def main() -> None:
             f"{r['useful_fraction']:>7.1%} {r['tokens_per_s']:>9.0f} {r['peak_mem_mb']:>8.1f}"
         )
     tps = {m: rows[m]["tokens_per_s"] for m in modes}
+    blocks = [int((s["input_ids"] == base.image_token_id).sum()) for s in samples if s["_image"]]
     summary = {
         **machine(),
         "device": args.device,
         "size": args.size,
         "attn": args.attn,
         "one_row": args.one_row,
-        "lengths": args.lengths_from or f"llava_v1_5_mix665k-like, scale {args.scale:g}",
+        "lengths": args.lengths_from
+        or f"llava_v1_5_mix665k-like{', AnyRes' if args.anyres else ''}, scale {args.scale:g}",
         "samples": len(samples),
         "records_rejected": rejected,
         "batch": args.batch,
         "budget": budget,
-        "image_tokens": base.num_image_tokens,
+        "image_tokens": [min(blocks, default=0), max(blocks, default=0)]
+        if args.anyres
+        else base.num_image_tokens,
         "packed_vs_grouped": tps["packed"] / tps["grouped"],
         "packed_vs_naive": tps["packed"] / tps["naive"],
         "grouped_vs_naive": tps["grouped"] / tps["naive"],

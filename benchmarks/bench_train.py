@@ -11,8 +11,15 @@ the KV cache (``use_cache=False``); ours computes logits only at trained positio
 model FLOPs utilisation of the medium stage-2 step against this machine's measured fp32 matmul
 peak, and data-loader samples/s with 0 and 2 workers. Prints a table; the last line is JSON.
 
-    python benchmarks/bench_train.py                        # CPU, all three sizes
+``anyres32k`` (stage 2 only) is ``vocab32k`` made LLaVA-NeXT-like: a 336 px / 14 px tower (576
+tokens a view), AnyRes over LLaVA-NeXT's pinpoints, row ``i``'s image of size
+``ANYRES_IMAGES[i % 4]`` (3 or 5 views, 1,512 to 2,830 image tokens); transformers' side is
+``LlavaNextForConditionalGeneration`` (the export's class for AnyRes), given each image's tiles
+padded to the batch's most as it expects.
+
+    python benchmarks/bench_train.py                        # CPU, all four sizes
     python benchmarks/bench_train.py --sizes small --repeats 3
+    python benchmarks/bench_train.py --sizes anyres32k --no-loader   # the AnyRes row alone
     python benchmarks/bench_train.py --device cuda --dtype bfloat16 --sizes medium 7b_wide
 """
 
@@ -28,31 +35,42 @@ from typing import Any
 import torch
 from common import SIZES, build, interleaved, machine, matmul_peak_flops, peak_memory
 from PIL import Image
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, PreTrainedModel
 
 from llava_lite.config import IGNORE_INDEX
 from llava_lite.data import LlavaDataModule, LlavaProcessor
+from llava_lite.image_grid import LLAVA_NEXT_PINPOINTS
 from llava_lite.modeling import LlavaModel, export_to_hf_llava
+from llava_lite.modeling.llava import LossTerms
 from llava_lite.training import apply_stage, build_adamw, param_groups
 
 # (prompt tokens, answer tokens) ranges per stage: short captions in stage 1, long answers in 2.
 LENGTHS = {1: ((6, 12), (8, 32)), 2: ((16, 64), (32, 160))}
 STAGE_NAMES = {1: "pretrain", 2: "finetune"}
+# AnyRes sizes: (base size, build overrides), stage 2 only.
+ANYRES_SIZES = {
+    "anyres32k": ("vocab32k", {"image_size": 336, "patch_size": 14, "pinpoints": LLAVA_NEXT_PINPOINTS})
+}
+# Row i's image (height, width) under AnyRes: 1,512 / 1,948 / 2,340 / 2,830 tokens from 3 / 5 / 5 / 5 views.
+ANYRES_IMAGES = ((300, 480), (720, 1280), (480, 640), (600, 640))
 
 
 def make_batch(model: LlavaModel, stage: int, batch: int, seed: int, device: str) -> dict[str, torch.Tensor]:
-    """A right-padded batch: prompt, image block, answer per row; only answer tokens are trained."""
+    """A right-padded batch: prompt, image block, answer per row; only answer tokens are trained.
+    AnyRes: row ``i``'s image is ``ANYRES_IMAGES[i % 4]``, ``pixel_values`` its tiles ``[N_tiles, 3, H, W]``."""
     gen = torch.Generator().manual_seed(seed)
     (p_lo, p_hi), (a_lo, a_hi) = LENGTHS[stage]
+    grid = model.image_grid
+    sizes = [ANYRES_IMAGES[i % len(ANYRES_IMAGES)] for i in range(batch)] if grid.anyres else []
     rows = []
-    for _ in range(batch):
+    for i in range(batch):
         prompt = torch.randint(
             10, 1000, (int(torch.randint(p_lo, p_hi, (1,), generator=gen)),), generator=gen
         )
         answer = torch.randint(
             10, 1000, (int(torch.randint(a_lo, a_hi, (1,), generator=gen)),), generator=gen
         )
-        block = torch.full((model.num_image_tokens,), model.image_token_id)
+        block = torch.full((grid.num_tokens(*sizes[i]) if sizes else grid.base_tokens,), model.image_token_id)
         ids = torch.cat([prompt[:2], block, prompt[2:], answer])
         labels = torch.cat([torch.full((ids.numel() - answer.numel(),), IGNORE_INDEX), answer])
         rows.append((ids, labels))
@@ -64,28 +82,46 @@ def make_batch(model: LlavaModel, stage: int, batch: int, seed: int, device: str
         input_ids[i, : ids.numel()], labels[i, : ids.numel()], mask[i, : ids.numel()] = ids, lab, 1
     size = model.vision_tower.image_size
     dtype = model.llm.get_input_embeddings().weight.dtype
-    pixels = torch.randn(batch, 3, size, size, generator=gen)  # [B, 3, H, W]
+    views = sum(grid.num_tiles(h, w) for h, w in sizes) if sizes else batch
+    pixels = torch.randn(views, 3, size, size, generator=gen)  # [B or N_tiles, 3, H, W]
     out = {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
+    if sizes:
+        out["image_sizes"] = torch.tensor(sizes)  # [B, 2] (height, width)
     return {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in out.items()}
 
 
-def freeze_hf(model: LlavaForConditionalGeneration, stage: int) -> None:
-    """The same trainable parts as ``apply_stage``: the projector, plus the LLM in stage 2."""
+def hf_batch(model: LlavaModel, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch as transformers takes it: LlavaNext wants each image's tiles padded to the
+    batch's most, ``[B, max_tiles, 3, H, W]`` (it drops the padding again by ``image_sizes``)."""
+    if "image_sizes" not in b:
+        return b
+    tiles = [model.image_grid.num_tiles(h, w) for h, w in b["image_sizes"].tolist()]
+    padded = torch.nn.utils.rnn.pad_sequence(list(b["pixel_values"].split(tiles)), batch_first=True)
+    return {**b, "pixel_values": padded}
+
+
+def freeze_hf(model: PreTrainedModel, stage: int) -> None:
+    """The same trainable parts as ``apply_stage``: the projector (and AnyRes's image newline),
+    plus the LLM in stage 2."""
     for name, p in model.named_parameters():
-        trained = "multi_modal_projector" in name or (stage == 2 and "vision_tower" not in name)
-        p.requires_grad_(trained)
+        projector = "multi_modal_projector" in name or "image_newline" in name
+        p.requires_grad_(projector or (stage == 2 and "vision_tower" not in name))
+
+
+def our_terms(model: LlavaModel, b: dict[str, torch.Tensor]) -> LossTerms:
+    return model.loss_terms(
+        b["input_ids"], b["labels"], b["pixel_values"], b["attention_mask"], image_sizes=b.get("image_sizes")
+    )
 
 
 def our_step(model: LlavaModel, opt: torch.optim.Optimizer, b: dict[str, torch.Tensor]) -> None:
-    terms = model.loss_terms(b["input_ids"], b["labels"], b["pixel_values"], b["attention_mask"])
+    terms = our_terms(model, b)
     (terms.loss_sum / terms.num_tokens).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def hf_step(
-    model: LlavaForConditionalGeneration, opt: torch.optim.Optimizer, b: dict[str, torch.Tensor]
-) -> None:
+def hf_step(model: PreTrainedModel, opt: torch.optim.Optimizer, b: dict[str, torch.Tensor]) -> None:
     model(**b, use_cache=False).loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -118,10 +154,12 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
 
 
 def bench_one(size: str, stage: int, args: argparse.Namespace) -> dict[str, Any]:
-    ours = build(size, args.dtype).to(args.device)
+    base, overrides = ANYRES_SIZES.get(size, (size, {}))
+    ours = build(base, args.dtype, **overrides).to(args.device)
+    hf_class = LlavaNextForConditionalGeneration if ours.image_grid.anyres else LlavaForConditionalGeneration
     with tempfile.TemporaryDirectory() as folder:
         export_to_hf_llava(ours, folder)
-        theirs = LlavaForConditionalGeneration.from_pretrained(folder, dtype=getattr(torch, args.dtype))
+        theirs = hf_class.from_pretrained(folder, dtype=getattr(torch, args.dtype))
     theirs.to(args.device).train()
     apply_stage(ours.components(), STAGE_NAMES[stage])
     freeze_hf(theirs, stage)
@@ -129,18 +167,19 @@ def bench_one(size: str, stage: int, args: argparse.Namespace) -> dict[str, Any]
         p.numel() for p in ours.parameters() if p.requires_grad
     ) == sum(p.numel() for p in theirs.parameters() if p.requires_grad)
     b = make_batch(ours, stage, args.batch, seed=stage, device=args.device)
+    hb = hf_batch(ours, b)
     with torch.no_grad():
-        ours_loss = ours.loss_terms(b["input_ids"], b["labels"], b["pixel_values"], b["attention_mask"])
+        ours_loss = our_terms(ours, b)
         loss_diff = abs(
-            float(ours_loss.loss_sum / ours_loss.num_tokens) - float(theirs(**b, use_cache=False).loss)
+            float(ours_loss.loss_sum / ours_loss.num_tokens) - float(theirs(**hb, use_cache=False).loss)
         )
     frozen_graph = ours.vision_tower(b["pixel_values"]).requires_grad  # grad mode on, as in training
-    ours.loss_terms(b["input_ids"], b["labels"], b["pixel_values"], b["attention_mask"]).loss_sum.backward()
+    our_terms(ours, b).loss_sum.backward()
     frozen_with_grad = sum(p.numel() for p in ours.parameters() if not p.requires_grad and p.grad is not None)
     ours.zero_grad(set_to_none=True)
     opt_ours = build_adamw(param_groups(ours.components(), 1e-5), 1e-5)
     opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-5)
-    steps = {"ours": lambda: our_step(ours, opt_ours, b), "hf": lambda: hf_step(theirs, opt_theirs, b)}
+    steps = {"ours": lambda: our_step(ours, opt_ours, b), "hf": lambda: hf_step(theirs, opt_theirs, hb)}
     med = interleaved(steps, args.device, args.repeats)  # the warm-up call creates the optimiser state
     # the smaller of two calls: allocator leftovers only ever add to the resident-set growth
     mem = {name: min(peak_memory(fn, args.device) for _ in range(2)) for name, fn in steps.items()}
@@ -149,6 +188,8 @@ def bench_one(size: str, stage: int, args: argparse.Namespace) -> dict[str, Any]
         "stage": stage,
         "batch": args.batch,
         "seq_len": int(b["input_ids"].shape[1]),
+        "image_tokens": (b["input_ids"] == ours.image_token_id).sum(1).tolist(),
+        "views": int(b["pixel_values"].shape[0]),
         "trained_tokens": int(ours_loss.num_tokens),
         "loss_abs_diff": loss_diff,
         "step_s_ours": med["ours"],
@@ -191,7 +232,12 @@ def loader_samples_per_s(workers: int, n: int = 64) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["small", "medium", "vocab32k"], choices=sorted(SIZES))
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["small", "medium", "vocab32k", "anyres32k"],
+        choices=sorted(SIZES) + sorted(ANYRES_SIZES),
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=4)
@@ -204,7 +250,11 @@ def main() -> None:
 
     dtype = getattr(torch, args.dtype)
     peak = matmul_peak_flops(args.device, dtype)
-    rows = [bench_one(size, stage, args) for size in args.sizes for stage in (1, 2)]
+    rows = [
+        bench_one(size, stage, args)
+        for size in args.sizes
+        for stage in ((2,) if size in ANYRES_SIZES else (1, 2))
+    ]
     peak = max(peak, matmul_peak_flops(args.device, dtype))  # before and after: the less loaded one
     print(
         f"{'size':>9} {'stage':>5} {'T':>5} {'ours s':>8} {'hf s':>8} {'speedup':>8} "
@@ -222,15 +272,21 @@ def main() -> None:
         "dtype": args.dtype,
         "matmul_peak_gflops": peak / 1e9,
     }
-    headline = next((s for s in ("vocab32k", "medium", "small", "large") if s in args.sizes), args.sizes[0])
+    plain = [s for s in args.sizes if s in SIZES]
+    headline = next((s for s in ("vocab32k", "medium", "small", "large") if s in plain), args.sizes[0])
     by = {(r["size"], r["stage"]): r for r in rows}
-    summary["headline_size"] = headline
-    summary["stage1_speedup_vs_hf"] = by[(headline, 1)]["speedup_vs_hf"]
-    summary["stage2_speedup_vs_hf"] = by[(headline, 2)]["speedup_vs_hf"]
-    summary["peak_mem_ratio_vs_hf"] = by[(headline, 2)]["peak_mem_ratio_vs_hf"]
     for r in rows:
         flops = r.pop("_flops")
         r["mfu_ours"], r["mfu_hf"] = flops / r["step_s_ours"] / peak, flops / r["step_s_hf"] / peak
+    summary["headline_size"] = headline
+    if (headline, 1) in by:
+        summary["stage1_speedup_vs_hf"] = by[(headline, 1)]["speedup_vs_hf"]
+    summary["stage2_speedup_vs_hf"] = by[(headline, 2)]["speedup_vs_hf"]
+    summary["peak_mem_ratio_vs_hf"] = by[(headline, 2)]["peak_mem_ratio_vs_hf"]
+    if ("anyres32k", 2) in by:
+        summary["anyres_stage2_speedup_vs_hf"] = by[("anyres32k", 2)]["speedup_vs_hf"]
+        summary["anyres_peak_mem_ratio_vs_hf"] = by[("anyres32k", 2)]["peak_mem_ratio_vs_hf"]
+        summary["anyres_loss_abs_diff"] = by[("anyres32k", 2)]["loss_abs_diff"]
     mfu_size = "medium" if "medium" in args.sizes else headline
     summary["mfu_stage2_ours"] = by[(mfu_size, 2)]["mfu_ours"]
     summary["mfu_stage2_hf"] = by[(mfu_size, 2)]["mfu_hf"]

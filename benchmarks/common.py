@@ -101,8 +101,15 @@ SIZES["vocab32k"] = {**copy.deepcopy(SIZES["small"]), "vocab_size": 32000}
 
 
 def build(size: str, dtype: str = "float32", attn: str | None = None, **spec_overrides: Any) -> LlavaModel:
-    """A random LlavaModel of ``SIZES[size]`` (no downloads), seeded, in train mode."""
+    """A random LlavaModel of ``SIZES[size]`` (no downloads), seeded, in train mode; the override
+    ``pinpoints=((height, width), ...)`` makes it AnyRes (LLaVA-NeXT tiling) over those canvases."""
     spec = {**SIZES[size], **spec_overrides}
+    pinpoints = spec.get("pinpoints")
+    anyres = (
+        {"image_aspect": "anyres", "anyres": {"grid_pinpoints": [list(p) for p in pinpoints]}}
+        if pinpoints
+        else {}
+    )
     arch = {**spec["llm"], "max_position_embeddings": 8192}
     if spec["vocab_size"]:
         arch["vocab_size"] = spec["vocab_size"]
@@ -120,6 +127,7 @@ def build(size: str, dtype: str = "float32", attn: str | None = None, **spec_ove
                 "tiny_tokenizer": {"vocab_size": 2000},
             },
             "model_max_length": 8192,
+            **anyres,
         }
     )
     torch.manual_seed(0)

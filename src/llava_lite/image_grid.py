@@ -132,14 +132,25 @@ class ImageGrid:
 
     @property
     def max_tokens(self) -> int:
-        """The most tokens any image can become (what a row budget must hold): a full grid, uncut."""
+        """At least the tokens any image can become (what a row budget must hold).
+
+        Without ``max_tiles`` that is a full grid, uncut. With it, a downsampled grid keeps
+        about ``max_tiles`` tiles' worth of features whatever its size, and ``h // ratio`` newlines,
+        which grow with the grid's aspect: an unpadded grid (cut on one side) can outgrow its
+        full pinpoint, and one just under the slack is not downsampled at all. So every grid
+        unpadding can leave is counted (cuts keep the side's parity): an upper bound, reached
+        exactly on the tiny grids tests/unit/test_anyres_max.py searches.
+        """
         if self.pinpoints is None:
             return self.base_tokens
         most = 0
         for best_h, best_w in self.pinpoints:
-            feat_h, feat_w = best_h // self.tile * self.patches, best_w // self.tile * self.patches
-            ratio = self.downsample_ratio(feat_h, feat_w)
-            if ratio is not None:
-                feat_h, feat_w = int(feat_h // ratio), int(feat_w // ratio)
-            most = max(most, feat_h * feat_w + feat_h)
+            full_h, full_w = best_h // self.tile * self.patches, best_w // self.tile * self.patches
+            cut_h = [(h, full_w) for h in range(full_h, -1, -2)]  # a wider image: rows cut
+            cut_w = [(full_h, w) for w in range(full_w, -1, -2)]  # a taller one: columns cut
+            for feat_h, feat_w in cut_h + cut_w:
+                ratio = self.downsample_ratio(feat_h, feat_w)
+                if ratio is not None:
+                    feat_h, feat_w = int(feat_h // ratio), int(feat_w // ratio)
+                most = max(most, feat_h * feat_w + feat_h)
         return self.base_tokens + most

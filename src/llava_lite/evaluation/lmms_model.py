@@ -105,7 +105,7 @@ class LlavaLite(lmms):
             if not target:
                 raise ValueError(f"{task} doc {doc_id}: empty continuation {continuation!r}")
             ids = torch.cat([prompt["input_ids"], torch.tensor(target)])[None].to(device)  # [1, T]
-            images = {k: None if v is None else v.to(device) for k, v in batch_images([prompt]).items()}
+            images = {k: v.to(device) for k, v in batch_images([prompt]).items() if v is not None}
             logits = self.model(ids, **images).logits  # [1, T, V]
             steps = logits[0, -len(target) - 1 : -1].float().log_softmax(-1)  # [T_cont, V]
             wanted = torch.tensor(target, device=device)  # [T_cont]

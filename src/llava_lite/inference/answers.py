@@ -258,7 +258,7 @@ def _answer_batch(
         except (OSError, ValueError) as e:
             raise ValueError(f"question {q.question_id!r}: {e}") from e
     batch = collator(samples)
-    images = {k: None if batch[k] is None else batch[k].to(device) for k in ("pixel_values", "image_sizes")}
+    images = {k: batch[k].to(device) for k in ("pixel_values", "image_sizes") if batch[k] is not None}
     new_tokens = model.generate(
         batch["input_ids"].to(device),  # [B, T], left-padded
         **images,  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2] under AnyRes

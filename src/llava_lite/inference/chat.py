@@ -146,7 +146,7 @@ class ChatSession:
     ) -> None:
         """Worker thread: ``generate`` into ``streamer``; the tokens or the error go to ``outcome``."""
         device = next(self.model.parameters()).device
-        images = {k: None if v is None else v.to(device) for k, v in batch_images([prompt]).items()}
+        images = {k: v.to(device) for k, v in batch_images([prompt]).items() if v is not None}
         was_training = self.model.training
         self.model.eval()
         try:
