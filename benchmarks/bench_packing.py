@@ -176,6 +176,12 @@ def main() -> None:
     parser.add_argument(
         "--anyres", action="store_true", help="LLaVA-NeXT AnyRes images (tokens vary per image)"
     )
+    parser.add_argument(
+        "--row-factor",
+        type=int,
+        default=1,
+        help="packed rows hold this many times the sample limit (data.packing.max_tokens_per_row)",
+    )
     args = parser.parse_args()
     if args.anyres and args.lengths_from:
         parser.error("--anyres takes its lengths from the built-in mix, not --lengths-from")
@@ -200,7 +206,9 @@ def main() -> None:
     collate = {
         "naive": LlavaCollator(pad_id, image_token_id=base.image_token_id),
         "grouped": LlavaCollator(pad_id, image_token_id=base.image_token_id),
-        "packed": PackingCollator(pad_id, budget, base.image_token_id, one_row=args.one_row),
+        "packed": PackingCollator(
+            pad_id, budget * args.row_factor, base.image_token_id, one_row=args.one_row
+        ),
     }
     modes = list(collate)
     plans = {m: batches_for(m, samples, args.batch, args.seed) for m in modes}

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, ImageDraw
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import LlavaModel
@@ -64,3 +66,31 @@ def write_llava_bench_files(root: Path) -> None:
     }
     for name, lines in rows.items():
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+
+
+def write_dataset(root: Path, n: int, sizes: Sequence[tuple[int, int]] = ((32, 32),)) -> Path:
+    """``n`` one-turn records about a coloured rectangle, plus their images: 32 px, or record
+    ``i`` at ``sizes[i % len(sizes)]`` (height, width)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    names = list(COLORS)
+    with (root / "train.jsonl").open("w") as f:
+        for i in range(n):
+            color = names[i % len(names)]
+            h, w = sizes[i % len(sizes)]
+            image = Image.new("RGB", (w, h), (255, 255, 255))
+            box = [2 + i % 7, 3, 22 + i % 5, 28] if (h, w) == (32, 32) else [w // 5, h // 5, w - 2, h - 2]
+            ImageDraw.Draw(image).rectangle(box, fill=COLORS[color])
+            image.save(root / "images" / f"{i:03d}.png")
+            record = {
+                "id": f"rec{i}",
+                "image": f"{i:03d}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+                    {"from": "gpt", "value": f"The shape is {color}."},
+                ],
+            }
+            f.write(json.dumps(record) + "\n")
+    return root

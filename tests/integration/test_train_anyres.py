@@ -2,52 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
-from test_train_e2e import COLORS, _Crash, read_losses, tiny_cfg
+from test_train_e2e import _Crash, read_losses, tiny_cfg
 
+from helpers import write_dataset
 from llava_lite.training import train
 
 # (height, width) per record: wide, tall, square, tiny and thin images give 16 to 88 tokens each.
 SIZES = [(32, 32), (40, 90), (90, 40), (64, 64), (3, 5), (20, 200), (70, 70), (33, 47)]
 
 
-def write_sized_dataset(root: Path, n: int) -> Path:
-    """``n`` one-turn records about a coloured rectangle on images of several sizes."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    names = list(COLORS)
-    with (root / "train.jsonl").open("w") as f:
-        for i in range(n):
-            color = names[i % len(names)]
-            h, w = SIZES[i % len(SIZES)]
-            image = Image.new("RGB", (w, h), (255, 255, 255))
-            ImageDraw.Draw(image).rectangle([w // 5, h // 5, w - 2, h - 2], fill=COLORS[color])
-            image.save(root / "images" / f"{i:03d}.png")
-            record = {
-                "id": f"rec{i}",
-                "image": f"{i:03d}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat colour is the shape?"},
-                    {"from": "gpt", "value": f"The shape is {color}."},
-                ],
-            }
-            f.write(json.dumps(record) + "\n")
-    return root
-
-
-@pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "map-style-grouped"])
-def test_anyres_stage_two_resumes_exactly_with_packing(tmp_path: Path, streaming: bool) -> None:
+@pytest.mark.parametrize(
+    ("streaming", "workers"), [(True, 2), (False, 0)], ids=["streaming-2-workers", "map-style-grouped"]
+)
+def test_anyres_stage_two_resumes_exactly_with_packing(tmp_path: Path, streaming: bool, workers: int) -> None:
     """Crash after the step-3 checkpoint, resume with ckpt_path=last: steps 3..5 match exactly."""
-    records = write_sized_dataset(tmp_path / "data", 24)
+    records = write_dataset(tmp_path / "data", 24, SIZES)
     common = (
         "data.packing.enabled=true",
         "data.packing.max_tokens_per_row=200",
         "trainer.max_steps=6",
         "data.batch_size=3",
         f"data.streaming={str(streaming).lower()}",
+        f"data.num_workers={workers}",
         f"data.group_by_modality_length={str(not streaming).lower()}",
         "data.shuffle_buffer=8",
         "callbacks.model_checkpoint.every_n_train_steps=3",

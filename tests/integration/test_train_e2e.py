@@ -19,33 +19,9 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from PIL import Image, ImageDraw
 
+from helpers import write_dataset
 from llava_lite.training import LlavaLitModule, compose_config, train
-
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
-
-
-def write_dataset(root: Path, n: int) -> Path:
-    """``n`` one-turn records about a coloured rectangle, plus their 32 px images."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    names = list(COLORS)
-    with (root / "train.jsonl").open("w") as f:
-        for i in range(n):
-            color = names[i % len(names)]
-            image = Image.new("RGB", (32, 32), (255, 255, 255))
-            ImageDraw.Draw(image).rectangle([2 + i % 7, 3, 22 + i % 5, 28], fill=COLORS[color])
-            image.save(root / "images" / f"{i:03d}.png")
-            record = {
-                "id": f"rec{i}",
-                "image": f"{i:03d}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat colour is the shape?"},
-                    {"from": "gpt", "value": f"The shape is {color}."},
-                ],
-            }
-            f.write(json.dumps(record) + "\n")
-    return root
 
 
 def tiny_cfg(tmp_path: Path, data: Path, experiment: str, *overrides: str):
@@ -333,18 +309,31 @@ class _Crash(L.Callback):
 
 
 @pytest.mark.parametrize(
-    ("streaming", "n_records", "packing"),
-    [(True, 24, False), (False, 8, False), (False, 24, True), (True, 24, True)],
-    ids=["streaming-mid-epoch", "map-style-epoch-boundary", "map-style-packed-mid-epoch", "streaming-packed"],
+    ("streaming", "n_records", "packing", "workers"),
+    [
+        (True, 24, False, 0),
+        (False, 8, False, 0),
+        (False, 24, True, 0),
+        (True, 24, True, 0),
+        (True, 24, True, 3),
+    ],
+    ids=[
+        "streaming-mid-epoch",
+        "map-style-epoch-boundary",
+        "map-style-packed-mid-epoch",
+        "streaming-packed",
+        "streaming-packed-3-workers",
+    ],
 )
 def test_resume_matches_uninterrupted_run(
-    tmp_path: Path, streaming: bool, n_records: int, packing: bool
+    tmp_path: Path, streaming: bool, n_records: int, packing: bool, workers: int
 ) -> None:
     """Crash after the step-4 checkpoint, resume with ckpt_path=last: steps 4..7 match exactly.
 
     Streaming: the crash falls mid-epoch, so the stream position must come back. Map-style
     (8 records, batch 2): it falls on an epoch boundary, so the reshuffle must repeat.
-    Packed: the same, with each batch's samples packed into rows.
+    Packed: the same, with each batch's samples packed into rows. Workers hand out batches in
+    turn, and 4 batches in, the next is worker 1's of 3: the resumed loader must start there.
     """
     records = write_dataset(tmp_path / "data", n_records)
     common = (
@@ -353,6 +342,7 @@ def test_resume_matches_uninterrupted_run(
         "trainer.max_steps=8",
         "data.batch_size=2",
         f"data.streaming={str(streaming).lower()}",
+        f"data.num_workers={workers}",
         "data.shuffle_buffer=8",
         "callbacks.model_checkpoint.every_n_train_steps=4",
         "callbacks.model_checkpoint.save_top_k=-1",

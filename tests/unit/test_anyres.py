@@ -199,12 +199,15 @@ def _hf_batch(processor, images: list[Image.Image]) -> dict[str, torch.Tensor]:
     return processor(images=images, text=texts, padding=True, return_tensors="pt")
 
 
-def _flat_tiles(model: LlavaModel, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-    """transformers pads each image's tiles to the batch's most; we carry only the real ones."""
+def _our_inputs(model: LlavaModel, enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' batch as our model takes it: its tiles are padded to the batch's most per
+    image, ours are only the real ones, image after image."""
     sizes = enc["image_sizes"].tolist()
-    return torch.cat(
+    tiles = torch.cat(
         [t[: model.image_grid.num_tiles(h, w)] for t, (h, w) in zip(enc["pixel_values"], sizes, strict=True)]
     )
+    keys = ("input_ids", "attention_mask", "image_sizes")
+    return {"pixel_values": tiles, **{k: enc[k] for k in keys}}
 
 
 @pytest.mark.parametrize(("family", "tower"), list(product(FAMILIES, TOWERS)))
@@ -217,12 +220,7 @@ def test_export_equals_llava_next_logits_and_greedy_ids(tmp_path, family: str, t
     assert processor.image_processor.image_grid_pinpoints == TINY_PINPOINTS
     assert hf.config.image_grid_pinpoints == TINY_PINPOINTS
     enc = _hf_batch(processor, [_image(h, w) for h, w in SIZES[:4]])
-    ours_inputs = {
-        "input_ids": enc["input_ids"],
-        "attention_mask": enc["attention_mask"],
-        "pixel_values": _flat_tiles(model, enc),
-        "image_sizes": enc["image_sizes"],
-    }
+    ours_inputs = _our_inputs(model, enc)
     with torch.no_grad():
         theirs = hf(**enc).logits
         ours = model(**ours_inputs).logits
@@ -279,12 +277,7 @@ def test_llava_next_folder_loads_with_equal_logits_and_greedy_ids(tmp_path, fami
     processor = AutoProcessor.from_pretrained(tmp_path)
     images = [_image(h, w, seed=5) for h, w in SIZES[3:8]]
     enc = _hf_batch(processor, images)
-    ours_inputs = {
-        "input_ids": enc["input_ids"],
-        "attention_mask": enc["attention_mask"],
-        "pixel_values": _flat_tiles(model, enc),
-        "image_sizes": enc["image_sizes"],
-    }
+    ours_inputs = _our_inputs(model, enc)
     with torch.no_grad():
         assert (hf(**enc).logits - model(**ours_inputs).logits).abs().max().item() <= 1e-5
     their_ids = hf.generate(

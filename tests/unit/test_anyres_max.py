@@ -30,21 +30,14 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from helpers import TINY_TEXT_ARCH
+from helpers import TINY_TEXT_ARCH, TINY_VISION_ARCH
 from llava_lite.config import LlavaConfig
 from llava_lite.data import LlavaProcessor
 from llava_lite.image_grid import ImageGrid
 from llava_lite.modeling import LlavaModel, build_tiny_tokenizer, prepare_tokenizer
 from llava_lite.modeling.formats.llava_hf import export_to_hf_llava
 
-SIGLIP_ARCH = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "image_size": 32,
-    "patch_size": 8,
-}
+SIGLIP_ARCH = TINY_VISION_ARCH  # as a siglip_vision_model: OneVision's tower kind
 PINPOINTS = [[32 * rows, 32 * cols] for rows in range(1, 5) for cols in range(1, 5)]  # OneVision's, 32/384
 MAX_TILES = (1, 2, 4, 9)  # 9 is OneVision's own anyres_max_9
 # Tiny, square, tall, wide, exact pinpoints, one pixel off them, photos and a 12-megapixel one.

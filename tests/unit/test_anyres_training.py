@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from test_anyres import tiny_anyres
+from test_train_packing import _loss_and_grads
 
 from llava_lite.data import LlavaCollator, LlavaDataset, LlavaProcessor, PackingCollator
 from llava_lite.data.bad_samples import BadSampleError
-from llava_lite.modeling import LlavaModel
 from llava_lite.training import apply_stage, param_groups
 
 # Image sizes whose token counts differ: 1x1 and 1x100,000 included (transformers reads them too).
@@ -40,22 +40,6 @@ def _samples(processor: LlavaProcessor) -> list[dict[str, Any]]:
             processor.process_messages([("user", "hi"), ("assistant", f"hello {i} there")], None, f"txt{i}")
         )
     return out
-
-
-def _loss_and_grads(model: LlavaModel, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    terms = model.loss_terms(
-        batch["input_ids"],
-        batch["labels"],
-        batch["pixel_values"],
-        batch.get("attention_mask"),
-        batch.get("position_ids"),
-        image_sizes=batch["image_sizes"],
-    )
-    assert terms.num_tokens == batch["trained_tokens"]
-    loss = terms.loss_sum / terms.num_tokens
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_packed_anyres_rows_equal_padded_loss_and_gradients() -> None:

@@ -60,7 +60,9 @@ def test_seed_and_overrides_reach_the_settings(monkeypatch, tmp_path) -> None:
     seen = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     monkeypatch.setattr(demo_run, "run_demo", lambda out, settings: seen.append(settings))
-    demo_cli.main(["--quick", "--seed", "7", "--out", str(tmp_path), "stage2.steps=3", "llm.drill_pool=varied"])
+    demo_cli.main(
+        ["--quick", "--seed", "7", "--out", str(tmp_path), "stage2.steps=3", "llm.drill_pool=varied"]
+    )
     (settings,) = seen
     assert (settings.seed, settings.stage2.steps, settings.llm.drill_pool) == (7, 3, "varied")
     assert settings.world.n_train == 500  # the quick recipe under the overrides

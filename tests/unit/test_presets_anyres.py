@@ -7,7 +7,6 @@ train offline on a CPU.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -15,8 +14,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from PIL import Image
 
+from helpers import write_dataset
 from llava_lite.config import LlavaConfig, preset_names
 from llava_lite.image_grid import ImageGrid
 from llava_lite.modeling import LlavaModel
@@ -103,27 +102,8 @@ def test_tiny_anyres_finetune_composes() -> None:
     assert cfg.trainer.accelerator == "cpu" and cfg.data.num_workers == 0
 
 
-def _write_records(root: Path) -> Path:
-    """Four records whose images take every grid shape class: wide, tall, square, small."""
-    (root / "images").mkdir(parents=True)
-    sizes = [(32, 96), (96, 32), (64, 64), (20, 30)]  # (height, width)
-    with (root / "train.jsonl").open("w") as f:
-        for i, (h, w) in enumerate(sizes):
-            Image.new("RGB", (w, h), (40 * i, 200 - 40 * i, 90)).save(root / "images" / f"{i}.png")
-            record = {
-                "id": f"r{i}",
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat shape is the picture?"},
-                    {"from": "gpt", "value": f"It is {w} by {h}."},
-                ],
-            }
-            f.write(json.dumps(record) + "\n")
-    return root
-
-
 def test_tiny_anyres_finetune_trains_the_tower_on_a_cpu(tmp_path: Path) -> None:
-    data = _write_records(tmp_path / "data")
+    data = write_dataset(tmp_path / "data", 4, [(32, 96), (96, 32), (64, 64), (20, 30)])  # every grid class
     common = [
         f"data.train_files={data / 'train.jsonl'}",
         f"data.image_root={data / 'images'}",

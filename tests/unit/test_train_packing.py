@@ -69,6 +69,7 @@ def _loss_and_grads(model: LlavaModel, batch: dict[str, Any]) -> tuple[torch.Ten
         batch["pixel_values"],
         batch.get("attention_mask"),
         batch.get("position_ids"),
+        image_sizes=batch.get("image_sizes"),  # AnyRes batches
     )
     assert terms.num_tokens == batch["trained_tokens"]
     loss = terms.loss_sum / terms.num_tokens

@@ -217,10 +217,12 @@ class LlavaStreamingDataset(IterableDataset):
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
     def _slot(self) -> tuple[int, int]:
+        """(this reader's slot, slots in all): rank-major, workers turned as a resumed pass needs."""
         rank, world = self._rank_world()
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return rank * workers + worker, world * workers
+        role = (worker + self.position.worker_offset(world * workers)) % workers
+        return rank * workers + role, world * workers
 
     def _files_for_epoch(self) -> list[str]:
         files = list(self.files)

@@ -94,17 +94,22 @@ class ResumableSampler(DistributedSampler):
 
 
 class StreamPosition:
-    """A stream's position: records delivered per reader slot in the current epoch.
+    """A stream's position: records delivered per reader slot in the current epoch, and batches.
 
     A slot's output order is a pure function of (seed, epoch, slot), so "slot s has
     delivered m records" is the whole state; it is valid only for the same number of slots.
+    DataLoader workers hand out batches in turn, starting with worker 0; after ``b`` batches
+    the next one is worker ``b % workers``'s, so a resumed loader lets worker ``w`` read slot
+    ``(w + b) % workers`` (:meth:`worker_offset`), and batches keep their uninterrupted order.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.epoch = 0
         self._delivered: dict[int, int] = {}  # slot -> records delivered this epoch (main process)
+        self._batches = 0  # batches delivered this epoch (main process)
         self._resume: dict[int, int] = {}  # slot -> records to skip on the next pass
+        self._resume_batches = 0
         self._resume_slots: int | None = None
         self._slots_seen: int | None = None
 
@@ -113,13 +118,20 @@ class StreamPosition:
         if epoch != self.epoch:
             self.epoch = epoch
             self._delivered, self._resume, self._resume_slots, self._slots_seen = {}, {}, None, None
+            self._batches = self._resume_batches = 0
 
     def observe(self, positions: Sequence[tuple[int, int, int, int]]) -> None:
-        """Record ``(epoch, slot, num_slots, position)`` of samples the consumer has taken."""
-        for epoch, slot, num_slots, pos in positions:
-            if epoch == self.epoch:
-                self._delivered[slot] = max(self._delivered.get(slot, 0), pos)
-                self._slots_seen = num_slots
+        """Record ``(epoch, slot, num_slots, position)`` of the samples of one batch the consumer took."""
+        current = [p for p in positions if p[0] == self.epoch]
+        for _, slot, num_slots, pos in current:
+            self._delivered[slot] = max(self._delivered.get(slot, 0), pos)
+            self._slots_seen = num_slots
+        if current:
+            self._batches += 1
+
+    def worker_offset(self, num_slots: int) -> int:
+        """How far a resumed pass turns the workers' slots: the batches already delivered."""
+        return self._resume_batches if self._resume and self._resume_slots == num_slots else 0
 
     def to_skip(self, slot: int, num_slots: int) -> int:
         """Records slot ``slot`` of ``num_slots`` passes over on its next pass (0 after a change of slots)."""
@@ -142,6 +154,7 @@ class StreamPosition:
             "seed": self.seed,
             "num_slots": self._slots_seen,
             "delivered": dict(self._delivered),
+            "batches": self._batches,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -150,6 +163,7 @@ class StreamPosition:
         self.epoch = int(state["epoch"])
         self._delivered = {int(k): int(v) for k, v in state.get("delivered", {}).items()}
         self._resume = dict(self._delivered)
+        self._batches = self._resume_batches = int(state.get("batches", 0))
         self._resume_slots = self._slots_seen = state.get("num_slots")
 
 
