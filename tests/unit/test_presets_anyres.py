@@ -14,13 +14,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from safetensors.torch import load_file
 
 from helpers import write_dataset
 from llava_lite.config import LlavaConfig, preset_names
 from llava_lite.image_grid import ImageGrid
 from llava_lite.modeling import LlavaModel
 from llava_lite.templates import get_template
-from llava_lite.training import compose_config, config_dir, train
+from llava_lite.training import compose_config, config_dir, load_projector, save_projector, train
 
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # (height, width)
 TINY_PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]  # the same, x 32/336
@@ -126,3 +127,18 @@ def test_tiny_anyres_finetune_trains_the_tower_on_a_cpu(tmp_path: Path) -> None:
     tower = [k for k in after if k.startswith("model.vision_tower.")]
     assert tower and any(not torch.equal(after[k], before[k]) for k in tower)
     assert "train/lr_vision_tower" in out["metrics"]
+    # Stage 1 trained the image newline with the projector; its file hands it to stage 2.
+    newline = load_file(projector)["image_newline"]
+    first = torch.load(stage1["last_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    torch.testing.assert_close(newline, first["model.image_newline.weight"], rtol=0, atol=0)
+    assert not torch.equal(newline, before["model.image_newline.weight"])  # trained, then saved
+    model = instantiate(cfg.module).model
+    load_projector(model.projector, projector, model.config.projector.type, model.image_newline)
+    torch.testing.assert_close(model.image_newline.weight, newline, rtol=0, atol=0)
+    square = tmp_path / "square.safetensors"  # a stage 1 at base resolution has no newline
+    save_projector(model.projector, square, model.config.projector.type)
+    fresh = instantiate(cfg.module).model
+    kept = fresh.image_newline.weight.detach().clone()
+    load_projector(fresh.projector, square, model.config.projector.type, fresh.image_newline)
+    assert torch.equal(fresh.image_newline.weight, kept)
+    torch.testing.assert_close(fresh.projector.state_dict(), model.projector.state_dict(), rtol=0, atol=0)

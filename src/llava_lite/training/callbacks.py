@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from llava_lite.training.projector import save_projector
+from llava_lite.training.projector import NEWLINE_KEY, save_projector
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,12 @@ class ProjectorCheckpoint(L.Callback):
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Any] | None) -> None:
         if trainer.is_global_zero:
-            projector = state or pl_module.model.projector
-            save_projector(projector, self.path, pl_module.model.config.projector.type)
+            model = pl_module.model
+            if not state:
+                state = dict(model.projector.state_dict())
+                if model.image_newline is not None:  # AnyRes: trained with the projector
+                    state[NEWLINE_KEY] = model.image_newline.weight
+            save_projector(state, self.path, model.config.projector.type)
         self._written_at_step = trainer.global_step
 
     def on_save_checkpoint(
@@ -37,9 +41,10 @@ class ProjectorCheckpoint(L.Callback):
     ) -> None:
         prefix = "model.projector."
         full = checkpoint.get("state_dict") or {}
-        self._write(
-            trainer, pl_module, {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
-        )
+        state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+        if state and "model.image_newline.weight" in full:
+            state[NEWLINE_KEY] = full["model.image_newline.weight"]
+        self._write(trainer, pl_module, state)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._written_at_step != trainer.global_step:

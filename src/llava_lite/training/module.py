@@ -135,7 +135,12 @@ class LlavaLitModule(L.LightningModule):
         # A resumed run takes every weight from its checkpoint, so the stage-1 file is only
         # read when starting fresh.
         if stage == "fit" and self.init_projector_from and self.trainer.ckpt_path is None:
-            load_projector(self.model.projector, self.init_projector_from, self.model.config.projector.type)
+            load_projector(
+                self.model.projector,
+                self.init_projector_from,
+                self.model.config.projector.type,
+                self.model.image_newline,
+            )
             log.info("projector initialised from %s", self.init_projector_from)
         elif stage == "fit" and self.hparams.stage == "finetune" and not self.init_projector_from:
             log.warning(

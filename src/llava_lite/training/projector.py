@@ -12,6 +12,7 @@ the ``mm_projector.`` prefix is dropped, and ``0``/``2`` are our MLP's layers al
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +23,11 @@ from torch import Tensor, nn
 
 from llava_lite.modeling.projector import same_base_projector
 
+log = logging.getLogger(__name__)
+
 PROJECTOR_FILE = "projector.safetensors"
+# An AnyRes model's row separator travels in the same file: it is trained with the projector.
+NEWLINE_KEY = "image_newline"
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 _ORIGINAL_PREFIX = "mm_projector."
 
@@ -63,12 +68,26 @@ def _read_state(path: Path, projector_type: str) -> tuple[dict[str, Tensor], str
     return {k.split(_ORIGINAL_PREFIX, 1)[-1]: v for k, v in state.items()}, saved_type
 
 
-def load_projector(projector: nn.Module, path: str | Path, projector_type: str) -> None:
-    """Load a file written by ``save_projector`` or LLaVA's ``mm_projector.bin``; errors name the file and what differs."""
+def load_projector(
+    projector: nn.Module, path: str | Path, projector_type: str, image_newline: nn.Module | None = None
+) -> None:
+    """Load a file written by ``save_projector`` or LLaVA's ``mm_projector.bin``; errors name the file and what differs.
+
+    ``image_newline`` (an AnyRes model's) takes the file's ``image_newline`` when it has one; a
+    file from a square-image stage 1 (LLaVA-NeXT trains stage 1 at base resolution) has none,
+    and the newline keeps its initialisation.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.init_projector_from: no projector file at {path}")
     state, saved_type = _read_state(path, projector_type)
+    newline = state.pop(NEWLINE_KEY, None)
+    if image_newline is not None and newline is not None:
+        image_newline.weight.data.copy_(newline.reshape(image_newline.weight.shape))
+    elif image_newline is not None:
+        log.info("%s has no image_newline (a square-image stage 1): the AnyRes newline starts fresh", path)
+    elif newline is not None:
+        log.warning("%s holds an AnyRes image_newline this model does not read; it is ignored", path)
     own = projector.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     bad_shapes = [
