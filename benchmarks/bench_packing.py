@@ -29,7 +29,9 @@ LLaVA-NeXT's pinpoints scaled to the tower's tile), so its tokens vary with its 
 image's (height, width) has a log-uniform aspect ratio in [1/2, 2] and a long side of 400 to
 1,024 px, kept when LLaVA-NeXT's geometry (336 px tiles, 576 tokens a view) makes 1,500 to
 2,900 tokens of it, then scaled to the tower (about 170 to 340 tokens at 1/8); rows hold
-LLaVA-NeXT's 4,096 tokens (512 at 1/8). Lengths count each image's own tokens, for grouping too.
+LLaVA-NeXT's 4,096 tokens (512 at 1/8). ``grouped`` counts each image's own tokens (as
+``LlavaDataset.modality_lengths`` does); ``grouped_text`` groups by the text alone, as LLaVA's
+sampler does (it never sees an image's size), and ``packed_vs_grouped_text`` compares with it.
 
     python benchmarks/bench_packing.py
     python benchmarks/bench_packing.py --anyres
@@ -149,9 +151,16 @@ def with_pixels(samples: list[dict[str, Any]], grid: ImageGrid) -> list[dict[str
     return out
 
 
-def batches_for(mode: str, samples: list[dict[str, Any]], batch: int, seed: int) -> list[list[int]]:
-    if mode == "grouped":
+def batches_for(
+    mode: str, samples: list[dict[str, Any]], batch: int, seed: int, image_token_id: int
+) -> list[list[int]]:
+    if mode.startswith("grouped"):
         lengths = [s["input_ids"].numel() for s in samples]
+        if mode == "grouped_text":  # LLaVA's own lengths: the text only, whatever the image costs
+            lengths = [
+                n - int((s["input_ids"] == image_token_id).sum())
+                for n, s in zip(lengths, samples, strict=True)
+            ]
         sampler = ModalityLengthGroupedSampler(lengths, [s["_image"] for s in samples], batch, seed=seed)
         return [b for b in sampler.global_batches() if b]
     order = list(range(len(samples)))
@@ -206,12 +215,15 @@ def main() -> None:
     collate = {
         "naive": LlavaCollator(pad_id, image_token_id=base.image_token_id),
         "grouped": LlavaCollator(pad_id, image_token_id=base.image_token_id),
+        **(
+            {"grouped_text": LlavaCollator(pad_id, image_token_id=base.image_token_id)} if args.anyres else {}
+        ),
         "packed": PackingCollator(
             pad_id, budget * args.row_factor, base.image_token_id, one_row=args.one_row
         ),
     }
     modes = list(collate)
-    plans = {m: batches_for(m, samples, args.batch, args.seed) for m in modes}
+    plans = {m: batches_for(m, samples, args.batch, args.seed, base.image_token_id) for m in modes}
     batches = {m: [collate[m]([samples[i] for i in b]) for b in plans[m]] for m in modes}
     models = {m: copy.deepcopy(base) for m in modes}
     opts = {m: build_adamw(param_groups(models[m].components(), 1e-5), 1e-5) for m in modes}
@@ -268,10 +280,10 @@ def main() -> None:
             "tokens_per_s": real / seconds[m],
             "peak_mem_mb": peaks[m] / 2**20,
         }
-    print(f"{'mode':>8} {'steps':>5} {'rows':>5} {'T':>6} {'useful':>7} {'tok/s':>9} {'peak MB':>8}")
+    print(f"{'mode':>12} {'steps':>5} {'rows':>5} {'T':>6} {'useful':>7} {'tok/s':>9} {'peak MB':>8}")
     for m, r in rows.items():
         print(
-            f"{m:>8} {r['steps']:>5} {r['rows_per_step']:>5.1f} {r['row_tokens']:>6.0f} "
+            f"{m:>12} {r['steps']:>5} {r['rows_per_step']:>5.1f} {r['row_tokens']:>6.0f} "
             f"{r['useful_fraction']:>7.1%} {r['tokens_per_s']:>9.0f} {r['peak_mem_mb']:>8.1f}"
         )
     tps = {m: rows[m]["tokens_per_s"] for m in modes}
@@ -294,6 +306,7 @@ def main() -> None:
         "packed_vs_grouped": tps["packed"] / tps["grouped"],
         "packed_vs_naive": tps["packed"] / tps["naive"],
         "grouped_vs_naive": tps["grouped"] / tps["naive"],
+        **({"packed_vs_grouped_text": tps["packed"] / tps["grouped_text"]} if "grouped_text" in tps else {}),
         "max_rel_loss_diff": max(rel_diffs),
         "peak_mem_ratio": peaks["packed"] / peaks["grouped"] if peaks["grouped"] else float("nan"),
         "modes": rows,

@@ -31,6 +31,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlavaForConditionalGeneration,
+    LlavaNextForConditionalGeneration,
     SiglipImageProcessor,
 )
 from transformers import LlavaConfig as HFLlavaConfig
@@ -40,7 +41,11 @@ from llava_lite.config import LlavaConfig
 from llava_lite.data import LlavaCollator, LlavaProcessor
 from llava_lite.modeling import LlavaModel, build_projector, build_tiny_tokenizer, load_pretrained
 from llava_lite.modeling.formats.llava_hf import export_to_hf_llava, import_hf_llava
-from llava_lite.modeling.formats.original_llava import import_original_llava, is_original_llava
+from llava_lite.modeling.formats.original_llava import (
+    import_original_llava,
+    is_original_llava,
+    read_state_dict,
+)
 from llava_lite.modeling.tokenizer import default_corpus
 from llava_lite.training import LlavaLitModule, load_projector
 
@@ -576,6 +581,49 @@ def test_original_llava_checkpoint_imports_with_equal_logits(tmp_path, with_visi
         torch.testing.assert_close(
             hf(input_ids=ours_ids, pixel_values=pixels).logits[..., : len(tok)], expected
         )
+
+
+def test_original_llava_next_checkpoint_imports_with_its_grids_and_newline(tmp_path) -> None:
+    """A LLaVA-NeXT folder (anyres, spatial_unpad, (width, height) pinpoints, model.image_newline)."""
+    _clip_folder(tmp_path / "clip")
+    _original_llava(tmp_path / "llava", tmp_path / "clip", with_vision=True)
+    folder = tmp_path / "llava"
+    config = json.loads((folder / "config.json").read_text())
+    original_pinpoints = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]  # (width, height), 32 px tiles
+    config.update(
+        image_aspect_ratio="anyres",
+        mm_patch_merge_type="spatial_unpad",
+        image_grid_pinpoints=original_pinpoints,
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    state = read_state_dict(folder)
+    newline = torch.randn(TINY_TEXT_ARCH["hidden_size"], generator=torch.Generator().manual_seed(5))
+    for shard in folder.glob("model*.safetensors*"):
+        shard.unlink()
+    _shard({**state, "model.image_newline": newline}, folder)
+
+    model = load_pretrained(folder).eval()
+    assert model.config.image_aspect == "anyres"
+    assert model.config.anyres.grid_pinpoints == [[h, w] for w, h in original_pinpoints]
+    torch.testing.assert_close(model.image_newline.weight, newline, rtol=0, atol=0)
+    # A tie (every image up to 32 px here): the original reads [32, 64] as 32 wide, 64 high.
+    assert model.image_grid.grid_shape(20, 20) == (2, 1)
+    assert model.image_grid.grid_shape(20, 90) == (1, 3)  # no tie: the same grid either way
+
+    # Its llava-hf export is a LlavaNext folder transformers runs with equal logits.
+    export_to_hf_llava(model, tmp_path / "hf")
+    hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    processor = LlavaProcessor.from_model(model)
+    prompt = processor.prompt("What is in the picture?", _photo(20, 20))
+    ids = prompt["input_ids"][None]
+    with torch.no_grad():
+        ours = model(ids, pixel_values=prompt["pixel_values"], image_sizes=prompt["image_sizes"]).logits
+        theirs = hf(
+            input_ids=ids,
+            pixel_values=prompt["pixel_values"][None],
+            image_sizes=torch.tensor(prompt["image_sizes"]),
+        ).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
 
 
 def test_original_llava_pickle_weights_need_allow_pickle(tmp_path) -> None:
