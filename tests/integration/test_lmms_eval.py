@@ -230,3 +230,29 @@ def test_bad_model_args_and_multi_image_docs_are_refused(bench: Path) -> None:
     request = _request("generate_until", (QUESTION, {}, lambda d: d["images"], 0, "t", "test"))
     with pytest.raises(ValueError, match=r"t doc 0: 2 images; llava_lite answers about one"):
         lm.generate_until([request])
+
+
+def test_anyres_model_scores_and_answers_images_of_any_size(tmp_path: Path) -> None:
+    """An AnyRes model folder: loglikelihood and generate_until pass each image's size through."""
+    torch.manual_seed(0)
+    LlavaModel(LlavaConfig.from_name("tiny_anyres")).save_pretrained(tmp_path / "model")
+    lm = LlavaLite(pretrained=str(tmp_path / "model"), device="cpu")
+    image = Image.effect_noise((90, 30), 50).convert("RGB")  # wide: a 1 x 3 grid
+    lm.task_dict = {"t": {"test": [{"image": image}]}}
+    visual = lambda d: [d["image"]]  # noqa: E731
+    ((score, _),) = lm.loglikelihood([_request("loglikelihood", (QUESTION, "green", visual, 0, "t", "test"))])
+    prompt = lm.processor.prompt(QUESTION, image)
+    assert prompt["image_sizes"] == [(30, 90)] and prompt["pixel_values"].shape[0] == 4
+    target = lm.processor.tokenizer("green", add_special_tokens=False)["input_ids"]
+    ids = torch.cat([prompt["input_ids"], torch.tensor(target)])[None]
+    with torch.no_grad():
+        logits = lm.model(ids, pixel_values=prompt["pixel_values"], image_sizes=prompt["image_sizes"]).logits
+    steps = logits[0, -len(target) - 1 : -1].log_softmax(-1)
+    expected = steps.gather(-1, torch.tensor(target)[:, None]).sum().item()
+    assert score == pytest.approx(expected, rel=1e-5)
+    request = _request(
+        "generate_until", (QUESTION, {"max_new_tokens": MAX_NEW_TOKENS}, visual, 0, "t", "test")
+    )
+    (answer,) = lm.generate_until([request])
+    session = ChatSession(lm.model, lm.processor, image, DecodingSettings(MAX_NEW_TOKENS))
+    assert answer == session.ask(QUESTION)

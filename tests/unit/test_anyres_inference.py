@@ -8,6 +8,7 @@ from test_anyres import tiny_anyres
 
 from llava_lite.data import LlavaProcessor
 from llava_lite.inference import ChatSession, DecodingSettings, Question, generate_answers, read_answers
+from llava_lite.inference.web import WebChat
 
 SETTINGS = DecodingSettings(max_new_tokens=6)
 
@@ -56,3 +57,16 @@ def test_chat_session_reads_an_image_of_any_size() -> None:
     prompt = session.fitting_prompt("And now?")
     slots = int((prompt["input_ids"] == model.image_token_id).sum())
     assert slots == model.image_grid.num_tokens(40, 120) and torch.is_tensor(prompt["pixel_values"])
+
+
+def test_web_demo_handler_reads_an_image_of_any_size(tmp_path) -> None:
+    model = tiny_anyres()
+    processor = LlavaProcessor.from_model(model)
+    path = tmp_path / "strip.png"
+    Image.effect_noise((150, 25), 50).convert("RGB").save(path)
+    chat = WebChat(model, processor)
+    *_, (_, messages, state) = chat.respond(
+        "What is it?", str(path), None, None, 0.0, 1.0, SETTINGS.max_new_tokens
+    )
+    assert messages[-1]["content"] == _direct(model, processor, "What is it?", str(path))
+    assert state.image == str(path) and len(state.history) == 1
