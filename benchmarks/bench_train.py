@@ -17,9 +17,16 @@ tokens a view), AnyRes over LLaVA-NeXT's pinpoints, row ``i``'s image of size
 ``LlavaNextForConditionalGeneration`` (the export's class for AnyRes), given each image's tiles
 padded to the batch's most as it expects.
 
+``onevision32k`` (stage 2 only) is ``vocab32k`` read the LLaVA-OneVision way: a 384 px / 14 px
+tower (729 tokens a view), OneVision's 1x1 to 6x6 pinpoints with ``anyres_max_9``, and rows of
+mixed kinds (``ONEVISION_ROWS``): one image (1,944 or 2,929 tokens), three images as base views
+(3 x 730), and a video of 8 frames pooled to 14 x 14 (1,569); transformers' side is
+``LlavaOnevisionForConditionalGeneration`` (the export's class).
+
     python benchmarks/bench_train.py                        # CPU, all four sizes
     python benchmarks/bench_train.py --sizes small --repeats 3
     python benchmarks/bench_train.py --sizes anyres32k --no-loader   # the AnyRes row alone
+    python benchmarks/bench_train.py --sizes onevision32k --no-loader   # the OneVision row alone
     python benchmarks/bench_train.py --device cuda --dtype bfloat16 --sizes medium 7b_wide
 """
 
@@ -35,13 +42,18 @@ from typing import Any
 import torch
 from common import SIZES, build, interleaved, machine, matmul_peak_flops, peak_memory
 from PIL import Image
-from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, PreTrainedModel
+from transformers import (
+    LlavaForConditionalGeneration,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionForConditionalGeneration,
+    PreTrainedModel,
+)
 
 from llava_lite.config import IGNORE_INDEX
 from llava_lite.data import LlavaDataModule, LlavaProcessor
-from llava_lite.image_grid import LLAVA_NEXT_PINPOINTS
+from llava_lite.image_grid import LLAVA_NEXT_PINPOINTS, ONEVISION_PINPOINTS
 from llava_lite.modeling import LlavaModel, export_to_hf_llava
-from llava_lite.modeling.llava import LossTerms
+from llava_lite.modeling.llava import VISUAL_INPUTS, LossTerms
 from llava_lite.training import apply_stage, build_adamw, param_groups
 
 # (prompt tokens, answer tokens) ranges per stage: short captions in stage 1, long answers in 2.
@@ -49,20 +61,53 @@ LENGTHS = {1: ((6, 12), (8, 32)), 2: ((16, 64), (32, 160))}
 STAGE_NAMES = {1: "pretrain", 2: "finetune"}
 # AnyRes sizes: (base size, build overrides), stage 2 only.
 ANYRES_SIZES = {
-    "anyres32k": ("vocab32k", {"image_size": 336, "patch_size": 14, "pinpoints": LLAVA_NEXT_PINPOINTS})
+    "anyres32k": ("vocab32k", {"image_size": 336, "patch_size": 14, "pinpoints": LLAVA_NEXT_PINPOINTS}),
+    "onevision32k": (
+        "vocab32k",
+        {"image_size": 384, "patch_size": 14, "pinpoints": ONEVISION_PINPOINTS, "onevision": True},
+    ),
 }
+# Row i of a OneVision batch is ONEVISION_ROWS[i % 4]: ("images", [(height, width), ...]) or ("video", frames).
+ONEVISION_ROWS = (
+    ("images", [(300, 480)]),
+    ("images", [(300, 480), (480, 640), (384, 384)]),
+    ("video", 8),
+    ("images", [(480, 640)]),
+)
 # Row i's image (height, width) under AnyRes: 1,512 / 1,948 / 2,340 / 2,830 tokens from 3 / 5 / 5 / 5 views.
 ANYRES_IMAGES = ((300, 480), (720, 1280), (480, 640), (600, 640))
 
 
+def _visual_block(
+    model: LlavaModel, i: int, anyres_sizes: list[tuple[int, int]]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Row ``i``'s image (or video) slots and what fills them: ``{"images": [(size, tiled)], "frames": n}``."""
+    grid = model.image_grid
+    if model.video_token_id is not None:  # OneVision rows of mixed kinds
+        kind, what = ONEVISION_ROWS[i % len(ONEVISION_ROWS)]
+        if kind == "video":
+            return torch.full((grid.video_tokens(what),), model.video_token_id), {
+                "images": [],
+                "frames": what,
+            }
+        tiled = len(what) == 1
+        counts = [grid.num_tokens(h, w, tiled) for h, w in what]
+        return torch.full((sum(counts),), model.image_token_id), {"images": [(s, tiled) for s in what]}
+    if anyres_sizes:
+        size = anyres_sizes[i]
+        return torch.full((grid.num_tokens(*size),), model.image_token_id), {"images": [(size, True)]}
+    return torch.full((grid.base_tokens,), model.image_token_id), {"images": [(None, True)]}
+
+
 def make_batch(model: LlavaModel, stage: int, batch: int, seed: int, device: str) -> dict[str, torch.Tensor]:
     """A right-padded batch: prompt, image block, answer per row; only answer tokens are trained.
-    AnyRes: row ``i``'s image is ``ANYRES_IMAGES[i % 4]``, ``pixel_values`` its tiles ``[N_tiles, 3, H, W]``."""
+    AnyRes: row ``i``'s image is ``ANYRES_IMAGES[i % 4]``, ``pixel_values`` its tiles ``[N_tiles, 3, H, W]``;
+    OneVision: row ``i`` is ``ONEVISION_ROWS[i % 4]``."""
     gen = torch.Generator().manual_seed(seed)
     (p_lo, p_hi), (a_lo, a_hi) = LENGTHS[stage]
     grid = model.image_grid
     sizes = [ANYRES_IMAGES[i % len(ANYRES_IMAGES)] for i in range(batch)] if grid.anyres else []
-    rows = []
+    rows, images, frames = [], [], []
     for i in range(batch):
         prompt = torch.randint(
             10, 1000, (int(torch.randint(p_lo, p_hi, (1,), generator=gen)),), generator=gen
@@ -70,7 +115,9 @@ def make_batch(model: LlavaModel, stage: int, batch: int, seed: int, device: str
         answer = torch.randint(
             10, 1000, (int(torch.randint(a_lo, a_hi, (1,), generator=gen)),), generator=gen
         )
-        block = torch.full((grid.num_tokens(*sizes[i]) if sizes else grid.base_tokens,), model.image_token_id)
+        block, visual = _visual_block(model, i, sizes)
+        images += visual["images"]
+        frames += [visual["frames"]] if "frames" in visual else []
         ids = torch.cat([prompt[:2], block, prompt[2:], answer])
         labels = torch.cat([torch.full((ids.numel() - answer.numel(),), IGNORE_INDEX), answer])
         rows.append((ids, labels))
@@ -81,23 +128,49 @@ def make_batch(model: LlavaModel, stage: int, batch: int, seed: int, device: str
     for i, (ids, lab) in enumerate(rows):
         input_ids[i, : ids.numel()], labels[i, : ids.numel()], mask[i, : ids.numel()] = ids, lab, 1
     size = model.vision_tower.image_size
+    views = sum(grid.num_tiles(*s, tiled=t) for s, t in images) if grid.anyres else len(images)
+    out = {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "pixel_values": torch.randn(views, 3, size, size, generator=gen),  # [N_tiles, 3, H, W]
+    }
+    if grid.anyres:
+        out["image_sizes"] = torch.tensor([s for s, _ in images])  # [N, 2] (height, width)
+        out["image_tiled"] = torch.tensor([t for _, t in images])  # [N]
+    if frames:
+        out["pixel_values_videos"] = torch.randn(sum(frames), 3, size, size, generator=gen)  # [F, 3, H, W]
+        out["video_frames"] = torch.tensor(frames)  # [V]
     dtype = model.llm.get_input_embeddings().weight.dtype
-    views = sum(grid.num_tiles(h, w) for h, w in sizes) if sizes else batch
-    pixels = torch.randn(views, 3, size, size, generator=gen)  # [B or N_tiles, 3, H, W]
-    out = {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
-    if sizes:
-        out["image_sizes"] = torch.tensor(sizes)  # [B, 2] (height, width)
-    return {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in out.items()}
+    return {k: v.to(device, dtype) if k.startswith("pixel_values") else v.to(device) for k, v in out.items()}
 
 
 def hf_batch(model: LlavaModel, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch as transformers takes it: LlavaNext wants each image's tiles padded to the
-    batch's most, ``[B, max_tiles, 3, H, W]`` (it drops the padding again by ``image_sizes``)."""
+    """The batch as transformers takes it: LlavaNext / LlavaOnevision want each image's tiles
+    padded to the batch's most, ``[N, max_tiles, 3, H, W]`` (they drop the padding again by
+    ``image_sizes``); OneVision wants images per sample (``batch_num_images``) and each video's
+    frames ``[V, F, 3, H, W]``."""
     if "image_sizes" not in b:
         return b
-    tiles = [model.image_grid.num_tiles(h, w) for h, w in b["image_sizes"].tolist()]
+    grid = model.image_grid
+    tiled = b["image_tiled"].tolist()
+    tiles = [grid.num_tiles(h, w, t) for (h, w), t in zip(b["image_sizes"].tolist(), tiled, strict=True)]
     padded = torch.nn.utils.rnn.pad_sequence(list(b["pixel_values"].split(tiles)), batch_first=True)
-    return {**b, "pixel_values": padded}
+    out = {k: v for k, v in b.items() if k not in ("image_tiled", "pixel_values_videos", "video_frames")}
+    out["pixel_values"] = padded
+    if model.video_token_id is not None:
+        per_row = [
+            len(visual["images"])
+            for visual in (_visual_block(model, i, [])[1] for i in range(len(b["input_ids"])))
+        ]
+        out["batch_num_images"] = torch.tensor([n for n in per_row if n])
+        if "pixel_values_videos" in b:
+            frames = b["video_frames"].tolist()
+            assert len(set(frames)) == 1, "transformers takes videos of one frame count"
+            out["pixel_values_videos"] = b["pixel_values_videos"].view(
+                len(frames), frames[0], *b["pixel_values_videos"].shape[1:]
+            )
+    return out
 
 
 def freeze_hf(model: PreTrainedModel, stage: int) -> None:
@@ -110,7 +183,10 @@ def freeze_hf(model: PreTrainedModel, stage: int) -> None:
 
 def our_terms(model: LlavaModel, b: dict[str, torch.Tensor]) -> LossTerms:
     return model.loss_terms(
-        b["input_ids"], b["labels"], b["pixel_values"], b["attention_mask"], image_sizes=b.get("image_sizes")
+        b["input_ids"],
+        b["labels"],
+        attention_mask=b["attention_mask"],
+        **{k: b.get(k) for k in VISUAL_INPUTS},
     )
 
 
@@ -142,7 +218,10 @@ def model_flops(model: LlavaModel, b: dict[str, torch.Tensor], stage: int) -> fl
     fwd_head = 2 * cfg.hidden_size * cfg.vocab_size * trained
     n_vis = sum(p.numel() for p in model.vision_tower.parameters())
     n_proj = sum(p.numel() for p in model.projector.parameters())
-    patches = b["pixel_values"].shape[0] * model.num_image_tokens
+    views = b["pixel_values"].shape[0] + (
+        b["pixel_values_videos"].shape[0] if "pixel_values_videos" in b else 0
+    )
+    patches = views * model.num_image_tokens
     backward = 2 if stage == 2 else 1  # stage 1: the frozen LLM still passes activation gradients
     return (1 + backward) * (fwd_llm + fwd_head) + 2 * n_vis * patches + 6 * n_proj * patches
 
@@ -156,7 +235,13 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
 def bench_one(size: str, stage: int, args: argparse.Namespace) -> dict[str, Any]:
     base, overrides = ANYRES_SIZES.get(size, (size, {}))
     ours = build(base, args.dtype, **overrides).to(args.device)
-    hf_class = LlavaNextForConditionalGeneration if ours.image_grid.anyres else LlavaForConditionalGeneration
+    hf_class = (
+        LlavaOnevisionForConditionalGeneration
+        if ours.video_token_id is not None
+        else LlavaNextForConditionalGeneration
+        if ours.image_grid.anyres
+        else LlavaForConditionalGeneration
+    )
     with tempfile.TemporaryDirectory() as folder:
         export_to_hf_llava(ours, folder)
         theirs = hf_class.from_pretrained(folder, dtype=getattr(torch, args.dtype))
@@ -173,7 +258,7 @@ def bench_one(size: str, stage: int, args: argparse.Namespace) -> dict[str, Any]
         loss_diff = abs(
             float(ours_loss.loss_sum / ours_loss.num_tokens) - float(theirs(**hb, use_cache=False).loss)
         )
-    frozen_graph = ours.vision_tower(b["pixel_values"]).requires_grad  # grad mode on, as in training
+    frozen_graph = ours.vision_tower(b["pixel_values"][:1]).requires_grad  # grad mode on, as in training
     our_terms(ours, b).loss_sum.backward()
     frozen_with_grad = sum(p.numel() for p in ours.parameters() if not p.requires_grad and p.grad is not None)
     ours.zero_grad(set_to_none=True)
@@ -189,7 +274,11 @@ def bench_one(size: str, stage: int, args: argparse.Namespace) -> dict[str, Any]
         "batch": args.batch,
         "seq_len": int(b["input_ids"].shape[1]),
         "image_tokens": (b["input_ids"] == ours.image_token_id).sum(1).tolist(),
-        "views": int(b["pixel_values"].shape[0]),
+        "views": int(b["pixel_values"].shape[0])
+        + (int(b["pixel_values_videos"].shape[0]) if "pixel_values_videos" in b else 0),
+        "video_tokens": 0
+        if ours.video_token_id is None
+        else int((b["input_ids"] == ours.video_token_id).sum()),
         "trained_tokens": int(ours_loss.num_tokens),
         "loss_abs_diff": loss_diff,
         "step_s_ours": med["ours"],
@@ -287,6 +376,10 @@ def main() -> None:
         summary["anyres_stage2_speedup_vs_hf"] = by[("anyres32k", 2)]["speedup_vs_hf"]
         summary["anyres_peak_mem_ratio_vs_hf"] = by[("anyres32k", 2)]["peak_mem_ratio_vs_hf"]
         summary["anyres_loss_abs_diff"] = by[("anyres32k", 2)]["loss_abs_diff"]
+    if ("onevision32k", 2) in by:
+        summary["onevision_stage2_speedup_vs_hf"] = by[("onevision32k", 2)]["speedup_vs_hf"]
+        summary["onevision_peak_mem_ratio_vs_hf"] = by[("onevision32k", 2)]["peak_mem_ratio_vs_hf"]
+        summary["onevision_loss_abs_diff"] = by[("onevision32k", 2)]["loss_abs_diff"]
     mfu_size = "medium" if "medium" in args.sizes else headline
     summary["mfu_stage2_ours"] = by[(mfu_size, 2)]["mfu_ours"]
     summary["mfu_stage2_hf"] = by[(mfu_size, 2)]["mfu_hf"]

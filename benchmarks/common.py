@@ -102,14 +102,19 @@ SIZES["vocab32k"] = {**copy.deepcopy(SIZES["small"]), "vocab_size": 32000}
 
 def build(size: str, dtype: str = "float32", attn: str | None = None, **spec_overrides: Any) -> LlavaModel:
     """A random LlavaModel of ``SIZES[size]`` (no downloads), seeded, in train mode; the override
-    ``pinpoints=((height, width), ...)`` makes it AnyRes (LLaVA-NeXT tiling) over those canvases."""
+    ``pinpoints=((height, width), ...)`` makes it AnyRes (LLaVA-NeXT tiling) over those canvases,
+    and ``onevision=True`` reads it the LLaVA-OneVision way (``anyres_max_9``, several images as
+    base views, video)."""
     spec = {**SIZES[size], **spec_overrides}
     pinpoints = spec.get("pinpoints")
-    anyres = (
+    anyres: dict[str, Any] = (
         {"image_aspect": "anyres", "anyres": {"grid_pinpoints": [list(p) for p in pinpoints]}}
         if pinpoints
         else {}
     )
+    if spec.get("onevision"):  # LLaVA-OneVision: anyres_max_9, several images as base views, video
+        anyres["anyres"].update(max_tiles=9, multi_image="base")
+        anyres["video_token"] = "<video>"
     arch = {**spec["llm"], "max_position_embeddings": 8192}
     if spec["vocab_size"]:
         arch["vocab_size"] = spec["vocab_size"]

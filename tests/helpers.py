@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -94,3 +96,28 @@ def write_dataset(root: Path, n: int, sizes: Sequence[tuple[int, int]] = ((32, 3
             }
             f.write(json.dumps(record) + "\n")
     return root
+
+
+PALETTE = [(20 + 70 * (i % 4), 20 + 70 * (i // 4 % 4), 20 + 70 * (i // 16 % 4)) for i in range(64)]
+COLOUR_TOLERANCE = 20  # per channel; mpeg4 at these sizes shifts solid colours by a few levels
+
+
+def make_video(
+    path: Path,
+    n_frames: int,
+    width: int = 48,
+    height: int = 32,
+    rate: int = 10,
+    codec: str = "mpeg4",
+    options: dict[str, str] | None = None,
+) -> Path:
+    """A clip whose frame i is PALETTE[i]; ``options`` go to the muxer (e.g. movflags)."""
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        container.start_encoding()  # writes the header even for zero frames
+        for i in range(n_frames):
+            rgb = np.full((height, width, 3), PALETTE[i], np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -29,10 +29,14 @@ SELECT_FEATURES = ("patch", "cls_patch")
 # How an image becomes a square before the tower's processor (see llava_lite.data.images.make_square),
 # or ``anyres``: a base view plus a grid of full-resolution tiles (LLaVA-NeXT; ``LlavaConfig.anyres``).
 IMAGE_ASPECTS = ("pad", "resize", "crop", "anyres")
+# How each image of a multi-image sample is read under AnyRes (``AnyResConfig.multi_image``).
+MULTI_IMAGE_VIEWS = ("anyres", "base")
 # LLaVA-NeXT's default grid for a 336-pixel tower, (height, width) in pixels.
 LLAVA_NEXT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 # The text marker of an image in a conversation; one special token of the tokenizer.
 IMAGE_TOKEN = "<image>"
+# The text marker of a video, for models that read video (``LlavaConfig.video_token``).
+VIDEO_TOKEN = "<video>"
 # The label of a position the loss ignores (transformers' and PyTorch's default).
 IGNORE_INDEX = -100
 
@@ -96,6 +100,35 @@ class AnyResConfig:
 
     grid_pinpoints: list[list[int]] = field(default_factory=lambda: copy.deepcopy(LLAVA_NEXT_GRID_PINPOINTS))
     max_tiles: int | None = None
+    # How each image of a sample with several is read: ``anyres`` tiles it like a single image
+    # (transformers' LlavaNext); ``base`` reads it as one view padded to a square, followed by
+    # one newline (LLaVA-OneVision / Interleave, transformers' LlavaOnevision).
+    multi_image: str = "anyres"
+
+    def __post_init__(self) -> None:
+        if self.multi_image not in MULTI_IMAGE_VIEWS:
+            raise ValueError(f"anyres.multi_image={self.multi_image!r}; valid: {list(MULTI_IMAGE_VIEWS)}")
+
+
+@dataclass
+class VideoConfig:
+    """How a video becomes tokens (LLaVA-OneVision's recipe); used when ``LlavaConfig.video_token`` is set.
+
+    ``num_frames`` are sampled uniformly over the clip, or at ``fps`` frames a second (capped
+    at ``num_frames``) when set; a clip with fewer frames gives all it has, and fewer than
+    ``min_frames`` makes a bad sample (``short_video``). Each frame is one view of the tower,
+    its feature grid bilinearly pooled to ``ceil(side / pool)`` a side (2: 729 -> 196 tokens
+    for SigLIP-384); under AnyRes one ``image_newline`` follows the last frame.
+    """
+
+    num_frames: int = 8
+    fps: float | None = None
+    min_frames: int = 1
+    pool: int = 2
+
+    def __post_init__(self) -> None:
+        if self.pool < 1:
+            raise ValueError(f"video.pool={self.pool}; must be >= 1")
 
 
 @dataclass
@@ -130,6 +163,10 @@ class LlavaConfig:
     image_token: str = IMAGE_TOKEN
     image_aspect: str = "pad"
     anyres: AnyResConfig = field(default_factory=AnyResConfig)
+    # The text marker of a video (one special token), or None for a model that reads no video:
+    # adding a token grows the vocabulary, so image-only models keep theirs unchanged.
+    video_token: str | None = None
+    video: VideoConfig = field(default_factory=VideoConfig)
     model_max_length: int = 2048
     conv_template: str = "vicuna_v1"
     # A stage-1 projector file (projector.safetensors or LLaVA's mm_projector.bin) that
@@ -146,6 +183,12 @@ class LlavaConfig:
             self.llm = _from_dict(LLMConfig, self.llm)
         if isinstance(self.anyres, dict):
             self.anyres = _from_dict(AnyResConfig, self.anyres)
+        if isinstance(self.video, dict):
+            self.video = _from_dict(VideoConfig, self.video)
+        if self.video_token is not None and self.video_token == self.image_token:
+            raise ValueError(
+                f"video_token and image_token are both {self.image_token!r}; they need their own tokens"
+            )
         if self.image_aspect not in IMAGE_ASPECTS:
             raise ValueError(f"image_aspect={self.image_aspect!r}; valid: {list(IMAGE_ASPECTS)}")
 

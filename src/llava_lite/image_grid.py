@@ -12,6 +12,11 @@ cut away again ("unpadding", symmetric, rounding as transformers does), and a le
 newline vector ends each feature row. OneVision's ``anyres_max_N`` (``max_tiles=N``) then
 shrinks a grid holding more than about N tiles' worth of features by bilinear interpolation.
 
+Several images and video (LLaVA-OneVision): an image of a multi-image sample may be read as
+its base view alone ("untiled"), which under AnyRes is followed by one newline; a video is its
+frames, each one view whose feature grid is pooled to ``ceil(patches / video_pool)`` a side,
+and under AnyRes one newline after the last frame.
+
 Only geometry lives here: no torch, no pixels. Sizes are ``(height, width)`` in pixels.
 """
 
@@ -45,7 +50,8 @@ class ImageGrid:
     ``tile``: the tower's input side in pixels; ``patches``: patch features per tile side;
     ``base_tokens``: tokens of one view after feature selection (the CLS token counts when
     kept); ``pinpoints``: AnyRes canvases ``(height, width)``, None for one square view;
-    ``max_tiles``: OneVision's ``anyres_max_N``, None for none.
+    ``max_tiles``: OneVision's ``anyres_max_N``, None for none; ``video_pool``: how much a
+    video frame's feature grid shrinks per side.
     """
 
     tile: int
@@ -53,6 +59,7 @@ class ImageGrid:
     base_tokens: int
     pinpoints: tuple[tuple[int, int], ...] | None = None
     max_tiles: int | None = None
+    video_pool: int = 2
 
     def __post_init__(self) -> None:
         if self.pinpoints is None:
@@ -89,9 +96,9 @@ class ImageGrid:
         best_h, best_w = self.best_resolution(height, width)
         return best_h // self.tile, best_w // self.tile
 
-    def num_tiles(self, height: int, width: int) -> int:
-        """Views the tower encodes for one image: the base view plus the grid's tiles."""
-        if not self.anyres:
+    def num_tiles(self, height: int, width: int, tiled: bool = True) -> int:
+        """Views the tower encodes for one image: the base view plus the grid's tiles (one untiled)."""
+        if not self.anyres or not tiled:
             return 1
         rows, cols = self.grid_shape(height, width)
         return 1 + rows * cols
@@ -123,12 +130,32 @@ class ImageGrid:
         ratio = math.sqrt(feat_h * feat_w / (self.max_tiles * self.patches**2))
         return ratio if ratio > _DOWNSAMPLE_SLACK else None
 
-    def num_tokens(self, height: int, width: int) -> int:
-        """Image-token slots of one image of ``height`` x ``width`` pixels."""
+    def num_tokens(self, height: int, width: int, tiled: bool = True) -> int:
+        """Image-token slots of one image of ``height`` x ``width`` pixels.
+
+        ``tiled=False``: the image is read as its base view alone (one of several images under
+        OneVision's ``multi_image="base"``), plus one newline under AnyRes.
+        """
         if not self.anyres:
             return self.base_tokens
+        if not tiled:
+            return self.base_tokens + 1
         feat_h, feat_w = self.feature_shape(height, width)
         return self.base_tokens + feat_h * feat_w + feat_h  # base view, grid, one newline per row
+
+    @property
+    def frame_side(self) -> int:
+        """Features per side of one video frame once pooled (``ceil``, as transformers' OneVision)."""
+        return math.ceil(self.patches / self.video_pool)
+
+    def video_tokens(self, frames: int) -> int:
+        """Video-token slots of a video of ``frames`` frames: pooled frames, then a newline under AnyRes."""
+        if self.base_tokens != self.patches**2:
+            raise ValueError(
+                "video frames are pooled as patch grids, so video needs vision.select_feature='patch' "
+                f"(one view gives {self.base_tokens} tokens, not {self.patches}x{self.patches})"
+            )
+        return frames * self.frame_side**2 + (1 if self.anyres else 0)
 
     @property
     def max_tokens(self) -> int:

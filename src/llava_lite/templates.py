@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llava_lite.config import IMAGE_TOKEN
+from llava_lite.config import IMAGE_TOKEN, VIDEO_TOKEN
 
 ROLES = ("system", "user", "assistant")
 Message = tuple[str, str]  # (role, content), role in ROLES
@@ -46,12 +46,15 @@ def _lit(text: str | None) -> str:
     return json.dumps(text or "")
 
 
-def _jinja_prelude(image_token: str, default_system: str | None) -> str:
+def _jinja_prelude(image_token: str, default_system: str | None, video_token: str = VIDEO_TOKEN) -> str:
     """Jinja defining ``body(m)`` (a message's text) and ``system`` / ``turns``."""
     return (
         "{%- macro body(m) -%}{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
         "{%- for c in m['content'] if c['type'] == 'image' -%}{{ "
         + _lit(image_token + "\n")
+        + " }}{%- endfor -%}"
+        "{%- for c in m['content'] if c['type'] == 'video' -%}{{ "
+        + _lit(video_token + "\n")
         + " }}{%- endfor -%}"
         "{%- for c in m['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
         "{%- endif -%}{%- endmacro -%}"
@@ -89,11 +92,14 @@ class ChatTemplate:
         found = [*tokenizer.all_special_tokens, *added, *self.markers]
         return list(dict.fromkeys(t for t in found if t))
 
-    def jinja(self, tokenizer: Any, image_token: str = IMAGE_TOKEN) -> str | None:
+    def jinja(
+        self, tokenizer: Any, image_token: str = IMAGE_TOKEN, video_token: str = VIDEO_TOKEN
+    ) -> str | None:
         """A transformers chat template rendering exactly :meth:`segments`' text, or None.
 
         Message content may be a string or transformers' list of ``{"type": "image"}`` /
-        ``{"type": "text"}`` parts (images first, each as ``"<image>\\n"``). Used for the
+        ``{"type": "video"}`` / ``{"type": "text"}`` parts (images first, each as
+        ``"<image>\\n"``, then videos, each as ``"<video>\\n"``). Used for the
         ``chat_template`` of an exported llava-hf processor.
         """
         return None
@@ -162,11 +168,11 @@ class SeparatorTemplate(ChatTemplate):
                 out.append(Segment(f" {turns[i + 1][1]}{tokenizer.eos_token}", True))
         return out
 
-    def jinja(self, tokenizer, image_token=IMAGE_TOKEN):
+    def jinja(self, tokenizer, image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN):
         user, assistant = _lit(self.user + ": "), _lit(self.assistant + ": ")
         eos, prompt = _lit(tokenizer.eos_token), _lit(self.assistant + ":")
         return (
-            _jinja_prelude(image_token, self.default_system)
+            _jinja_prelude(image_token, self.default_system, video_token)
             + "{%- if system -%}{{ system + ' ' }}{%- endif -%}{%- for m in turns -%}"
             + ("{%- if m['role'] == 'user' -%}{{ " + user + " + body(m) + ' ' }}")
             + ("{%- else -%}{{ " + assistant + " + body(m) + " + eos + " }}{%- endif -%}{%- endfor -%}")
@@ -197,10 +203,10 @@ class Llama2Template(ChatTemplate):
                 out.append(Segment(f" {turns[i + 1][1]} {tokenizer.eos_token}", True))
         return out
 
-    def jinja(self, tokenizer, image_token=IMAGE_TOKEN):
+    def jinja(self, tokenizer, image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN):
         bos, eos = _lit(tokenizer.bos_token), _lit(tokenizer.eos_token)
         return (
-            _jinja_prelude(image_token, self.default_system)
+            _jinja_prelude(image_token, self.default_system, video_token)
             + "{%- for m in turns -%}{%- if m['role'] == 'user' -%}"
             "{%- if not loop.first -%}{{ " + bos + " }}{%- endif -%}"
             "{%- if loop.first and system -%}{{ '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}"
@@ -231,9 +237,9 @@ class ChatMLTemplate(ChatTemplate):
             out.append(Segment(text, False))  # the newline that closes the last turn, untrained
         return out
 
-    def jinja(self, tokenizer, image_token=IMAGE_TOKEN):
+    def jinja(self, tokenizer, image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN):
         return (
-            _jinja_prelude(image_token, self.default_system)
+            _jinja_prelude(image_token, self.default_system, video_token)
             + "{%- if system -%}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif -%}"
             "{%- for m in turns -%}{{ '<|im_start|>' + m['role'] + '\\n' + body(m) + '<|im_end|>\\n' }}{%- endfor -%}"
             "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
@@ -305,7 +311,7 @@ class TokenizerTemplate(ChatTemplate):
             out.append(Segment(full[pos:], False))
         return [s for s in out if s.text]
 
-    def jinja(self, tokenizer, image_token=IMAGE_TOKEN):
+    def jinja(self, tokenizer, image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN):
         return getattr(tokenizer, "chat_template", None)
 
     def stop_strings(self, tokenizer):

@@ -161,8 +161,8 @@ def test_chat_image_switch_to_a_bad_image_keeps_the_session(model_dir, tmp_path,
     chat_cli.main([str(model_dir), "--max-new-tokens", "2"])
     out = capsys.readouterr().out
     for kind, expected in IMAGE_ERRORS.items():
-        assert f"(image not changed: {expected.format(path=images[kind])}" in out, out
-    assert f"(image: {tmp_path / 'ok.png'}; new conversation)" in out
+        assert f"(image not added: {expected.format(path=images[kind])}" in out, out
+    assert f"(image 1 added: {tmp_path / 'ok.png'}; new conversation about 1 image)" in out
     assert out.count("ASSISTANT: ") == 1  # the chat went on after three bad images
 
 

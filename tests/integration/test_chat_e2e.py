@@ -1,5 +1,5 @@
 """llava-lite-chat end to end at a terminal: the console script in a pseudo-terminal, typed at
-as a person would (each line after the USER: prompt), with an image switch mid-chat."""
+as a person would (each line after the USER: prompt), with an image added mid-chat."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class Terminal:
             os.close(self.master)
 
 
-def test_chat_at_a_terminal_streams_and_switches_image(tmp_path: Path) -> None:
+def test_chat_at_a_terminal_streams_and_adds_an_image(tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     LlavaModel(LlavaConfig.from_name("tiny")).save_pretrained(model_dir)
     green, red = tmp_path / "green.png", tmp_path / "red.png"
@@ -81,12 +81,16 @@ def test_chat_at_a_terminal_streams_and_switches_image(tmp_path: Path) -> None:
         status = terminal.close()
     screen = terminal.screen
     assert status == 0, screen
-    assert "commands: /image PATH, /reset, /exit" in screen
-    assert f"(image: {red}; new conversation)" in screen
+    assert "commands: /image PATH, /video PATH, /clear, /reset, /exit" in screen
+    assert f"(image 2 added: {red}; new conversation about 2 images)" in screen
 
     model = LlavaModel.from_pretrained(model_dir).eval()
     processor = LlavaProcessor.from_model(model)
     settings = DecodingSettings(max_new_tokens=6)
-    expected = [ChatSession(model, processor, image, settings).ask("What is this?") for image in (green, red)]
+    # /image adds: the second answer is about both images, in a new conversation
+    expected = [
+        ChatSession(model, processor, images, settings).ask("What is this?")
+        for images in (green, [green, red])
+    ]
     replies = [part.split("\n" + PROMPT)[0] for part in screen.split("ASSISTANT: ")[1:]]
     assert [r.strip() for r in replies] == expected

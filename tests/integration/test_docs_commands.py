@@ -34,7 +34,9 @@ import torch
 from PIL import Image
 
 from fakes.anthropic_api import FakeAnthropicAPI
-from helpers import write_llava_bench_files
+from helpers import make_video, write_llava_bench_files
+from llava_lite.config import LlavaConfig
+from llava_lite.modeling import LlavaModel
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -91,6 +93,7 @@ FINETUNE_DATA = (
 GPU_7B = "a real run trains a 7B model on GPUs from the hub's Vicuna and CLIP weights"
 HUB_TASK = "downloads the task's dataset from the Hugging Face hub"
 MODEL = "runs/train/s2/model"
+OV_MODEL = "runs/train/ov/model"  # a tiny_onevision model (several images and video), saved by the sandbox
 TWO_TOKENS = ("--max-new-tokens", "2")
 LMMS = "lmms-eval --model llava_lite is run on a local task by tests/integration/test_lmms_eval.py"
 
@@ -133,6 +136,12 @@ QUICK: dict[str, Quick] = {
     # using the trained tiny model
     f"llava-lite-chat {MODEL} --image photo.jpg": run(*TWO_TOKENS, stdin="What is this?\n/reset\n/exit\n"),
     f"llava-lite-chat {MODEL} --image photo.jpg --question 'What is this?'": run(*TWO_TOKENS),
+    f"llava-lite-chat {OV_MODEL} --image a.jpg --image b.jpg --question 'Is the red object in both?'": run(
+        *TWO_TOKENS
+    ),
+    f"llava-lite-chat {OV_MODEL} --video clip.mp4 --question 'Which way does the square move?'": run(
+        *TWO_TOKENS
+    ),
     f"llava-lite-eval task=scienceqa model_dir={MODEL} scienceqa.base_dir=data/scienceqa": run(
         "decoding.max_new_tokens=2"
     ),
@@ -295,6 +304,11 @@ def _write_sandbox(root: Path) -> None:
     )
 
     Image.new("RGB", (40, 30), (200, 120, 40)).save(root / "photo.jpg")
+    Image.new("RGB", (40, 30), (220, 20, 20)).save(root / "a.jpg")
+    Image.new("RGB", (30, 50), (20, 20, 220)).save(root / "b.jpg")
+    make_video(root / "clip.mp4", 6)
+    torch.manual_seed(0)
+    LlavaModel(LlavaConfig.from_name("tiny_onevision")).save_pretrained(root / OV_MODEL)
     Image.new("RGB", (32, 32), (0, 0, 255)).save(root / "001.jpg")
     write_llava_bench_files(root)
 

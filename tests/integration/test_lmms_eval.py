@@ -219,17 +219,20 @@ def test_loglikelihood_sums_the_continuation_log_probs(bench: Path) -> None:
     assert is_greedy and not other_greedy
 
 
-def test_bad_model_args_and_multi_image_docs_are_refused(bench: Path) -> None:
+def test_bad_model_args_are_refused_and_multi_image_docs_answered(bench: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown llava_lite model_args \['tempature'\]; valid: \["):
         LlavaLite(pretrained=str(bench / "model"), tempature="0.2")
     with pytest.raises(FileNotFoundError, match=r"model_dir=.*nowhere: no such folder"):
         LlavaLite(pretrained=str(bench / "nowhere"))
     lm = LlavaLite(pretrained=str(bench / "model"), device="cpu")
-    image = Image.open(bench / "red.png")
-    lm.task_dict = {"t": {"test": [{"images": [image, image]}]}}
-    request = _request("generate_until", (QUESTION, {}, lambda d: d["images"], 0, "t", "test"))
-    with pytest.raises(ValueError, match=r"t doc 0: 2 images; llava_lite answers about one"):
-        lm.generate_until([request])
+    red, green = (Image.open(bench / f"{name}.png").convert("RGB") for name in ("red", "green"))
+    lm.task_dict = {"t": {"test": [{"images": [red, green]}]}}
+    gen = {"max_new_tokens": MAX_NEW_TOKENS}
+    request = _request("generate_until", (QUESTION, gen, lambda d: d["images"], 0, "t", "test"))
+    (answer,) = lm.generate_until([request])  # both images, in order, as a chat about them answers
+    session = ChatSession(lm.model, lm.processor, [red, green], DecodingSettings(MAX_NEW_TOKENS))
+    assert answer == session.ask(QUESTION)
+    assert lm.processor.prompt(QUESTION, [red, green])["pixel_values"].shape[0] == 2
 
 
 def test_anyres_model_scores_and_answers_images_of_any_size(tmp_path: Path) -> None:

@@ -106,7 +106,10 @@ class _Recorder(io.StringIO):
 def _direct_reply(model, processor, image, question: str, max_new_tokens: int) -> str:
     """The reply through LlavaModel.generate alone, without the chat's streaming thread."""
     prompt = processor.prompt(question, image)
-    pixel_values = None if prompt["pixel_values"] is None else prompt["pixel_values"][None]
+    pixel_values = prompt["pixel_values"]  # [3, H, W] for one image, [N, 3, H, W] for several
+    pixel_values = (
+        pixel_values[None] if pixel_values is not None and pixel_values.dim() == 3 else pixel_values
+    )
     new_tokens = model.generate(
         prompt["input_ids"][None],
         pixel_values,
@@ -148,7 +151,7 @@ def test_generation_errors_reach_the_reader(loaded, monkeypatch):
     assert session.history == []
 
 
-def test_image_switch_mid_chat_starts_a_new_conversation_about_the_new_image(loaded, model_dir, tmp_path):
+def test_image_command_adds_an_image_and_starts_a_new_conversation_about_both(loaded, model_dir, tmp_path):
     model, processor = loaded
     green, red = model_dir.parent / "green.png", tmp_path / "red.png"
     Image.new("RGB", (32, 32), (220, 20, 20)).save(red)
@@ -159,14 +162,27 @@ def test_image_switch_mid_chat_starts_a_new_conversation_about_the_new_image(loa
     assert answered == 2
     text = out.getvalue()
     assert text.count("USER: ") == 6 and text.count("ASSISTANT: ") == 2  # whose turn it is
-    assert f"(image: {red}; new conversation)\n" in text
-    assert "(image not changed: " in text and "missing.png" in text  # the chat goes on
-    assert "(unknown command /imag; valid: /image PATH, /reset, /exit)" in text
-    # The second answer is about the red image, with no trace of the green conversation.
-    assert session.history == [
-        ("What is this?", _direct_reply(model, processor, str(red), "What is this?", 6))
-    ]
+    assert f"(image 2 added: {red}; new conversation about 2 images)\n" in text
+    assert "(image not added: " in text and "missing.png" in text  # the chat goes on
+    assert "(unknown command /imag; valid: /image PATH, /video PATH, /clear, /reset, /exit)" in text
+    # The second answer is about both images, with no trace of the first conversation.
+    both = [str(green), str(red)]
+    assert session.history == [("What is this?", _direct_reply(model, processor, both, "What is this?", 6))]
     first = _direct_reply(model, processor, str(green), "What is this?", 6)
     assert f"ASSISTANT: {first}" in text
     reply_writes = out.writes[out.writes.index("ASSISTANT: ") + 1 :]
     assert reply_writes.index("\n") > 1  # the first reply arrived in several writes
+
+
+def test_clear_drops_the_images_for_a_text_only_conversation(loaded, model_dir):
+    model, processor = loaded
+    session = ChatSession(
+        model, processor, image=model_dir.parent / "green.png", settings=DecodingSettings(max_new_tokens=4)
+    )
+    session.ask("What is this?")
+    out = io.StringIO()
+    chat_cli.interact(session, io.StringIO("/clear\nWhat is this?\n"), out, prompt=False)
+    assert "(images and video dropped; new conversation)\n" in out.getvalue()
+    assert session.images == [] and session.history == [
+        ("What is this?", _direct_reply(model, processor, None, "What is this?", 4))
+    ]

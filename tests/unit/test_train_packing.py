@@ -16,6 +16,7 @@ from llava_lite.config import LlavaConfig
 from llava_lite.data.collate import LlavaCollator, trained_tokens
 from llava_lite.data.packing import PackingCollator, PackingConfig, first_fit_rows, pack_rows
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
+from llava_lite.modeling.llava import VISUAL_INPUTS
 from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.training import apply_stage
 
@@ -66,10 +67,9 @@ def _loss_and_grads(model: LlavaModel, batch: dict[str, Any]) -> tuple[torch.Ten
     terms = model.loss_terms(
         batch["input_ids"],
         batch["labels"],
-        batch["pixel_values"],
-        batch.get("attention_mask"),
-        batch.get("position_ids"),
-        image_sizes=batch.get("image_sizes"),  # AnyRes batches
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        **{k: batch.get(k) for k in VISUAL_INPUTS},  # images, AnyRes sizes, videos
     )
     assert terms.num_tokens == batch["trained_tokens"]
     loss = terms.loss_sum / terms.num_tokens

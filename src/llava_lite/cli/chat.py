@@ -1,15 +1,26 @@
-"""``llava-lite-chat``: talk to a saved model about an image, offline, with replies streamed.
+"""``llava-lite-chat``: talk to a saved model about images or a video, offline, with replies streamed.
 
 Examples::
 
     llava-lite-chat outputs/finetune/model --image cat.jpg                  # interactive
     llava-lite-chat outputs/finetune/model --image cat.jpg --question "What is this?"
+    llava-lite-chat outputs/ov/model --image a.jpg --image b.jpg --question "What differs?"
+    llava-lite-chat outputs/ov/model --video clip.mp4 --question "What happens?"
 
-Interactive mode reads one question per line from stdin and prints the reply token by token
-after ``ASSISTANT:`` (``USER:`` marks your turn at a terminal). Commands: ``/image PATH``
-switches to another image (a new conversation: the templates hold one image, at the first
-question), ``/reset`` clears the history, ``/exit`` (or end of input) quits. Ctrl-C stops
-the reply being written.
+Every image (in the order given) and the video go with the first question, as the model's
+prompts were built in training; with several images, a first question holding one ``<image>``
+per image places them there instead. Interactive mode reads one question per line from stdin
+and prints the reply token by token after ``ASSISTANT:`` (``USER:`` marks your turn at a
+terminal). Commands:
+
+- ``/image PATH`` adds an image after those so far and starts a new conversation about all of
+  them (the history is cleared: the new image joins the first question, so earlier answers
+  would read as being about an image they never saw);
+- ``/video PATH`` (a video file or a folder of frames) replaces the video, likewise a new
+  conversation, with the images kept;
+- ``/clear`` drops the images and the video: a new conversation without them;
+- ``/reset`` clears the history, keeping the images and the video;
+- ``/exit`` (or end of input) quits. Ctrl-C stops the reply being written.
 """
 
 from __future__ import annotations
@@ -26,13 +37,43 @@ from llava_lite.data import LlavaProcessor
 from llava_lite.inference import ChatSession, DecodingSettings
 from llava_lite.inference.loading import load_model_dir
 
+COMMANDS = "/image PATH, /video PATH, /clear, /reset, /exit"
+COMMANDS_HELP = """\
+Every image (in the order given) and the video go with the first question, as in training;
+with several images, a first question holding one <image> per image places them there instead.
+
+interactive commands:
+  /image PATH   add an image after those so far and start a new conversation about all of
+                them (the history is cleared: the new image joins the first question)
+  /video PATH   set the video (a file or a folder of frames), replacing any; a new
+                conversation, the images kept
+  /clear        drop the images and the video; a new conversation without them
+  /reset        clear the history, keeping the images and the video
+  /exit         quit (so does end of input); Ctrl-C stops the reply being written
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llava-lite-chat", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="llava-lite-chat",
+        description=__doc__.split("\n\n")[0],
+        epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "model_dir", help="a model folder: llava_lite (save_pretrained), llava-hf or original LLaVA"
     )
-    p.add_argument("--image", default=None, help="image path (omit for a text-only chat)")
+    p.add_argument(
+        "--image",
+        action="append",
+        default=None,
+        help="an image path; repeat for several, in order (omit for a text-only chat)",
+    )
+    p.add_argument(
+        "--video",
+        default=None,
+        help="a video file or a folder of its frames (a model with a video token, e.g. LLaVA-OneVision)",
+    )
     p.add_argument("--question", default=None, help="ask once, print the answer, exit")
     p.add_argument("--template", default=None, help="conversation template (default: the model's)")
     p.add_argument("--system", default=None, help="system prompt (default: the template's)")
@@ -54,10 +95,9 @@ def load_model(args: argparse.Namespace) -> tuple[Any, LlavaProcessor]:
 def session_from_args(args: argparse.Namespace) -> ChatSession:
     model, processor = load_model(args)
     settings = DecodingSettings.from_temperature(args.max_new_tokens, args.temperature, args.top_p)
-    return ChatSession(model, processor, image=args.image, settings=settings, system=args.system)
-
-
-COMMANDS = "/image PATH, /reset, /exit"
+    return ChatSession(
+        model, processor, image=args.image, settings=settings, system=args.system, video=args.video
+    )
 
 
 def interact(session: ChatSession, stdin: TextIO, stdout: TextIO, prompt: bool | None = None) -> int:
@@ -68,7 +108,10 @@ def interact(session: ChatSession, stdin: TextIO, stdout: TextIO, prompt: bool |
     answered = 0
     interactive = stdin.isatty() if prompt is None else prompt
     if interactive:
-        stdout.write(f"Ask about the image; commands: {COMMANDS}.\n")
+        stdout.write(
+            f"Chatting {_about(session)}; /image PATH adds an image and /video PATH sets the video, "
+            f"each starting a new conversation; commands: {COMMANDS}.\n"
+        )
     while True:
         if interactive:
             stdout.write("USER: ")
@@ -100,16 +143,36 @@ def run_command(session: ChatSession, text: str, stdout: TextIO) -> bool:
         stdout.write("(history cleared)\n")
     elif command == "/image" and argument:
         try:
-            session.set_image(argument)
+            session.add_image(argument)
         except (OSError, ValueError) as err:
-            stdout.write(f"(image not changed: {err})\n")
+            stdout.write(f"(image not added: {err})\n")
         else:
-            stdout.write(f"(image: {argument}; new conversation)\n")
-    elif command == "/image":
-        stdout.write("(usage: /image PATH)\n")
+            stdout.write(
+                f"(image {len(session.images)} added: {argument}; new conversation {_about(session)})\n"
+            )
+    elif command == "/video" and argument:
+        try:
+            session.set_video(argument)
+        except (OSError, ValueError) as err:
+            stdout.write(f"(video not set: {err})\n")
+        else:
+            stdout.write(f"(video: {argument}; new conversation {_about(session)})\n")
+    elif command in ("/image", "/video"):
+        stdout.write(f"(usage: {command} PATH)\n")
+    elif command == "/clear":
+        session.set_images([])
+        session.set_video(None)
+        stdout.write("(images and video dropped; new conversation)\n")
     else:
         stdout.write(f"(unknown command {command}; valid: {COMMANDS})\n")
     return True
+
+
+def _about(session: ChatSession) -> str:
+    """What the chat is about, e.g. "about 2 images and a video"."""
+    n = len(session.images)
+    parts = ([f"{n} image{'s' if n > 1 else ''}"] if n else []) + (["a video"] if session.video else [])
+    return "about " + " and ".join(parts) if parts else "without images or video"
 
 
 def stream_reply(pieces: Iterator[str], stdout: TextIO) -> None:
@@ -135,7 +198,7 @@ def stream_reply(pieces: Iterator[str], stdout: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point; a bad model folder or image is one error line (exit 1)."""
+    """Console entry point; a bad model folder, image or video is one error line (exit 1)."""
     args = build_parser().parse_args(argv)
     run_cli("llava-lite-chat", lambda: _chat(args))
 

@@ -6,8 +6,10 @@ Examples::
     llava-lite-web outputs/finetune/model --port 8000
     llava-lite-web outputs/finetune/model --host 0.0.0.0        # reachable from other machines
 
-Upload an image, chat about it (replies stream), tune temperature / top-p / max new tokens,
-reset. It listens on 127.0.0.1 unless ``--host`` names another address.
+Upload an image (more in the gallery below it, in order) or, for a model with a video token, a
+video; chat about them (replies stream), tune temperature / top-p / max new tokens, reset. A
+new image or video starts a new conversation. It listens on 127.0.0.1 unless ``--host`` names
+another address.
 """
 
 from __future__ import annotations

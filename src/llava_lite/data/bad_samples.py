@@ -24,6 +24,9 @@ BAD_SAMPLE_REASONS = (
     "image_token_mismatch",  # <image> markers do not match the record's image (none, or several)
     "missing_image",  # image file not found
     "unreadable_image",  # corrupt, truncated or not an image
+    "missing_video",  # video file or frame folder not found
+    "unreadable_video",  # not a video PyAV can open and decode, or a frame folder without readable images
+    "short_video",  # fewer frames than min_frames (an empty video included)
     "label_mismatch",  # the template's turn boundaries do not survive tokenisation
     "empty_answer",  # an assistant turn with no text
     "special_token_text",  # a turn's text spells a special token or template marker ("</s>", "[/INST]")

@@ -176,6 +176,7 @@ class LlavaDataModule(L.LightningDataModule):
             image_token_id=processor.image_token_id,
             image_grid=processor.image_grid,
             on_bad_sample=self.on_bad_sample,
+            video_token_id=processor.video_token_id,
         )
 
     def train_collator(self) -> LlavaCollator:
@@ -190,6 +191,7 @@ class LlavaDataModule(L.LightningDataModule):
             one_row=self.packing.one_row,
             image_grid=processor.image_grid,
             on_bad_sample=self.on_bad_sample,
+            video_token_id=processor.video_token_id,
         )
 
     def train_dataloader(self) -> DataLoader:

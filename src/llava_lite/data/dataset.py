@@ -39,6 +39,7 @@ from llava_lite.data.resume import StreamPosition
 from llava_lite.data.sampler import approx_length
 from llava_lite.data.schema import RawRecord, check_record
 from llava_lite.data.sources import expand_files, iter_file, read_records
+from llava_lite.data.video import video_frame_count
 
 SHARD_BY = ("record", "file")
 
@@ -48,12 +49,11 @@ __all__ = ["LlavaDataset", "LlavaStreamingDataset", "build_sample", "read_record
 def build_sample(raw: RawRecord, processor: LlavaProcessor, image_root: str | None = None) -> dict[str, Any]:
     """Check (once: a checked record keeps its messages), load the image, tokenise; raises a
     ``BadSampleError`` that names record and file."""
-    messages = check_record(raw, processor.image_token)
+    messages = check_record(raw, processor.image_token, processor.video_token)
     try:
-        image = None
-        if raw.has_image:
-            image = raw.image_bytes if raw.image_bytes is not None else raw.image_path
-        sample = processor.process_messages(messages, image, raw.record_id, image_root)
+        images: list[str] | list[bytes] = raw.image_bytes if raw.image_bytes is not None else raw.image_paths
+        video = raw.video_path if raw.has_video else None
+        sample = processor.process_messages(messages, images, raw.record_id, image_root, video=video)
     except BadSampleError as err:
         raise err.located(raw.record_id, raw.source) from None
     sample["id"] = raw.record_id
@@ -95,10 +95,11 @@ class LlavaDataset(Dataset):
         else:
             raws = records  # type: ignore[assignment]
         token = processor.image_token if processor else image_token
+        video_token = processor.video_token if processor else None
         self.records: list[RawRecord] = []
         for raw in raws:
             try:
-                check_record(raw, token)
+                check_record(raw, token, video_token)
             except BadSampleError as err:
                 if self.on_bad_sample == "raise":
                     raise
@@ -118,27 +119,42 @@ class LlavaDataset(Dataset):
             return {"skipped": [err.report()]}
 
     def modality_lengths(self) -> tuple[list[int], list[bool]]:
-        """Approximate lengths (words, + image tokens) and whether each record has an image.
+        """Approximate lengths (words, + every image's and video's tokens) and whether each record
+        has an image or video.
 
         Under AnyRes an image's tokens depend on its size, read from the file's header (an
-        unreadable one counts as the largest image; the sample reports it when loaded).
+        unreadable one counts as the largest image); a video's depend on its frame count, read
+        from the container's header (unknown: the most frames). The sample reports a bad file
+        when loaded.
         """
         processor = self.processor
-        lengths, has_image = [], []
+        lengths, visual = [], []
         for raw in self.records:
             assert raw.messages is not None  # checked in __init__
             length = approx_length(raw.messages)
-            if raw.has_image and processor is not None:
-                length += self._image_tokens(raw, processor)
+            if processor is not None:
+                length += self._visual_tokens(raw, processor)
             lengths.append(length)
-            has_image.append(raw.has_image)
-        return lengths, has_image
+            visual.append(raw.has_image or raw.has_video)
+        return lengths, visual
 
-    def _image_tokens(self, raw: RawRecord, processor: LlavaProcessor) -> int:
-        if not processor.anyres:
-            return processor.num_image_tokens
-        size = image_size(raw.image_bytes if raw.image_bytes is not None else raw.image_path, self.image_root)
-        return processor.image_grid.max_tokens if size is None else processor.image_tokens(size)
+    def _visual_tokens(self, raw: RawRecord, processor: LlavaProcessor) -> int:
+        images: list[str] | list[bytes] = raw.image_bytes if raw.image_bytes is not None else raw.image_paths
+        tokens = 0
+        if images and not processor.anyres:
+            tokens = processor.num_image_tokens * len(images)
+        elif images:
+            tiled = len(images) == 1 or processor.multi_image != "base"
+            for image in images:
+                size = image_size(image, self.image_root)
+                tokens += (
+                    processor.image_grid.max_tokens if size is None else processor.image_tokens(size, tiled)
+                )
+        if raw.has_video and processor.video_token is not None:
+            sampling = processor.video_sampling
+            frames = video_frame_count(raw.video_path, sampling, self.image_root)
+            tokens += processor.video_tokens(sampling.num_frames if frames is None else frames)
+        return tokens
 
 
 def _unit_hash(seed: int, key: str) -> float:

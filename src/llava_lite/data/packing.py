@@ -109,7 +109,7 @@ class PackingCollator(LlavaCollator):
     """A :class:`LlavaCollator` whose batches are packed rows (see the module docstring).
 
         Output: ``input_ids [R, T]``, ``labels [R, T]``, ``position_ids [R, T]`` (per sample, from 0),
-        no ``attention_mask``, ``pixel_values`` / ``image_sizes`` in row-major sample order (as
+        no ``attention_mask``, images and videos in row-major sample order (as
     :func:`~llava_lite.data.collate.batch_images`), ``ids`` in
         the same order, ``real_tokens`` (non-padding), ``trained_tokens``, ``skipped`` and (streaming) ``stream_positions``.
         Each row's tail padding forms its own segment, which no sample can attend to. ``one_row``
@@ -124,6 +124,7 @@ class PackingCollator(LlavaCollator):
         one_row: bool = False,
         image_grid: ImageGrid | None = None,
         on_bad_sample: str = "skip",
+        video_token_id: int | None = None,
     ) -> None:
         super().__init__(
             pad_token_id,
@@ -131,6 +132,7 @@ class PackingCollator(LlavaCollator):
             image_token_id=image_token_id,
             image_grid=image_grid,
             on_bad_sample=on_bad_sample,
+            video_token_id=video_token_id,
         )
         self.max_tokens_per_row = max_tokens_per_row
         self.one_row = one_row
@@ -165,5 +167,5 @@ class PackingCollator(LlavaCollator):
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
-            **batch_images(order),  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2] or None
+            **batch_images(order),  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2], videos, or None
         }

@@ -28,17 +28,25 @@ _ROLE_ALIASES = {
 
 
 def normalize_conversation(
-    conversations: Any, image_token: str = IMAGE_TOKEN, has_image: bool = False
+    conversations: Any,
+    image_token: str = IMAGE_TOKEN,
+    has_image: bool | int = False,
+    video_token: str | None = None,
+    has_video: bool = False,
 ) -> list[Message]:
     """LLaVA ``conversations`` → validated ``(role, content)`` messages.
 
     Roles alternate user/assistant (after an optional leading system message) and end with
     the assistant. A leading assistant turn is dropped, as LLaVA's ``preprocess`` does (some
-    ShareGPT records in ``llava_v1_5_mix665k.json`` open with a "gpt" turn). With an image,
+    ShareGPT records in ``llava_v1_5_mix665k.json`` open with a "gpt" turn). With one image,
     the first user turn carries exactly one ``image_token``, moved to the front and followed
-    by a newline as LLaVA does ("<image>\\nquestion"); a record with an image but no marker
-    gets one. Without an image, no marker may appear. An empty answer is rejected
-    (``empty_answer``): it would train only an end-of-turn token.
+    by a newline as LLaVA does ("<image>\nquestion"); a record with an image but no marker
+    gets one. With several images (``has_image`` is their count), the text holds one marker
+    per image, where each image belongs (LLaVA-Interleave / OneVision), left in place. A video
+    is marked by one ``video_token``, or, in a record without images, by one ``image_token``
+    (LLaVA-Video-178K's records write ``<image>``); the marker moves to the front of the first
+    user turn like a single image's. Without an image, no marker may appear. An empty answer
+    is rejected (``empty_answer``): it would train only an end-of-turn token.
     """
     if not isinstance(conversations, list) or not conversations:
         raise BadSampleError("no_conversations", "'conversations' must be a non-empty list")
@@ -67,17 +75,36 @@ def normalize_conversation(
         if role == "assistant" and not content.strip():
             raise BadSampleError("empty_answer", f"turn {i + len(system)} (assistant) has no text")
 
-    markers = sum(content.count(image_token) for _, content in messages)
-    if has_image:
-        if markers > 1:
-            raise BadSampleError("image_token_mismatch", f"{markers} {image_token} markers for one image")
-        if markers == 1 and image_token not in messages[0][1]:
-            raise BadSampleError("image_token_mismatch", f"{image_token} is not in the first user turn")
-        question = messages[0][1].replace(image_token, "").strip()
-        messages[0] = ("user", f"{image_token}\n{question}")
-    elif markers:
-        raise BadSampleError("image_token_mismatch", f"{image_token} marker but the record has no image")
+    images = int(has_image)
+    if has_video:
+        if video_token is None:
+            raise BadSampleError(
+                "image_token_mismatch", "the record has a video, but this model reads no video"
+            )
+        if not images:  # LLaVA-Video-178K marks its video with <image>
+            messages = [(role, content.replace(image_token, video_token)) for role, content in messages]
+        messages = _marker_first(messages, video_token, "video")
+    elif video_token is not None and any(video_token in content for _, content in messages):
+        raise BadSampleError("image_token_mismatch", f"{video_token} marker but the record has no video")
+    if images == 1:
+        messages = _marker_first(messages, image_token, "image")
+    else:
+        markers = sum(content.count(image_token) for _, content in messages)
+        if markers != images:
+            have = f"{images} images" if images else "the record has no image"
+            raise BadSampleError("image_token_mismatch", f"{markers} {image_token} markers but {have}")
     return system + messages
+
+
+def _marker_first(messages: list[Message], marker: str, kind: str) -> list[Message]:
+    """One ``marker`` for the record's one image or video, at the front of the first user turn."""
+    markers = sum(content.count(marker) for _, content in messages)
+    if markers > 1:
+        raise BadSampleError("image_token_mismatch", f"{markers} {marker} markers for one {kind}")
+    if markers == 1 and marker not in messages[0][1]:
+        raise BadSampleError("image_token_mismatch", f"{marker} is not in the first user turn")
+    question = messages[0][1].replace(marker, "").strip()
+    return [("user", f"{marker}\n{question}"), *messages[1:]]
 
 
 @dataclass
@@ -87,11 +114,12 @@ class RawRecord:
     record: dict[str, Any] | None
     source: str  # the file or shard it came from
     index: int  # position within that file (list index or line number - 1)
-    image_bytes: bytes | None = None  # set when the image travels with the record (WebDataset)
+    # set when the images travel with the record (WebDataset), one entry per image, in order
+    image_bytes: list[bytes] | None = None
     error: BadSampleError | None = None
-    # set by check_record: the normalised conversation, and the image token it was normalised for
+    # set by check_record: the normalised conversation, and the image and video tokens it was normalised for
     messages: list[Message] | None = None
-    messages_image_token: str | None = None
+    messages_tokens: tuple[str, str | None] | None = None
 
     @property
     def record_id(self) -> str:
@@ -104,37 +132,59 @@ class RawRecord:
         return self.record is not None and bool(self.record.get("image"))
 
     @property
-    def image_path(self) -> str:
-        """The record's one image path; a list of exactly one path is accepted too."""
+    def has_video(self) -> bool:
+        return self.record is not None and bool(self.record.get("video"))
+
+    @property
+    def image_paths(self) -> list[str]:
+        """The record's image paths: ``"image"`` is one path or a list of them (several images)."""
         assert self.record is not None
-        image = self.record["image"]
-        if isinstance(image, list):
-            if len(image) != 1:
-                raise BadSampleError(
-                    "image_token_mismatch", f"{len(image)} images; one image per record is supported"
-                )
-            image = image[0]
-        if not isinstance(image, str):
-            raise BadSampleError("missing_image", f"'image' is {type(image).__name__}, not a path")
-        return image
+        image = self.record.get("image")
+        paths = image if isinstance(image, list) else [image] if image else []
+        bad = [p for p in paths if not isinstance(p, str) or not p]
+        if bad:
+            raise BadSampleError("missing_image", f"'image' holds {bad[0]!r}, not a path")
+        return paths
+
+    @property
+    def image_path(self) -> str:
+        """The record's one image path (a list of exactly one path is accepted too)."""
+        paths = self.image_paths
+        if len(paths) != 1:
+            raise BadSampleError("image_token_mismatch", f"{len(paths)} images where one was expected")
+        return paths[0]
+
+    @property
+    def video_path(self) -> str:
+        """The record's video: a file or a folder of frame images (LLaVA-Video-178K's ``"video"``)."""
+        assert self.record is not None
+        video = self.record.get("video")
+        if not isinstance(video, str) or not video:
+            raise BadSampleError("missing_video", f"'video' is {video!r}, not a path")
+        return video
 
 
-def check_record(raw: RawRecord, image_token: str = IMAGE_TOKEN) -> list[Message]:
+def check_record(
+    raw: RawRecord, image_token: str = IMAGE_TOKEN, video_token: str | None = None
+) -> list[Message]:
     """Structural checks that need no tokenizer, and the normalised messages they produce.
 
     The messages are kept on ``raw``, so checking the same record again (for the same image
     token) normalises nothing twice. Raises a ``BadSampleError`` that names record and file.
     """
-    if raw.messages is not None and raw.messages_image_token == image_token:
+    if raw.messages is not None and raw.messages_tokens == (image_token, video_token):
         return raw.messages
     try:
         if raw.error is not None:
             raise raw.error
         assert raw.record is not None
-        if raw.has_image:
-            _ = raw.image_path  # validates the field
-        messages = normalize_conversation(raw.record.get("conversations"), image_token, raw.has_image)
+        images = len(raw.image_paths) if raw.image_bytes is None else len(raw.image_bytes)
+        if raw.has_video:
+            _ = raw.video_path  # validates the field
+        messages = normalize_conversation(
+            raw.record.get("conversations"), image_token, images, video_token, raw.has_video
+        )
     except BadSampleError as err:
         raise err.located(raw.record_id, raw.source) from None
-    raw.messages, raw.messages_image_token = messages, image_token
+    raw.messages, raw.messages_tokens = messages, (image_token, video_token)
     return messages

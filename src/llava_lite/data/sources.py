@@ -113,6 +113,19 @@ def read_records(paths: str | Sequence[str]) -> Iterator[RawRecord]:
         yield from iter_file(path)
 
 
+def shard_images(sample: dict[str, Any]) -> list[bytes]:
+    """A shard sample's image files in order: ``{key}.jpg`` for one image, ``{key}.img0.jpg``,
+    ``{key}.img1.png``, ... for several (``data.wds_shards.convert_to_wds`` writes both)."""
+    numbered = {}
+    for name, data in sample.items():
+        stem, _, ext = name.partition(".")
+        if stem.startswith("img") and stem[3:].isdigit() and ext in IMAGE_EXTS:
+            numbered[int(stem[3:])] = data
+    if numbered:
+        return [numbered[i] for i in sorted(numbered)]
+    return [sample[ext] for ext in IMAGE_EXTS if ext in sample][:1]
+
+
 def iter_wds_shard(url: str, take: Callable[[], bool] | None = None) -> Iterator[RawRecord]:
     """The records of one WebDataset shard (``data.wds_shards.convert_to_wds`` writes them), with
     their image bytes attached; ``take`` as in ``iter_file``."""
@@ -134,9 +147,14 @@ def iter_wds_shard(url: str, take: Callable[[], bool] | None = None) -> Iterator
                     None, url, index, error=BadSampleError("malformed_json", f"sample {key}: not an object")
                 )
                 continue
-            image = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
-            if record.get("image") and image is None:
-                err = BadSampleError("missing_image", f"sample {key} has no image file in the shard")
+            images = shard_images(sample)
+            wanted = record.get("image")
+            wanted_count = len(wanted) if isinstance(wanted, list) else 1 if wanted else 0
+            if len(images) != wanted_count:
+                err = BadSampleError(
+                    "missing_image",
+                    f"sample {key} names {wanted_count} image(s) but the shard holds {len(images)}",
+                )
                 yield RawRecord(record, url, index, error=err)
                 continue
-            yield RawRecord(record, url, index, image_bytes=image)
+            yield RawRecord(record, url, index, image_bytes=images or None)

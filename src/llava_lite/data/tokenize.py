@@ -101,12 +101,16 @@ def encode_conversation(
     return EncodedConversation(input_ids, labels, spans)
 
 
-def check_reserved_text(messages: Sequence[Message], reserved: Sequence[str], image_token: str) -> None:
+def check_reserved_text(
+    messages: Sequence[Message], reserved: Sequence[str], markers: str | Sequence[str]
+) -> None:
     """Reject text that spells one of ``reserved`` (``ChatTemplate.reserved_text``), the image
-    token excepted (``llava_lite.data.schema.normalize_conversation`` places and counts it)."""
+    and video markers excepted (``llava_lite.data.schema.normalize_conversation`` places and
+    counts them)."""
+    allowed = {markers} if isinstance(markers, str) else set(markers)
     for i, (role, content) in enumerate(messages):
         for token in reserved:
-            if token != image_token and token in content:
+            if token not in allowed and token in content:
                 raise BadSampleError(
                     "special_token_text",
                     f"turn {i} ({role}) spells {token!r}, a special token or template marker; "
@@ -115,20 +119,30 @@ def check_reserved_text(messages: Sequence[Message], reserved: Sequence[str], im
 
 
 def expand_image_slots(
-    ids: list[int], labels: list[int], image_token_id: int, num_image_tokens: int, n_images: int
+    ids: list[int],
+    labels: list[int],
+    image_token_id: int,
+    num_image_tokens: int | Sequence[int],
+    n_images: int | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Each image-token id becomes ``num_image_tokens`` ignored image slots."""
+    """Each image-token id becomes ignored image slots: ``num_image_tokens`` each, or the n-th
+    of a list of counts for the n-th image (images of different sizes, or videos)."""
+    counts = (
+        [num_image_tokens] * (n_images or 0) if isinstance(num_image_tokens, int) else list(num_image_tokens)
+    )
     found = ids.count(image_token_id)
-    if found != n_images:
+    if found != len(counts):
         raise BadSampleError(
-            "image_token_mismatch", f"{found} image tokens after tokenisation, {n_images} images"
+            "image_token_mismatch", f"{found} image tokens after tokenisation, {len(counts)} images"
         )
     out_ids: list[int] = []
     out_labels: list[int] = []
+    slots = iter(counts)
     for tok, lab in zip(ids, labels, strict=True):
         if tok == image_token_id:
-            out_ids += [tok] * num_image_tokens
-            out_labels += [IGNORE_INDEX] * num_image_tokens
+            n = next(slots)
+            out_ids += [tok] * n
+            out_labels += [IGNORE_INDEX] * n
         else:
             out_ids.append(tok)
             out_labels.append(lab)
@@ -136,7 +150,12 @@ def expand_image_slots(
 
 
 def fit_length(
-    ids: list[int], labels: list[int], limit: int, overlong: str, image_token_id: int, record_id: str
+    ids: list[int],
+    labels: list[int],
+    limit: int,
+    overlong: str,
+    slot_ids: int | Sequence[int],
+    record_id: str,
 ) -> tuple[list[int], list[int]]:
     """Ids and labels within ``limit`` tokens under the ``overlong`` policy (``LlavaProcessor``'s)."""
     if len(ids) <= limit:
@@ -144,7 +163,8 @@ def fit_length(
     why = f"{len(ids)} tokens > model_max_length={limit}"
     if overlong != "truncate":  # "skip" / "raise": the policy of this rejection
         raise BadSampleError("too_long", f"{why} (overlong={overlong})", policy=overlong)
-    image_end = max((i + 1 for i, t in enumerate(ids) if t == image_token_id), default=0)
+    slots = {slot_ids} if isinstance(slot_ids, int) else set(slot_ids)
+    image_end = max((i + 1 for i, t in enumerate(ids) if t in slots), default=0)
     if image_end > limit:
         raise BadSampleError("too_long", f"{why}; truncating would cut the image block")
     cut = sum(lab != IGNORE_INDEX for lab in labels[limit:])

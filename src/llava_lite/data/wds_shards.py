@@ -2,7 +2,8 @@
 ``llava_lite.data.sources``, like every other record source).
 
 Each sample is ``{key}.json`` (the LLaVA record, unchanged) plus ``{key}.{ext}`` (the image
-file's bytes, not re-encoded) when the record has an image. Keys are the record's global
+file's bytes, not re-encoded) when the record has an image, or ``{key}.img0.{ext}``,
+``{key}.img1.{ext}``, ... in order when it has several. Keys are the record's global
 position (``%09d``), so shard order is record order. Shards are written and read through
 fsspec, so ``out_dir`` and shard URLs may be local paths or any fsspec URL.
 """
@@ -22,7 +23,7 @@ from webdataset import TarWriter
 
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, check_policy
 from llava_lite.data.images import resolve_image_path
-from llava_lite.data.schema import RawRecord, check_record
+from llava_lite.data.schema import check_record
 from llava_lite.data.sources import IMAGE_EXTS, read_records
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ def _image_ext(path: str) -> str:
     return ext if ext in IMAGE_EXTS else "jpg"
 
 
-def _read_image_bytes(raw: RawRecord, image_root: str | None) -> bytes:
-    where = resolve_image_path(raw.image_path, image_root)
+def _read_image_bytes(path: str, image_root: str | None) -> bytes:
+    where = resolve_image_path(path, image_root)
     try:
         with fsspec.open(where, "rb") as f:
             data = f.read()
@@ -81,8 +82,14 @@ def convert_to_wds(
                 check_record(raw)
                 assert raw.record is not None
                 sample = {"__key__": f"{position:09d}", "json": json.dumps(raw.record).encode()}
-                if raw.has_image:
-                    sample[_image_ext(raw.image_path)] = _read_image_bytes(raw, image_root)
+                if raw.has_video:
+                    raise BadSampleError(
+                        "unreadable_video", "WebDataset shards hold images only; keep video records in JSON"
+                    )
+                paths = raw.image_paths
+                for i, path in enumerate(paths):  # one image: {key}.jpg; several: {key}.img0.jpg, ...
+                    name = _image_ext(path) if len(paths) == 1 else f"img{i}.{_image_ext(path)}"
+                    sample[name] = _read_image_bytes(path, image_root)
             except BadSampleError as err:
                 err = err.located(raw.record_id, raw.source)
                 if on_bad_sample == "raise":

@@ -27,6 +27,7 @@ from llava_lite.data.collate import LlavaCollator
 from llava_lite.inference.decoding import DecodingSettings
 from llava_lite.inference.loading import image_error
 from llava_lite.io import JsonlAppender, numbered_jsonl, read_json, read_jsonl, repair_torn_tail
+from llava_lite.modeling.llava import VISUAL_INPUTS
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +259,10 @@ def _answer_batch(
         except (OSError, ValueError) as e:
             raise ValueError(f"question {q.question_id!r}: {e}") from e
     batch = collator(samples)
-    images = {k: batch[k].to(device) for k in ("pixel_values", "image_sizes") if batch[k] is not None}
+    images = {k: batch[k].to(device) for k in VISUAL_INPUTS if batch[k] is not None}
     new_tokens = model.generate(
         batch["input_ids"].to(device),  # [B, T], left-padded
-        **images,  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2] under AnyRes
+        **images,  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2] under AnyRes, videos
         attention_mask=batch["attention_mask"].to(device),  # [B, T]
         **settings.generate_kwargs(processor.stop_token_ids),
     )  # [B, T_new]

@@ -1,22 +1,24 @@
-"""A multi-turn chat about one image, with the history rendered by the model's template.
+"""A multi-turn chat about images and a video, with the history rendered by the model's template.
 
-Every turn re-renders the whole conversation with :meth:`LlavaProcessor.prompt` (the image
-belongs to the first question), so the model sees exactly the layout it was trained on.
-When the prompt plus ``max_new_tokens`` no longer fits ``model_max_length``, the oldest
-turns are dropped (logged), never the new question.
+Every turn re-renders the whole conversation with :meth:`LlavaProcessor.prompt`, so the model sees
+exactly the layout it was trained on: every image and the video belong to the first question (in
+front of it, or where its ``<image>`` markers are when it has one per image). When the prompt
+plus ``max_new_tokens`` no longer fits ``model_max_length``, the oldest turns are dropped
+(logged), never the new question.
 
 Replies stream: :meth:`ChatSession.stream` yields text as tokens are generated (a
 transformers ``TextIteratorStreamer`` fed by ``generate`` in a worker thread), and
-:meth:`ChatSession.ask` is the same turn collected. Switching the image
-(:meth:`ChatSession.set_image`) starts a new conversation: the templates hold one image, at the
-first question, so earlier turns would otherwise be read as being about the new image.
+:meth:`ChatSession.ask` is the same turn collected. Changing what the chat is about
+(:meth:`ChatSession.add_image`, :meth:`~ChatSession.set_images`, :meth:`~ChatSession.set_video`)
+starts a new conversation: the new image or video would join the first question, so earlier
+answers would otherwise read as being about something they never saw.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,31 @@ from transformers import TextIteratorStreamer
 
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.collate import batch_images
-from llava_lite.data.processor import PreparedImage
+from llava_lite.data.images import open_image
+from llava_lite.data.processor import PreparedImage, PreparedVideo
 from llava_lite.inference.decoding import DecodingSettings
 from llava_lite.inference.loading import image_error
 
 log = logging.getLogger(__name__)
 
-ImageSource = str | Path | Image.Image
+ImageSource = str | Path | bytes | Image.Image | PreparedImage
+# A video file or a folder of its frames, its decoded frames, or one prepared already.
+VideoSource = str | Path | Sequence[Image.Image] | PreparedVideo
+NO_VIDEO = "this model reads no video (video_token is null in its config)"
+
+
+def visual_error(err: BadSampleError, where: str = "") -> OSError | ValueError:
+    """:func:`image_error` for images and videos: a missing file of either is a ``FileNotFoundError``."""
+    error = image_error(err, where)
+    return FileNotFoundError(str(error)) if err.reason == "missing_video" else error
+
+
+def as_sources(image: ImageSource | Sequence[ImageSource] | None) -> list[ImageSource]:
+    """None -> [], one image -> [image], a list or tuple of images as a list."""
+    if image is None:
+        return []
+    several = isinstance(image, list) or (isinstance(image, tuple) and not hasattr(image, "_fields"))
+    return list(image) if several else [image]  # type: ignore[list-item]
 
 
 class _Cancelled(Exception):
@@ -53,49 +73,96 @@ class _CancellableStreamer(TextIteratorStreamer):
 
 
 class ChatSession:
-    """``ChatSession(model, processor, image).ask("What is this?")`` → the assistant's reply."""
+    """``ChatSession(model, processor, image).ask("What is this?")`` → the assistant's reply.
+
+    ``image`` is one image or a list (paths, bytes, PIL images); ``video`` a video file, a folder
+    of its frames or its decoded frames. Both are prepared once, when set, not every turn.
+    """
 
     def __init__(
         self,
         model: Any,
         processor: Any,
-        image: ImageSource | None = None,
+        image: ImageSource | Sequence[ImageSource] | None = None,
         settings: DecodingSettings | None = None,
         system: str | None = None,
+        video: VideoSource | None = None,
     ) -> None:
         self.model = model
         self.processor = processor
         self.settings = settings or DecodingSettings()
         self.system = system
         self.history: list[tuple[str, str]] = []
-        self.image: PreparedImage | None = None  # preprocessed once per image (tiles and size under AnyRes)
-        self.set_image(image)
+        # Opened once; prepared together (several images may be read differently from one).
+        self._sources: list[Image.Image | PreparedImage] = []
+        self.images: list[PreparedImage] = []  # tiles and size under AnyRes
+        self.video: PreparedVideo | None = None
+        self.set_images(as_sources(image))
+        self.set_video(video)
+
+    @property
+    def image(self) -> PreparedImage | None:
+        """The one image talked about; None without images or with several (see ``images``)."""
+        return self.images[0] if len(self.images) == 1 else None
 
     def set_image(self, image: ImageSource | None) -> None:
-        """Talk about ``image`` (or no image) from now on; a new conversation starts.
+        """Talk about ``image`` (or no image) instead of the images so far; a new conversation starts."""
+        self.set_images(as_sources(image))
+
+    def add_image(self, image: ImageSource) -> None:
+        """Talk about ``image`` too, after the images so far; a new conversation starts."""
+        self.set_images([*self._sources, image])
+
+    def set_images(self, images: Sequence[ImageSource]) -> None:
+        """Talk about ``images`` (in order) from now on; a new conversation starts.
 
         An image that does not open raises ``FileNotFoundError`` / ``ValueError`` (one line
         naming the file) and leaves the session as it was.
         """
-        try:
-            prepared = (
-                None
-                if image is None
-                else self.processor.prepare_image(str(image) if isinstance(image, Path) else image)
-            )
-        except BadSampleError as err:
-            raise image_error(err) from None
-        self.image = prepared
+        opened = [self._open(image) for image in images]
+        prepared = self.processor.prepare_images(opened) if opened else []
+        self._sources, self.images = opened, prepared
+        self.history.clear()
+
+    def set_video(self, video: VideoSource | None) -> None:
+        """Talk about ``video`` (or no video) with the images from now on; a new conversation starts.
+
+        A model without video, or a video that does not open, raises one line naming the file
+        (``FileNotFoundError`` / ``ValueError``) and leaves the session as it was.
+        """
+        prepared = None
+        if isinstance(video, PreparedVideo):
+            prepared = video
+        elif video is not None:
+            where = f"video {video}" if isinstance(video, str | Path) else f"a video of {len(video)} frames"
+            if getattr(self.model, "video_token_id", None) is None:
+                raise ValueError(f"{where}: {NO_VIDEO}")
+            try:
+                prepared = self.processor.prepare_video(str(video) if isinstance(video, Path) else video)
+            except BadSampleError as err:
+                raise visual_error(err) from None
+        self.video = prepared
         self.history.clear()
 
     def reset(self) -> None:
         self.history.clear()
 
+    @staticmethod
+    def _open(image: ImageSource) -> Image.Image | PreparedImage:
+        if isinstance(image, PreparedImage):
+            return image
+        try:
+            return open_image(str(image) if isinstance(image, Path) else image)
+        except BadSampleError as err:
+            raise visual_error(err) from None
+
     def fitting_prompt(self, question: str) -> dict[str, Any]:
-        """The next turn's prompt (``input_ids [T]``, ``pixel_values``), trimming old turns to fit."""
+        """The next turn's prompt (``input_ids [T]`` and the visual inputs), trimming old turns to fit."""
         limit = self.processor.model_max_length - self.settings.max_new_tokens
         while True:
-            prompt = self.processor.prompt(question, self.image, history=self.history, system=self.system)
+            prompt = self.processor.prompt(
+                question, self.images or None, history=self.history, system=self.system, video=self.video
+            )
             if prompt["input_ids"].numel() <= limit:
                 return prompt
             if not self.history:
@@ -136,7 +203,7 @@ class ChatSession:
         self.history.append((question, reply))
 
     def ask(self, question: str) -> str:
-        """Answer ``question`` given the image and the turns so far; the turn joins the history."""
+        """Answer ``question`` given the images, the video and the turns so far; the turn joins the history."""
         for _ in self.stream(question):
             pass
         return self.history[-1][1]
@@ -153,7 +220,7 @@ class ChatSession:
             with torch.no_grad():  # grad mode is per thread
                 new_tokens = self.model.generate(
                     prompt["input_ids"].unsqueeze(0).to(device),  # [1, T]
-                    **images,  # pixel_values [1 or n_tiles, 3, H, W], image_sizes
+                    **images,  # pixel_values [N_tiles, 3, H, W], image_sizes [N, 2], pixel_values_videos [F, 3, H, W]
                     streamer=streamer,
                     **self.settings.generate_kwargs(self.processor.stop_token_ids),
                 )  # [1, T_new]

@@ -26,8 +26,15 @@ class ImageNewline(nn.Module):
         self.weight = nn.Parameter(torch.randn(hidden_size) / math.sqrt(hidden_size))  # [D]
 
 
-def pack_tiles(tiles: Tensor, image_size: tuple[int, int], grid: ImageGrid, newline: Tensor) -> Tensor:
-    """One image's projected tile features ``[1 + rows*cols, P, D]`` -> its tokens ``[num_tokens, D]``."""
+def pack_tiles(
+    tiles: Tensor, image_size: tuple[int, int], grid: ImageGrid, newline: Tensor, tiled: bool = True
+) -> Tensor:
+    """One image's projected tile features ``[1 + rows*cols, P, D]`` -> its tokens ``[num_tokens, D]``.
+
+    An untiled image (one of several under OneVision) is its one view ``[1, P, D]`` and a newline.
+    """
+    if not tiled:
+        return torch.cat([tiles[0], newline.to(tiles.dtype)[None]], dim=0)  # [P + 1, D]
     height, width = image_size
     rows, cols = grid.grid_shape(height, width)
     side = grid.patches

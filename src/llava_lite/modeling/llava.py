@@ -10,6 +10,13 @@ With ``image_aspect="anyres"`` the batch's ``pixel_values`` hold every image's t
 ``[N_tiles, 3, H, W]`` (base view, then the grid) and ``image_sizes`` ``[N, 2]`` each image's
 (height, width); the tower and projector run on all tiles at once, and
 ``llava_lite.modeling.anyres`` lays each image's tiles out as LLaVA-NeXT does.
+
+Several images and video (LLaVA-OneVision): a row may hold any number of image blocks, in
+order; ``image_tiled`` ``[N]`` says which images are read as their base view alone (one of
+several images under ``anyres.multi_image="base"``). Videos fill their own slots (the
+``video_token`` id): ``pixel_values_videos`` ``[F, 3, H, W]`` holds every video's frames and
+``video_frames`` ``[V]`` how many each has; ``llava_lite.modeling.video`` pools them. The tower
+runs once over every tile and frame of the batch.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
-from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig
+from transformers import AutoImageProcessor, AutoTokenizer, AutoVideoProcessor, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava_lite.config import IGNORE_INDEX, LlavaConfig
@@ -41,15 +48,19 @@ from llava_lite.modeling.llm import (
     prepare_tokenizer,
 )
 from llava_lite.modeling.projector import build_projector
-from llava_lite.modeling.vision import VisionTower, tiling_image_processor
+from llava_lite.modeling.video import pack_video
+from llava_lite.modeling.vision import VisionTower, tiling_image_processor, video_processor_for
 from llava_lite.templates import get_template
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+VIDEO_PROCESSOR_NAME = "video_preprocessor_config.json"
 FORMAT_VERSION = 1
 __version__ = version("llava_lite")
+# The batch keys that carry images and videos into the model (collators, generation, evaluation).
+VISUAL_INPUTS = ("pixel_values", "image_sizes", "image_tiled", "pixel_values_videos", "video_frames")
 
 
 class LossTerms(NamedTuple):
@@ -89,6 +100,23 @@ def as_size_list(image_sizes: Tensor | list[Any] | None) -> list[tuple[int, int]
     return [(int(h), int(w)) for h, w in rows]
 
 
+def as_flag_list(flags: Tensor | list[Any] | None, count: int) -> list[bool]:
+    """Per-image ``image_tiled`` flags as plain bools; None means every image is tiled."""
+    if flags is None:
+        return [True] * count
+    values = [bool(f) for f in (flags.tolist() if hasattr(flags, "tolist") else flags)]
+    if len(values) != count:
+        raise ImageTokenMismatch(f"image_tiled has {len(values)} flags for {count} images")
+    return values
+
+
+def as_int_list(values: Tensor | list[Any] | None) -> list[int]:
+    """``[V]`` counts (tensor or list) as plain ints."""
+    if values is None:
+        return []
+    return [int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
 def splice_features(inputs_embeds: Tensor, slots: Tensor, features: Tensor) -> Tensor:
     """Scatter ``features`` ``[N, P, D]`` into the ``slots`` ``[B, T]`` of ``inputs_embeds`` ``[B, T, D]``.
 
@@ -107,6 +135,7 @@ class LlavaModel(nn.Module):
         config: LlavaConfig,
         tokenizer: Any = None,
         image_processor: Any = None,
+        video_processor: Any = None,
         *,
         vision_hf_config: PretrainedConfig | None = None,
         llm_hf_config: PretrainedConfig | None = None,
@@ -122,6 +151,10 @@ class LlavaModel(nn.Module):
         self.vision_tower = VisionTower(config.vision, hf_config=vision_hf_config, dtype=config.llm.dtype)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.llm)
         self.image_token_id = prepare_tokenizer(self.tokenizer, config.image_token)
+        # Videos fill their own slots; a model without a video token reads none.
+        self.video_token_id = (
+            prepare_tokenizer(self.tokenizer, config.video_token) if config.video_token is not None else None
+        )
         self.llm = build_llm(config.llm, self.tokenizer, hf_config=llm_hf_config)
         llm_hidden = int(self.llm.get_input_embeddings().weight.shape[1])
         self.projector = build_projector(
@@ -138,6 +171,7 @@ class LlavaModel(nn.Module):
             base_tokens=tower.num_image_tokens,
             pinpoints=tuple((int(h), int(w)) for h, w in config.anyres.grid_pinpoints) if anyres else None,
             max_tiles=config.anyres.max_tiles,
+            video_pool=config.video.pool,
         )
         # The learned row separator of AnyRes grids; it trains with the projector.
         self.image_newline = (
@@ -147,9 +181,12 @@ class LlavaModel(nn.Module):
             image_processor = tower.build_image_processor()
         if anyres:
             image_processor = tiling_image_processor(
-                image_processor, config.anyres.grid_pinpoints, tower.image_size
+                image_processor, config.anyres.grid_pinpoints, tower.image_size, config.anyres.multi_image
             )
         self.image_processor = image_processor
+        if video_processor is None and config.video_token is not None:
+            video_processor = video_processor_for(image_processor, tower.image_size)
+        self.video_processor = video_processor
         self.num_image_tokens = tower.num_image_tokens  # one view's tokens; AnyRes images have more
 
     def components(self) -> dict[str, nn.Module]:
@@ -170,21 +207,45 @@ class LlavaModel(nn.Module):
         return self.projector(features)  # [N, P, D_llm]
 
     def image_features(
-        self, pixel_values: Tensor, image_sizes: Tensor | list[Any] | None = None
+        self,
+        pixel_values: Tensor,
+        image_sizes: Tensor | list[Any] | None = None,
+        image_tiled: Tensor | list[Any] | None = None,
+        features: Tensor | None = None,
     ) -> list[Tensor]:
-        """Each image's token features ``[num_tokens_i, D_llm]``; the tower runs once on all tiles."""
-        features = self.encode_images(pixel_values)  # [N_tiles, P, D]
+        """Each image's token features ``[num_tokens_i, D_llm]``; the tower runs once on all tiles.
+
+        ``features`` ``[N_tiles, P, D_llm]``: the tiles already encoded (:meth:`embed_inputs`
+        encodes images and video frames in one tower call).
+        """
+        if features is None:
+            features = self.encode_images(pixel_values)  # [N_tiles, P, D]
         if self.image_newline is None:
             return list(features)
         sizes = as_size_list(image_sizes)
-        tiles = [self.image_grid.num_tiles(h, w) for h, w in sizes]
+        tiled = as_flag_list(image_tiled, len(sizes))
+        tiles = [self.image_grid.num_tiles(h, w, t) for (h, w), t in zip(sizes, tiled, strict=True)]
         return [
-            pack_tiles(chunk, size, self.image_grid, self.image_newline.weight)
-            for chunk, size in zip(features.split(tiles), sizes, strict=True)
+            pack_tiles(chunk, size, self.image_grid, self.image_newline.weight, t)
+            for chunk, size, t in zip(features.split(tiles), sizes, tiled, strict=True)
+        ]
+
+    def video_features(
+        self, pixel_values_videos: Tensor, video_frames: Tensor | list[Any], features: Tensor | None = None
+    ) -> list[Tensor]:
+        """Each video's token features ``[video_tokens_i, D_llm]`` from its frames ``[F, 3, H, W]``."""
+        if features is None:
+            features = self.encode_images(pixel_values_videos)  # [F, P, D]
+        newline = None if self.image_newline is None else self.image_newline.weight
+        return [
+            pack_video(chunk, self.image_grid, newline) for chunk in features.split(as_int_list(video_frames))
         ]
 
     def image_token_counts(
-        self, pixel_values: Tensor | None, image_sizes: Tensor | list[Any] | None
+        self,
+        pixel_values: Tensor | None,
+        image_sizes: Tensor | list[Any] | None,
+        image_tiled: Tensor | list[Any] | None = None,
     ) -> list[int]:
         """Slots each image of a batch fills, checked against the tiles ``pixel_values`` holds."""
         if pixel_values is None:
@@ -196,43 +257,87 @@ class LlavaModel(nn.Module):
             raise ValueError(
                 "this model reads images at any resolution (image_aspect='anyres'): pass image_sizes"
             )
-        tiles = sum(self.image_grid.num_tiles(h, w) for h, w in sizes)
+        tiled = as_flag_list(image_tiled, len(sizes))
+        grid = self.image_grid
+        tiles = sum(grid.num_tiles(h, w, t) for (h, w), t in zip(sizes, tiled, strict=True))
         if tiles != pixel_values.shape[0]:
             raise ImageTokenMismatch(
                 f"pixel_values hold {pixel_values.shape[0]} tiles but image_sizes {sizes} make {tiles}"
             )
-        return [self.image_grid.num_tokens(h, w) for h, w in sizes]
+        return [grid.num_tokens(h, w, t) for (h, w), t in zip(sizes, tiled, strict=True)]
+
+    def video_token_counts(
+        self, pixel_values_videos: Tensor | None, video_frames: Tensor | list[Any] | None
+    ) -> list[int]:
+        """Slots each video of a batch fills, checked against the frames ``pixel_values_videos`` holds."""
+        if pixel_values_videos is None:
+            return []
+        if self.video_token_id is None:
+            raise ValueError("this model reads no video (video_token is null in its config)")
+        frames = as_int_list(video_frames)
+        if not frames or sum(frames) != pixel_values_videos.shape[0] or min(frames) < 1:
+            raise ImageTokenMismatch(
+                f"pixel_values_videos hold {pixel_values_videos.shape[0]} frames but video_frames is {frames}"
+            )
+        return [self.image_grid.video_tokens(n) for n in frames]
+
+    def slot_mask(self, input_ids: Tensor) -> Tensor:
+        """``[B, T]`` True at image and video slots, which the loss never trains."""
+        slots = input_ids == self.image_token_id
+        if self.video_token_id is not None:
+            slots |= input_ids == self.video_token_id
+        return slots
+
+    def _check_slots(self, input_ids: Tensor, token_id: int, counts: list[int], kind: str) -> Tensor:
+        """The ``[B, T]`` slots of ``token_id``; :class:`ImageTokenMismatch` naming a row if they
+        are not exactly what ``counts`` (one per image or video, in row order) fill."""
+        slots = input_ids == token_id  # [B, T]
+        if int(slots.sum()) != sum(counts):
+            per_row = slots.sum(dim=1).tolist()
+            row = mismatched_row(per_row, counts)
+            raise ImageTokenMismatch(
+                f"{kind} tokens do not match {kind}s: input_ids hold {int(slots.sum())} {kind}-token slots "
+                f"(id {token_id}; per row {per_row}) but the {len(counts)} {kind}(s) make "
+                f"{sum(counts)} ({counts})"
+                + ("" if row is None else f"; row {row} is the first that disagrees"),
+                row,
+            )
+        return slots
 
     def embed_inputs(
         self,
         input_ids: Tensor,
         pixel_values: Tensor | None = None,
         image_sizes: Tensor | list[Any] | None = None,
+        image_tiled: Tensor | list[Any] | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_frames: Tensor | list[Any] | None = None,
     ) -> Tensor:
-        """Token embeddings with image features scattered into the image-token slots, ``[B, T, D]``.
+        """Token embeddings with image and video features scattered into their slots, ``[B, T, D]``.
 
-        Slots and images are compared before the tower runs; a mismatch raises
+        Slots and images (videos) are compared before the tower runs; a mismatch raises
         :class:`ImageTokenMismatch` naming the first row that disagrees.
         """
         embed = self.llm.get_input_embeddings()
         inputs_embeds = embed(input_ids)  # [B, T, D]
-        slots = input_ids == self.image_token_id  # [B, T]
-        counts = self.image_token_counts(pixel_values, image_sizes)
-        if int(slots.sum()) != sum(counts):
-            per_row = slots.sum(dim=1).tolist()
-            row = mismatched_row(per_row, counts)
-            raise ImageTokenMismatch(
-                f"image tokens do not match images: input_ids hold {int(slots.sum())} image-token slots "
-                f"(id {self.image_token_id}; per row {per_row}) but the {len(counts)} image(s) make "
-                f"{sum(counts)} ({counts})"
-                + ("" if row is None else f"; row {row} is the first that disagrees"),
-                row,
-            )
-        if not counts:
+        image_counts = self.image_token_counts(pixel_values, image_sizes, image_tiled)
+        image_slots = self._check_slots(input_ids, self.image_token_id, image_counts, "image")
+        video_counts = self.video_token_counts(pixel_values_videos, video_frames)
+        if self.video_token_id is not None:
+            video_slots = self._check_slots(input_ids, self.video_token_id, video_counts, "video")
+        views = [v for v in (pixel_values, pixel_values_videos) if v is not None]
+        if not views:
             return inputs_embeds
-        assert pixel_values is not None
-        features = torch.cat(self.image_features(pixel_values, image_sizes))  # [sum tokens, D]
-        return splice_features(inputs_embeds, slots, features)  # [B, T, D]
+        encoded = self.encode_images(torch.cat(views) if len(views) > 1 else views[0])  # [N_tiles + F, P, D]
+        if pixel_values is not None:
+            tiles, encoded = encoded[: pixel_values.shape[0]], encoded[pixel_values.shape[0] :]
+            images = torch.cat(self.image_features(pixel_values, image_sizes, image_tiled, tiles))  # [sum, D]
+            inputs_embeds = splice_features(inputs_embeds, image_slots, images)
+        if pixel_values_videos is not None:
+            assert video_frames is not None
+            videos = torch.cat(self.video_features(pixel_values_videos, video_frames, encoded))  # [sum, D]
+            inputs_embeds = splice_features(inputs_embeds, video_slots, videos)
+        return inputs_embeds  # [B, T, D]
 
     def forward(
         self,
@@ -242,6 +347,9 @@ class LlavaModel(nn.Module):
         labels: Tensor | None = None,
         position_ids: Tensor | None = None,
         image_sizes: Tensor | list[Any] | None = None,
+        image_tiled: Tensor | list[Any] | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_frames: Tensor | list[Any] | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Full logits ``[B, T, V]`` and, with ``labels`` ``[B, T]``, the mean next-token loss.
@@ -250,9 +358,10 @@ class LlavaModel(nn.Module):
         :meth:`loss_terms` gives the same loss without computing logits nobody trains on.
         Packed rows pass ``position_ids`` that restart at 0 per sample and no ``attention_mask``.
         """
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
+        visual = (pixel_values, image_sizes, image_tiled, pixel_values_videos, video_frames)
+        inputs_embeds = self.embed_inputs(input_ids, *visual)
         if labels is not None:
-            labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
+            labels = labels.masked_fill(self.slot_mask(input_ids), IGNORE_INDEX)
         kwargs.setdefault("use_cache", False)  # a cache here is never read, and disables packed masking
         return self.llm(
             inputs_embeds=inputs_embeds,
@@ -271,6 +380,9 @@ class LlavaModel(nn.Module):
         position_ids: Tensor | None = None,
         linear_cross_entropy: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
         image_sizes: Tensor | list[Any] | None = None,
+        image_tiled: Tensor | list[Any] | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_frames: Tensor | list[Any] | None = None,
     ) -> LossTerms:
         """Summed next-token cross-entropy over the trained positions, their count and their logits.
 
@@ -281,8 +393,9 @@ class LlavaModel(nn.Module):
         ``linear_cross_entropy(head_weight [V, D], hidden [N, D], targets [N])`` -> summed loss
         replaces head + cross-entropy with a fused kernel (e.g. Liger's), so no logits exist.
         """
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)  # [B, T, D]
-        targets = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)[:, 1:]  # [B, T-1]
+        visual = (pixel_values, image_sizes, image_tiled, pixel_values_videos, video_frames)
+        inputs_embeds = self.embed_inputs(input_ids, *visual)  # [B, T, D]
+        targets = labels.masked_fill(self.slot_mask(input_ids), IGNORE_INDEX)[:, 1:]  # [B, T-1]
         trained = targets != IGNORE_INDEX  # [B, T-1]
         mask_kw = {"attention_mask": attention_mask, "position_ids": position_ids}
         plain = plain_lm_head(self.llm)
@@ -317,6 +430,9 @@ class LlavaModel(nn.Module):
         use_cache: bool = True,
         streamer: Any = None,  # a transformers streamer (chat's TextIteratorStreamer): gets each new token
         image_sizes: Tensor | list[Any] | None = None,
+        image_tiled: Tensor | list[Any] | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_frames: Tensor | list[Any] | None = None,
     ) -> Tensor:
         """New tokens only, ``[B, T_new]`` (rows that stop early are padded with the pad id).
 
@@ -329,7 +445,8 @@ class LlavaModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         elif bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate() needs left padding: some rows end with padding (attention_mask 0)")
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
+        visual = (pixel_values, image_sizes, image_tiled, pixel_values_videos, video_frames)
+        inputs_embeds = self.embed_inputs(input_ids, *visual)
         sampling: dict[str, Any] = {"do_sample": do_sample}
         if do_sample:
             sampling.update(temperature=temperature, top_p=top_p)
@@ -366,6 +483,8 @@ class LlavaModel(nn.Module):
         save_model(self, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(out)
         self.image_processor.save_pretrained(out)
+        if self.video_processor is not None:
+            self.video_processor.save_pretrained(out)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False) -> LlavaModel:
@@ -398,10 +517,14 @@ class LlavaModel(nn.Module):
         build_config.vision.checkpoint_path = None
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         image_processor = AutoImageProcessor.from_pretrained(folder)
+        video_processor = None
+        if (folder / VIDEO_PROCESSOR_NAME).is_file():
+            video_processor = AutoVideoProcessor.from_pretrained(folder)
         model = cls(
             build_config,
             tokenizer=tokenizer,
             image_processor=image_processor,
+            video_processor=video_processor,
             vision_hf_config=config_from_dict(meta["vision_config"]) if "vision_config" in meta else None,
             llm_hf_config=config_from_dict(meta["llm_config"]),
         )

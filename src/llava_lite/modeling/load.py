@@ -3,7 +3,7 @@
 The format dispatch sits above the model class and the format modules, which import the
 model class and never each other: a llava_lite folder (``config.json`` with a
 ``llava_lite`` key, written by ``LlavaModel.save_pretrained``), a llava-hf folder
-(``model_type`` "llava" or "llava_next") or an original LLaVA checkpoint (``mm_vision_tower``).
+(``model_type`` "llava", "llava_next" or "llava_onevision") or an original LLaVA checkpoint (``mm_vision_tower``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def detect_format(path: str | Path) -> str:
         return "llava_lite"
     if "mm_vision_tower" in meta:
         return "original_llava"
-    if meta.get("model_type") in ("llava", "llava_next"):
+    if meta.get("model_type") in ("llava", "llava_next", "llava_onevision"):
         return "llava_hf"
     raise ValueError(
         f"{config_file} has no 'llava_lite' key, no 'mm_vision_tower' and model_type="

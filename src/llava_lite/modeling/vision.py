@@ -20,6 +20,8 @@ from transformers import (
     AutoModel,
     CLIPImageProcessor,
     LlavaNextImageProcessor,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionVideoProcessor,
     PretrainedConfig,
     SiglipImageProcessor,
 )
@@ -221,14 +223,8 @@ def apply_processor_overrides(processor: Any, cfg: VisionConfig) -> Any:
     return type(processor).from_dict(data)
 
 
-def tiling_image_processor(processor: Any, pinpoints: list[list[int]], tile: int) -> LlavaNextImageProcessor:
-    """transformers' LLaVA-NeXT image processor with ``processor``'s normalisation and ``pinpoints``.
-
-    It resizes to the chosen pinpoint keeping the aspect, pads with black (centred), cuts
-    row-major tiles of ``tile`` pixels and puts the whole image resized to one tile first, so
-    our pixels are transformers' pixels. A processor that already tiles keeps its settings
-    and gets ``pinpoints``.
-    """
+def _shared_settings(processor: Any) -> dict[str, Any]:
+    """The resampling and normalisation of ``processor``, for the tiling and video processors."""
     data = processor.to_dict()
     keep = (
         "do_resize",
@@ -239,7 +235,22 @@ def tiling_image_processor(processor: Any, pinpoints: list[list[int]], tile: int
         "image_mean",
         "image_std",
     )
-    settings: dict[str, Any] = {k: data[k] for k in keep if data.get(k) is not None}
+    return {k: data[k] for k in keep if data.get(k) is not None}
+
+
+def tiling_image_processor(
+    processor: Any, pinpoints: list[list[int]], tile: int, multi_image: str = "anyres"
+) -> LlavaNextImageProcessor | LlavaOnevisionImageProcessor:
+    """transformers' LLaVA-NeXT image processor with ``processor``'s normalisation and ``pinpoints``.
+
+    It resizes to the chosen pinpoint keeping the aspect, pads with black (centred), cuts
+    row-major tiles of ``tile`` pixels and puts the whole image resized to one tile first, so
+    our pixels are transformers' pixels. A processor that already tiles keeps its settings
+    and gets ``pinpoints``. With ``multi_image="base"`` it is LLaVA-OneVision's, which tiles a
+    single image the same way and reads each image of several as one view padded to a square.
+    """
+    data = processor.to_dict()
+    settings = _shared_settings(processor)
     settings.update(
         size={"shortest_edge": tile}
         if "shortest_edge" in (data.get("size") or {})
@@ -250,4 +261,12 @@ def tiling_image_processor(processor: Any, pinpoints: list[list[int]], tile: int
         do_pad=True,
         image_grid_pinpoints=[list(map(int, p)) for p in pinpoints],
     )
+    if multi_image == "base":
+        return LlavaOnevisionImageProcessor(**settings)
     return LlavaNextImageProcessor(**settings)
+
+
+def video_processor_for(processor: Any, tile: int) -> LlavaOnevisionVideoProcessor:
+    """transformers' LLaVA-OneVision video processor with ``processor``'s normalisation: every
+    frame resized to one ``tile`` x ``tile`` view, as OneVision reads video."""
+    return LlavaOnevisionVideoProcessor(**_shared_settings(processor), size={"height": tile, "width": tile})

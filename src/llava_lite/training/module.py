@@ -24,7 +24,7 @@ import torch
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
-from llava_lite.modeling.llava import ImageTokenMismatch
+from llava_lite.modeling.llava import VISUAL_INPUTS, ImageTokenMismatch
 from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.training.freeze import (
     apply_lora,
@@ -188,11 +188,11 @@ class LlavaLitModule(L.LightningModule):
             terms = self.model.loss_terms(
                 input_ids=batch["input_ids"],  # [B, T]
                 labels=batch["labels"],  # [B, T]
-                pixel_values=batch.get("pixel_values"),  # [N, 3, H, W] or AnyRes tiles [N_tiles, 3, H, W]
                 attention_mask=batch.get("attention_mask"),  # [B, T], None for packed rows
                 position_ids=batch.get("position_ids"),  # [B, T] for packed rows
                 linear_cross_entropy=self.linear_cross_entropy,
-                image_sizes=batch.get("image_sizes"),  # [N, 2] under AnyRes
+                # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2], image_tiled [N], videos
+                **{k: batch.get(k) for k in VISUAL_INPUTS},
             )
         except ImageTokenMismatch as err:
             ids = list(batch.get("ids", []))

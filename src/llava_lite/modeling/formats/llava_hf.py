@@ -1,6 +1,9 @@
 """Conversion to and from transformers' ``LlavaForConditionalGeneration`` (the ``llava-hf`` layout),
-and ``LlavaNextForConditionalGeneration`` for AnyRes models (``image_aspect="anyres"``: its
-``image_grid_pinpoints`` in ``config.json`` and the image processor, and ``image_newline``).
+``LlavaNextForConditionalGeneration`` for AnyRes models (``image_aspect="anyres"``: its
+``image_grid_pinpoints`` in ``config.json`` and the image processor, and ``image_newline``),
+and ``LlavaOnevisionForConditionalGeneration`` for AnyRes models read the OneVision way
+(``anyres.max_tiles`` as ``vision_aspect_ratio="anyres_max_N"``, ``anyres.multi_image="base"``,
+and a ``video_token`` with 2 x 2 frame pooling).
 
 Both directions go through the transformers model object and its own ``save_pretrained`` /
 ``from_pretrained``, so on-disk key names are whatever the installed transformers writes and
@@ -38,17 +41,29 @@ from torch import Tensor, nn
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
+    AutoVideoProcessor,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
 )
 from transformers import LlavaConfig as HFLlavaConfig
 
-from llava_lite.config import IMAGE_TOKEN, AnyResConfig, LlavaConfig, LLMConfig, ProjectorConfig, VisionConfig
+from llava_lite.config import (
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    AnyResConfig,
+    LlavaConfig,
+    LLMConfig,
+    ProjectorConfig,
+    VisionConfig,
+)
 from llava_lite.modeling.hf_config import config_to_arch
-from llava_lite.modeling.llava import LlavaModel, __version__
+from llava_lite.modeling.llava import VIDEO_PROCESSOR_NAME, LlavaModel, __version__
 from llava_lite.modeling.projector import projector_to_llava_hf
 from llava_lite.templates import get_template
 
@@ -137,14 +152,18 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
             }
         },
     )
-    anyres = model.image_newline is not None
+    layout = _layout(model)
     hf_model: nn.Module
-    if anyres:
-        if model.config.anyres.max_tiles is not None:
-            raise ValueError(
-                f"anyres.max_tiles={model.config.anyres.max_tiles} (OneVision's anyres_max_N) has no "
-                "LlavaNext form; export a model without it"
+    if layout == "llava_onevision":
+        hf_model = LlavaOnevisionForConditionalGeneration(
+            LlavaOnevisionConfig(
+                image_grid_pinpoints=[list(p) for p in model.config.anyres.grid_pinpoints],
+                vision_aspect_ratio=f"anyres_max_{model.config.anyres.max_tiles}",
+                video_token_index=model.video_token_id,
+                **common,
             )
+        )
+    elif layout == "llava_next":
         pinpoints = [list(p) for p in model.config.anyres.grid_pinpoints]
         hf_model = LlavaNextForConditionalGeneration(
             LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
@@ -167,24 +186,68 @@ def export_to_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     hf_model.save_pretrained(out)
     tokenizer = copy.deepcopy(model.tokenizer)
     tokenizer.model_max_length = model.config.model_max_length
-    processor_cls = LlavaNextProcessor if anyres else LlavaProcessor
-    processor = processor_cls(
+    settings: dict[str, Any] = dict(
         image_processor=model.image_processor,
         tokenizer=tokenizer,
-        patch_size=int(tower.config.patch_size),
         vision_feature_select_strategy=strategy,
         image_token=model.config.image_token,
-        num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
-        chat_template=chat_template_for(model.config.conv_template, tokenizer, model.config.image_token),
+        chat_template=chat_template_for(
+            model.config.conv_template, tokenizer, model.config.image_token, model.config.video_token
+        ),
     )
+    processor: Any
+    if layout == "llava_onevision":
+        processor = LlavaOnevisionProcessor(
+            video_processor=model.video_processor,
+            num_image_tokens=model.vision_tower.num_patches + model.vision_tower.num_prefix_tokens,
+            video_token=model.config.video_token,
+            vision_aspect_ratio=f"anyres_max_{model.config.anyres.max_tiles}",
+            **settings,
+        )
+    else:
+        processor_cls = LlavaNextProcessor if layout == "llava_next" else LlavaProcessor
+        processor = processor_cls(
+            patch_size=int(tower.config.patch_size),
+            num_additional_image_tokens=model.vision_tower.num_prefix_tokens,
+            **settings,
+        )
     processor.save_pretrained(out)
     log.info("exported llava-hf model to %s", out)
     return out
 
 
-def chat_template_for(template: str, tokenizer: Any, image_token: str = IMAGE_TOKEN) -> str | None:
+def _layout(model: LlavaModel) -> str:
+    """Which transformers class holds ``model``: ``llava``, ``llava_next`` or ``llava_onevision``;
+    a model none can hold raises, naming the setting."""
+    cfg = model.config
+    if model.image_newline is None:
+        if cfg.video_token is not None:
+            raise ValueError(
+                "video_token is set, but video exports only as llava_onevision, which needs image_aspect='anyres'"
+            )
+        return "llava"
+    onevision = cfg.anyres.max_tiles is not None or cfg.anyres.multi_image == "base" or cfg.video_token
+    if not onevision:
+        return "llava_next"
+    bad = []
+    if cfg.anyres.max_tiles is None:
+        bad.append("anyres.max_tiles is null (needs OneVision's anyres_max_N, an int)")
+    if cfg.anyres.multi_image != "base":
+        bad.append(f"anyres.multi_image={cfg.anyres.multi_image!r} (needs 'base')")
+    if cfg.video.pool != 2:
+        bad.append(f"video.pool={cfg.video.pool} (needs 2)")
+    if bad:
+        raise ValueError(
+            "this model reads images the OneVision way but has no llava_onevision form: " + "; ".join(bad)
+        )
+    return "llava_onevision"
+
+
+def chat_template_for(
+    template: str, tokenizer: Any, image_token: str = IMAGE_TOKEN, video_token: str | None = None
+) -> str | None:
     """The Jinja chat template rendering conversation ``template`` as our processor does (or None)."""
-    jinja = get_template(template).jinja(tokenizer, image_token)
+    jinja = get_template(template).jinja(tokenizer, image_token, video_token or VIDEO_TOKEN)
     if jinja is None:
         log.info("no chat_template for conversation template %r; the exported processor has none", template)
     return jinja
@@ -264,6 +327,9 @@ def _imported_config(
     config.llm.trust_remote_code = derived.llm.trust_remote_code
     if derived.image_aspect == "anyres":
         config.image_aspect, config.anyres.grid_pinpoints = "anyres", derived.anyres.grid_pinpoints
+    if derived.video_token is not None:  # llava_onevision: how it reads several images and video
+        config.anyres.max_tiles, config.anyres.multi_image = derived.anyres.max_tiles, "base"
+        config.video_token = derived.video_token
     if derived.vision.select_feature == "patch":  # 'default' strategy: patches only
         config.vision.select_feature = "patch"
     # 'full' keeps every token: "cls_patch", or "patch" on a tower without prefix tokens
@@ -281,7 +347,10 @@ def import_hf_llava(
     model with its ``image_grid_pinpoints`` as they are: transformers reads each as (height,
     width), and so does llava_lite.
     """
-    model_cls = LlavaNextForConditionalGeneration if _is_llava_next(path) else LlavaForConditionalGeneration
+    model_cls = {
+        "llava_next": LlavaNextForConditionalGeneration,
+        "llava_onevision": LlavaOnevisionForConditionalGeneration,
+    }.get(_model_type(path), LlavaForConditionalGeneration)
     hf_model = model_cls.from_pretrained(
         path, use_safetensors=not allow_pickle or None, trust_remote_code=trust_remote_code
     )
@@ -314,18 +383,26 @@ def import_hf_llava(
         llm=LLMConfig(model_type=text_type, arch=text_arch, dtype=dtype, trust_remote_code=trust_remote_code),
         image_token=image_token,
     )
-    if isinstance(hf_model, LlavaNextForConditionalGeneration):
+    if isinstance(hf_model, LlavaNextForConditionalGeneration | LlavaOnevisionForConditionalGeneration):
         derived.image_aspect = "anyres"
         derived.anyres = AnyResConfig(grid_pinpoints=[[int(h), int(w)] for h, w in hc.image_grid_pinpoints])
+    if isinstance(hf_model, LlavaOnevisionForConditionalGeneration):
+        derived.anyres.max_tiles = _max_tiles(hc.vision_aspect_ratio, path)
+        derived.anyres.multi_image = "base"
+        derived.video_token = tokenizer.convert_ids_to_tokens(hc.video_token_index)
     config, retie = _imported_config(hc, derived, tokenizer, path)
     text_config = hc.text_config
     if retie and torch.equal(hf_model.lm_head.weight, hf_model.get_input_embeddings().weight):
         text_config = copy.deepcopy(text_config)
         text_config.tie_word_embeddings = True
+    video_processor = None
+    if config.video_token is not None and (Path(path) / VIDEO_PROCESSOR_NAME).is_file():
+        video_processor = AutoVideoProcessor.from_pretrained(path)
     model = LlavaModel(
         config,
         tokenizer=tokenizer,
         image_processor=image_processor,
+        video_processor=video_processor,
         vision_hf_config=hc.vision_config,
         llm_hf_config=text_config,
     )
@@ -348,9 +425,19 @@ def import_hf_llava(
     return model
 
 
-def _is_llava_next(path: str | Path) -> bool:
-    """Whether a llava-hf folder holds a LlavaNext (AnyRes) model, from its ``config.json``."""
-    return bool(json.loads((Path(path) / "config.json").read_text()).get("model_type") == "llava_next")
+def _model_type(path: str | Path) -> str:
+    """A llava-hf folder's ``model_type`` (``llava``, ``llava_next``, ``llava_onevision``), from its ``config.json``."""
+    return str(json.loads((Path(path) / "config.json").read_text()).get("model_type", "llava"))
+
+
+def _max_tiles(vision_aspect_ratio: str, path: str | Path) -> int:
+    """N of a OneVision config's ``vision_aspect_ratio="anyres_max_N"``."""
+    prefix = "anyres_max_"
+    if not vision_aspect_ratio.startswith(prefix) or not vision_aspect_ratio[len(prefix) :].isdigit():
+        raise ValueError(
+            f"{path}: vision_aspect_ratio={vision_aspect_ratio!r}; only 'anyres_max_N' is supported"
+        )
+    return int(vision_aspect_ratio[len(prefix) :])
 
 
 def _load_from_hf(model: LlavaModel, hf_model: nn.Module, projector_state: dict[str, Any]) -> None:
