@@ -209,23 +209,29 @@ def test_bad_inputs_are_counted_under_skip_and_named_under_raise(tmp_path: Path,
             pass
 
 
-def test_webdataset_shards_hold_several_images(tmp_path: Path) -> None:
+def test_webdataset_shards_hold_several_images_and_a_video(tmp_path: Path) -> None:
     model = _model()
     processor = _processor(model)
     path, root = _world(tmp_path)
-    records = [
-        r for r in json.loads(path.read_text()) if r["id"] in ("one", "pair", "three", "text", "video")
-    ]
-    subset = tmp_path / "images.json"
+    keep = ("one", "pair", "three", "video", "folder", "text")
+    records = [r for r in json.loads(path.read_text()) if r["id"] in keep]
+    subset = tmp_path / "media.json"
     subset.write_text(json.dumps(records))
     result = convert_to_wds(str(subset), str(tmp_path / "shards"), image_root=str(root))
-    assert result.written == 4 and [r.record_id for r in result.counter.reports()] == ["video"]
+    # A folder of frames has no one file to store: refused, by name.
+    assert result.written == 5 and [(r.record_id, r.reason) for r in result.counter.reports()] == [
+        ("folder", "unreadable_video")
+    ]
     from_json = LlavaDataset(str(subset), processor, image_root=str(root))
     from_shards = LlavaDataset(result.shards, processor)
-    assert len(from_shards) == 4
-    for i, j in zip([0, 1, 2, 4], range(4), strict=True):  # the video record stays in JSON
+    assert len(from_shards) == 5
+    shard_lengths, _ = from_shards.modality_lengths()
+    json_lengths, _ = from_json.modality_lengths()
+    for i, j in zip([0, 1, 2, 3, 5], range(5), strict=True):
         a, b = from_json[i], from_shards[j]
-        assert a["id"] == b["id"]
+        assert a["id"] == b["id"] and shard_lengths[j] == json_lengths[i]
         assert torch.equal(a["input_ids"], b["input_ids"])
-        if a["pixel_values"] is not None:
-            assert torch.equal(a["pixel_values"], b["pixel_values"])
+        for key in ("pixel_values", "pixel_values_videos"):
+            if a.get(key) is not None:
+                assert torch.equal(a[key], b[key]), (a["id"], key)
+    assert from_shards[3]["video_frames"] == [8]  # the clip's 12 frames, sampled from the shard's bytes

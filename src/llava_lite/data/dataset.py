@@ -52,7 +52,7 @@ def build_sample(raw: RawRecord, processor: LlavaProcessor, image_root: str | No
     messages = check_record(raw, processor.image_token, processor.video_token)
     try:
         images: list[str] | list[bytes] = raw.image_bytes if raw.image_bytes is not None else raw.image_paths
-        video = raw.video_path if raw.has_video else None
+        video = raw.video_bytes if raw.video_bytes is not None else raw.video_path if raw.has_video else None
         sample = processor.process_messages(messages, images, raw.record_id, image_root, video=video)
     except BadSampleError as err:
         raise err.located(raw.record_id, raw.source) from None
@@ -152,7 +152,8 @@ class LlavaDataset(Dataset):
                 )
         if raw.has_video and processor.video_token is not None:
             sampling = processor.video_sampling
-            frames = video_frame_count(raw.video_path, sampling, self.image_root)
+            video = raw.video_bytes if raw.video_bytes is not None else raw.video_path
+            frames = video_frame_count(video, sampling, self.image_root)
             tokens += processor.video_tokens(sampling.num_frames if frames is None else frames)
         return tokens
 

@@ -116,6 +116,7 @@ class RawRecord:
     index: int  # position within that file (list index or line number - 1)
     # set when the images travel with the record (WebDataset), one entry per image, in order
     image_bytes: list[bytes] | None = None
+    video_bytes: bytes | None = None  # the video file's bytes, when it travels with the record
     error: BadSampleError | None = None
     # set by check_record: the normalised conversation, and the image and video tokens it was normalised for
     messages: list[Message] | None = None

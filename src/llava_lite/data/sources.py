@@ -23,6 +23,7 @@ from llava_lite.data.schema import RawRecord
 RECORD_FORMATS = ("json", "jsonl", "wds")
 # Image members of a WebDataset sample (``{key}.{ext}`` beside ``{key}.json``).
 IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "gif", "tiff")
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 _DATA_SUFFIXES = (".json", ".jsonl", ".tar")
 
 
@@ -157,4 +158,9 @@ def iter_wds_shard(url: str, take: Callable[[], bool] | None = None) -> Iterator
                 )
                 yield RawRecord(record, url, index, error=err)
                 continue
-            yield RawRecord(record, url, index, image_bytes=images or None)
+            video = next((sample[ext] for ext in VIDEO_EXTS if ext in sample), None)
+            if record.get("video") and video is None:
+                err = BadSampleError("missing_video", f"sample {key} has no video file in the shard")
+                yield RawRecord(record, url, index, error=err)
+                continue
+            yield RawRecord(record, url, index, image_bytes=images or None, video_bytes=video)

@@ -33,6 +33,7 @@ Policies:
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ __all__ = ["VIDEO_FRAME_EXTENSIONS", "VideoSampling", "frame_indices", "load_fra
 VIDEO_FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # What a broken or odd file raises inside PyAV (InvalidDataError, EOFError... are FFmpegErrors;
 # bad metadata or pixel formats raise ValueError) or fsspec (OSError).
+_BYTES_NAME = "<video bytes>"  # how errors name a video given as bytes (the dataset adds record and file)
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 
 
@@ -101,19 +103,22 @@ def frame_indices(total_frames: int, sampling: VideoSampling, fps_of_video: floa
     return [i * total_frames // count for i in range(count)]
 
 
-def video_frame_count(source: str, sampling: VideoSampling, root: str | None = None) -> int | None:
+def video_frame_count(source: str | bytes, sampling: VideoSampling, root: str | None = None) -> int | None:
     """How many frames :func:`load_frames` will return, read from the header without decoding.
 
     None when the header does not say (no frame count, duration or needed frame rate) or the
     source is missing or unreadable: the sample reports its own error when loaded. It does not
     apply ``min_frames`` (loading does). Raises ``ValueError`` for fps sampling of a folder.
     """
-    where = resolve_image_path(source, root)
-    try:
-        fs, path = fsspec.core.url_to_fs(where)
-        is_dir = fs.isdir(path)
-    except OSError:
-        return None
+    if isinstance(source, bytes):  # a video file's bytes (a WebDataset shard's)
+        fs, path, where, is_dir = None, source, _BYTES_NAME, False
+    else:
+        where = resolve_image_path(source, root)
+        try:
+            fs, path = fsspec.core.url_to_fs(where)
+            is_dir = fs.isdir(path)
+        except OSError:
+            return None
     if is_dir:
         _check_folder_sampling(where, sampling)
         try:
@@ -132,21 +137,25 @@ def video_frame_count(source: str, sampling: VideoSampling, root: str | None = N
     return len(frame_indices(total, sampling, rate))
 
 
-def load_frames(source: str, sampling: VideoSampling, root: str | None = None) -> list[Image.Image]:
+def load_frames(source: str | bytes, sampling: VideoSampling, root: str | None = None) -> list[Image.Image]:
     """The sampled frames of a video file or frame folder, as RGB images at their own size.
 
     ``source`` is joined to ``root`` like an image path (absolute paths and URLs pass through).
     Raises ``BadSampleError``: ``missing_video``, ``unreadable_video`` or ``short_video``.
     """
-    where = resolve_image_path(source, root)
-    try:
-        fs, path = fsspec.core.url_to_fs(where)
-        exists, is_dir = fs.exists(path), fs.isdir(path)
-    except OSError as err:
-        raise BadSampleError("unreadable_video", f"{where}: {err}") from err
-    if not exists:
-        raise BadSampleError("missing_video", f"{where} not found")
-    frames = _load_folder(fs, path, where, sampling) if is_dir else _load_file(fs, path, where, sampling)
+    if isinstance(source, bytes):  # a video file's bytes (a WebDataset shard's)
+        frames = _load_file(None, source, _BYTES_NAME, sampling)
+        where = _BYTES_NAME
+    else:
+        where = resolve_image_path(source, root)
+        try:
+            fs, path = fsspec.core.url_to_fs(where)
+            exists, is_dir = fs.exists(path), fs.isdir(path)
+        except OSError as err:
+            raise BadSampleError("unreadable_video", f"{where}: {err}") from err
+        if not exists:
+            raise BadSampleError("missing_video", f"{where} not found")
+        frames = _load_folder(fs, path, where, sampling) if is_dir else _load_file(fs, path, where, sampling)
     if len(frames) < sampling.min_frames:
         raise BadSampleError(
             "short_video", f"{where}: {len(frames)} frame(s), fewer than min_frames={sampling.min_frames}"
@@ -158,9 +167,15 @@ def load_frames(source: str, sampling: VideoSampling, root: str | None = None) -
 
 
 @contextmanager
-def _open_container(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[av.container.InputContainer]:
-    """A PyAV input container; local files by path (FFmpeg's own I/O), others through fsspec."""
-    if isinstance(fs, LocalFileSystem):
+def _open_container(
+    fs: fsspec.AbstractFileSystem | None, path: str | bytes
+) -> Iterator[av.container.InputContainer]:
+    """A PyAV input container; local files by path (FFmpeg's own I/O), others through fsspec,
+    and a file's bytes (``fs`` None) from memory."""
+    if isinstance(path, bytes):
+        with av.open(io.BytesIO(path), metadata_errors="ignore") as container:
+            yield container
+    elif isinstance(fs, LocalFileSystem):
         with av.open(path, metadata_errors="ignore") as container:
             yield container
     else:
@@ -200,7 +215,7 @@ def _frame_rate(stream: av.VideoStream) -> Fraction | None:
 
 
 def _decode(
-    fs: fsspec.AbstractFileSystem, path: str, where: str, wanted: list[int] | None
+    fs: fsspec.AbstractFileSystem | None, path: str | bytes, where: str, wanted: list[int] | None
 ) -> tuple[list[Image.Image], int]:
     """The ``wanted`` frames (all counted, none kept when None) and how many frames were decoded,
     stopping after the last wanted one: only chosen frames are ever converted or kept."""
@@ -219,7 +234,7 @@ def _decode(
 
 
 def _load_file(
-    fs: fsspec.AbstractFileSystem, path: str, where: str, sampling: VideoSampling
+    fs: fsspec.AbstractFileSystem | None, path: str | bytes, where: str, sampling: VideoSampling
 ) -> list[Image.Image]:
     try:
         with _open_container(fs, path) as container:

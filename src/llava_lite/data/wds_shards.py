@@ -3,7 +3,8 @@
 
 Each sample is ``{key}.json`` (the LLaVA record, unchanged) plus ``{key}.{ext}`` (the image
 file's bytes, not re-encoded) when the record has an image, or ``{key}.img0.{ext}``,
-``{key}.img1.{ext}``, ... in order when it has several. Keys are the record's global
+``{key}.img1.{ext}``, ... in order when it has several, and ``{key}.mp4`` (its own extension)
+for a video file (a folder of frames is refused: encode it as a video first). Keys are the record's global
 position (``%09d``), so shard order is record order. Shards are written and read through
 fsspec, so ``out_dir`` and shard URLs may be local paths or any fsspec URL.
 """
@@ -21,10 +22,11 @@ import fsspec
 from PIL import Image, UnidentifiedImageError
 from webdataset import TarWriter
 
+from llava_lite.config import IMAGE_TOKEN, VIDEO_TOKEN
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, check_policy
 from llava_lite.data.images import resolve_image_path
 from llava_lite.data.schema import check_record
-from llava_lite.data.sources import IMAGE_EXTS, read_records
+from llava_lite.data.sources import IMAGE_EXTS, VIDEO_EXTS, read_records
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,25 @@ def _image_ext(path: str) -> str:
     ext = posixpath.splitext(path)[1].lower().lstrip(".")
     ext = {"jpeg": "jpg", "tif": "tiff"}.get(ext, ext)
     return ext if ext in IMAGE_EXTS else "jpg"
+
+
+def _video_file(path: str, image_root: str | None) -> tuple[str, bytes]:
+    """(extension, bytes) of a record's video file; a folder of frames has no one file to store."""
+    where = resolve_image_path(path, image_root)
+    fs, local = fsspec.core.url_to_fs(where)
+    if fs.isdir(local):
+        raise BadSampleError(
+            "unreadable_video",
+            f"{where} is a folder of frames; a shard holds a video file (encode it as one)",
+        )
+    ext = posixpath.splitext(local)[1].lower().lstrip(".")
+    if ext not in VIDEO_EXTS:
+        raise BadSampleError("unreadable_video", f"{where}: not one of the video types {list(VIDEO_EXTS)}")
+    try:
+        with fs.open(local, "rb") as f:
+            return ext, f.read()
+    except FileNotFoundError as err:
+        raise BadSampleError("missing_video", f"{where} not found") from err
 
 
 def _read_image_bytes(path: str, image_root: str | None) -> bytes:
@@ -79,13 +100,14 @@ def convert_to_wds(
     try:
         for position, raw in enumerate(read_records(records)):
             try:
-                check_record(raw)
+                check_record(
+                    raw, IMAGE_TOKEN, VIDEO_TOKEN
+                )  # shards keep video records for models that read them
                 assert raw.record is not None
                 sample = {"__key__": f"{position:09d}", "json": json.dumps(raw.record).encode()}
                 if raw.has_video:
-                    raise BadSampleError(
-                        "unreadable_video", "WebDataset shards hold images only; keep video records in JSON"
-                    )
+                    name, data = _video_file(raw.video_path, image_root)
+                    sample[name] = data
                 paths = raw.image_paths
                 for i, path in enumerate(paths):  # one image: {key}.jpg; several: {key}.img0.jpg, ...
                     name = _image_ext(path) if len(paths) == 1 else f"img{i}.{_image_ext(path)}"
