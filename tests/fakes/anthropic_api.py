@@ -4,7 +4,7 @@ It binds 127.0.0.1 only and speaks the API's JSON shapes, so the real ``AsyncAnt
 client (its retries, parsing and errors included) can be exercised offline. Replies are
 well-formed tool calls built from the request (the judge's scores are always 8 and 4); ``script`` makes the next requests
 misbehave, and the ``batch_*`` attributes make Message Batches misbehave (see
-:meth:`FakeAnthropicAPI._messages` and ``__init__``). ``GET /v1/models/{id}`` answers from
+:meth:`FakeAnthropicAPI._messages` and ``__init__``). ``GET /v1/models`` lists ``models``; ``GET /v1/models/{id}`` answers from
 ``models`` (id -> ``lifecycle`` / ``retires_at`` overrides); any other id is an active
 model unless ``known_models_only`` is set, then it is a 404. Every request is logged (method, path, JSON body, status); the API key
 header is never recorded.
@@ -127,6 +127,8 @@ class FakeAnthropicAPI:
             status, payload, headers = self._retrieve(path.split("/")[-1])
         elif method == "GET" and path.startswith("/v1/models/"):
             status, payload, headers = self._model(path.removeprefix("/v1/models/"))
+        elif method == "GET" and path == "/v1/models":
+            status, payload, headers = self._model_list()
         else:
             status, payload, headers = 404, _error("not_found_error", f"no route {method} {path}"), {}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -275,6 +277,12 @@ class FakeAnthropicAPI:
         }
         info.update(self.models.get(model_id, {}))
         return 200, info, {}
+
+    def _model_list(self) -> tuple[int, Any, dict[str, str]]:
+        """``GET /v1/models``: one page of every model in ``models``."""
+        data = [self._model(model_id)[1] for model_id in self.models]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return 200, {"data": data, "has_more": False, "first_id": first, "last_id": last}, {}
 
     # ---- batches ---------------------------------------------------------------------
     def _create(self, body: dict[str, Any], behaviour: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:

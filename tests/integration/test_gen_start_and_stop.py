@@ -60,7 +60,10 @@ def test_a_retired_model_is_refused_before_any_request_is_paid(api, tmp_path):
     api.models["claude-test"] = {"lifecycle": "retired", "retires_at": "2026-11-30T00:00:00Z"}
     with pytest.raises(ApiFatalError, match=r"model_retired: model='claude-test' was retired on 2026-11-30"):
         _run(api.url, _settings(tmp_path))
-    assert [c["path"] for c in api.log] == ["/v1/models/claude-test"]  # asked, nothing sent
+    assert [c["path"] for c in api.log] == [
+        "/v1/models/claude-test",
+        "/v1/models",
+    ]  # asked, listed, nothing sent
     assert not (tmp_path / "out").exists()
 
 
@@ -70,6 +73,39 @@ def test_an_unknown_model_is_refused_in_one_line(api, tmp_path):
         _run(api.url, _settings(tmp_path))
     assert err.value.reason == "model_unknown" and "\n" not in str(err.value)
     assert "not known to the Models API" in str(err.value) and api.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("asked", "listed", "suggested"),
+    [
+        ("claude-sonet-4-6", ["claude-haiku-4-5", "claude-sonnet-4-6"], "claude-sonnet-4-6"),  # a typo's fix
+        (
+            "claude-sonnet-4-6",
+            ["claude-haiku-4-5", "claude-opus-4-6"],
+            "claude-opus-4-6",
+        ),  # never the same id
+        ("claude-test", ["claude-test-old"], "claude-test-old"),
+        ("claude-sonnet-4-6", [], None),  # nothing to suggest: says so
+    ],
+)
+def test_an_unknown_model_suggests_another_model_the_api_lists(api, tmp_path, asked, listed, suggested):
+    api.known_models_only = True
+    api.models = {model_id: {} for model_id in listed}
+    with pytest.raises(ApiFatalError) as err:
+        _run(api.url, _settings(tmp_path, teacher={"model": asked}))
+    message = str(err.value)
+    assert err.value.reason == "model_unknown" and "\n" not in message and api.calls() == []
+    if suggested is None:
+        assert "lists no other model" in message and "try" not in message
+    else:
+        assert message.endswith(f"; try {suggested!r}"), message
+        assert suggested != asked
+
+
+def test_a_retired_model_never_suggests_itself(api, tmp_path):
+    api.models = {"claude-sonnet-4-6": {"lifecycle": "retired"}, "claude-opus-4-6": {}}
+    with pytest.raises(ApiFatalError, match=r"retired; choose a current model, e.g. 'claude-opus-4-6'$"):
+        _run(api.url, _settings(tmp_path, teacher={"model": "claude-sonnet-4-6"}))
 
 
 def test_a_deprecated_model_runs_with_a_warning_naming_its_date(api, tmp_path, caplog):
