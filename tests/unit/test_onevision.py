@@ -213,12 +213,15 @@ def test_folder_written_by_transformers_loads_with_equal_logits(tmp_path: Path, 
     hf = LlavaOnevisionForConditionalGeneration.from_pretrained(path).eval()
     with torch.no_grad():  # a trained newline, so a misplaced one would show
         hf.model.image_newline.normal_()
+    delattr(hf.config, "llava_lite_export")  # a folder made elsewhere: nothing of ours in it
     foreign = tmp_path / "foreign"
     hf.save_pretrained(foreign)
     AutoProcessor.from_pretrained(path).save_pretrained(foreign)
+    assert "llava_lite_export" not in (foreign / "config.json").read_text()
     loaded = load_pretrained(foreign).eval()
     cfg = loaded.config
     assert (cfg.anyres.max_tiles, cfg.anyres.multi_image, cfg.video_token) == (MAX_TILES, "base", "<video>")
+    assert cfg.conv_template == "chatml" and cfg.image_aspect == "anyres"  # Qwen2: OneVision's turns
     _compare(loaded, hf)
 
 

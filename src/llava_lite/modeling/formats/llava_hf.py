@@ -23,7 +23,9 @@ as the whole ``LlavaConfig`` under ``config.json``'s ``llava_lite_export`` key, 
 transformers keeps and ignores; the exported ``generation_config.json`` stops at the
 template's end-of-turn tokens and its ``max_length`` and the tokenizer's ``model_max_length``
 are ``model_max_length``. A llava-hf folder made elsewhere loads with these documented
-defaults: ``conv_template="vicuna_v1"`` (LLaVA-1.5's), ``image_aspect="pad"`` and
+defaults: ``conv_template="vicuna_v1"`` (LLaVA-1.5's; ``chatml`` for a Qwen2 LLM, as
+LLaVA-OneVision's), ``image_aspect="pad"`` (a ``llava_next`` / ``llava_onevision`` folder says
+how it reads images) and
 ``model_max_length`` = the LLM's ``max_position_embeddings``, or the tokenizer's
 ``model_max_length`` when that is smaller.
 """
@@ -289,7 +291,9 @@ def _imported_config(
     ``LlavaConfig`` when there is one, else by the documented defaults."""
     stored = getattr(hc, EXPORT_KEY, None)
     if stored is None:
-        derived.conv_template = FOREIGN_DEFAULTS["conv_template"]
+        # Qwen2 models (LLaVA-OneVision's) were trained with chatml turns; others with LLaVA-1.5's.
+        qwen = getattr(hc.text_config, "model_type", None) == "qwen2"
+        derived.conv_template = "chatml" if qwen else FOREIGN_DEFAULTS["conv_template"]
         if derived.image_aspect != "anyres":  # a llava_next folder says how it reads images
             derived.image_aspect = FOREIGN_DEFAULTS["image_aspect"]
         derived.model_max_length = _default_max_length(hc, tokenizer)
