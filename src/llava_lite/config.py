@@ -37,6 +37,8 @@ LLAVA_NEXT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [3
 IMAGE_TOKEN = "<image>"
 # The text marker of a video, for models that read video (``LlavaConfig.video_token``).
 VIDEO_TOKEN = "<video>"
+# What a model without a video token says when given a video.
+NO_VIDEO = "this model reads no video (video_token is null in its config)"
 # The label of a position the loss ignores (transformers' and PyTorch's default).
 IGNORE_INDEX = -100
 

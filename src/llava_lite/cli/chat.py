@@ -7,20 +7,10 @@ Examples::
     llava-lite-chat outputs/ov/model --image a.jpg --image b.jpg --question "What differs?"
     llava-lite-chat outputs/ov/model --video clip.mp4 --question "What happens?"
 
-Every image (in the order given) and the video go with the first question, as the model's
-prompts were built in training; with several images, a first question holding one ``<image>``
-per image places them there instead. Interactive mode reads one question per line from stdin
-and prints the reply token by token after ``ASSISTANT:`` (``USER:`` marks your turn at a
-terminal). Commands:
-
-- ``/image PATH`` adds an image after those so far and starts a new conversation about all of
-  them (the history is cleared: the new image joins the first question, so earlier answers
-  would read as being about an image they never saw);
-- ``/video PATH`` (a video file or a folder of frames) replaces the video, likewise a new
-  conversation, with the images kept;
-- ``/clear`` drops the images and the video: a new conversation without them;
-- ``/reset`` clears the history, keeping the images and the video;
-- ``/exit`` (or end of input) quits. Ctrl-C stops the reply being written.
+Interactive mode reads one question per line from stdin and prints the reply token by token
+after ``ASSISTANT:`` (``USER:`` marks your turn at a terminal). Where the images and the video
+go, and the commands (``/image``, ``/video``, ``/clear``, ``/reset``, ``/exit``), are in
+``COMMANDS_HELP`` below, which ``--help`` prints.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ class LlavaDataset(Dataset):
         if images and not processor.anyres:
             tokens = processor.num_image_tokens * len(images)
         elif images:
-            tiled = len(images) == 1 or processor.multi_image != "base"
+            tiled = processor.tiles_each(len(images))
             for image in images:
                 size = image_size(image, self.image_root)
                 tokens += (

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image
 
-from llava_lite.config import IGNORE_INDEX, IMAGE_ASPECTS, IMAGE_TOKEN, VideoConfig
+from llava_lite.config import IGNORE_INDEX, IMAGE_ASPECTS, IMAGE_TOKEN, NO_VIDEO, VideoConfig
 from llava_lite.data.images import make_square, open_image
 from llava_lite.data.schema import normalize_conversation
 from llava_lite.data.tokenize import check_reserved_text, encode_conversation, expand_image_slots, fit_length
@@ -192,7 +192,7 @@ class LlavaProcessor:
         """A sample's images. Several under ``anyres.multi_image="base"`` are each read as one
         view padded to a square (transformers' LLaVA-OneVision image processor); otherwise each
         is read as :meth:`prepare_image` reads one."""
-        if len(sources) < 2 or not self.anyres or self.multi_image != "base":
+        if self.tiles_each(len(sources)):
             return [self.prepare_image(source, image_root) for source in sources]
         ready = [s for s in sources if isinstance(s, PreparedImage)]
         if ready:
@@ -208,6 +208,11 @@ class LlavaProcessor:
             for view, img in zip(views, opened, strict=True)
         ]
 
+    def tiles_each(self, count: int) -> bool:
+        """Whether each of a sample's ``count`` images is read as one alone is (AnyRes tiles, or one
+        square view); False for several under ``anyres.multi_image="base"`` (a base view each)."""
+        return count < 2 or not self.anyres or self.multi_image != "base"
+
     def image_tokens(self, size: tuple[int, int], tiled: bool = True) -> int:
         """Slots an image of ``size`` (height, width) fills (``llava_lite.image_grid``)."""
         return self.image_grid.num_tokens(*size, tiled=tiled)
@@ -218,8 +223,8 @@ class LlavaProcessor:
         resize each to one view with transformers' LLaVA-OneVision video processor."""
         if isinstance(source, PreparedVideo):
             return source
-        if self.video_processor is None:
-            raise ValueError("this model reads no video (video_token is null in its config)")
+        if self.video_token_id is None or self.video_processor is None:
+            raise ValueError(NO_VIDEO)
         frames = (
             list(source)
             if isinstance(source, list | tuple)
@@ -272,7 +277,7 @@ class LlavaProcessor:
         ``image`` may be a PIL image or an already preprocessed ``[3, H, W]`` tensor, or a list.
         Raises ``BadSampleError`` (without file name; the dataset adds it) for bad records.
         """
-        images = _as_list(image)
+        images = as_image_list(image)
         messages = normalize_conversation(
             record.get("conversations"), self.image_token, len(images), self.video_token, video is not None
         )
@@ -292,22 +297,18 @@ class LlavaProcessor:
         images' (video's) paths or bytes (under ``image_root``), which are opened only once the
         text has tokenised within the length limit, unless their slot counts depend on them.
         """
-        sources = _as_list(image)
+        sources = as_image_list(image)
         check_reserved_text(messages, self.reserved_text, self._markers)
         enc = encode_conversation(messages, self.tokenizer, self.template, self.image_token)
         images: list[PreparedImage] | None = None
-        prepared_video = None
         counts = [self.num_image_tokens] * len(sources)
         if sources and self.anyres:  # the slot count depends on the images' sizes: open them first
             images = self.prepare_images(sources, image_root)
             counts = [self.image_tokens(p.size, p.tiled) for p in images]
         input_ids, labels = expand_image_slots(enc.input_ids, enc.labels, self.image_token_id, counts)
-        if video is not None or self.video_token_id is not None:
-            if video is not None:  # the slot count depends on the frames decoded
-                prepared_video = self.prepare_video(video, image_root)
-            assert self.video_token_id is not None
-            video_counts = [] if prepared_video is None else [self.video_tokens(prepared_video.frames)]
-            input_ids, labels = expand_image_slots(input_ids, labels, self.video_token_id, video_counts)
+        # The slot count depends on the frames decoded; a model without video refuses it here.
+        prepared_video = None if video is None else self.prepare_video(video, image_root)
+        input_ids, labels = self._expand_video_slots(input_ids, labels, prepared_video)
         n_tokens = len(input_ids)
         input_ids, labels = fit_length(
             input_ids, labels, self.model_max_length, self.overlong, self._slot_ids, record_id
@@ -325,6 +326,16 @@ class LlavaProcessor:
         if len(input_ids) < n_tokens:  # the collator reports it, the DataModule counts it
             sample["truncated"] = f"{n_tokens} tokens cut to model_max_length={self.model_max_length}"
         return sample
+
+    def _expand_video_slots(
+        self, ids: list[int], labels: list[int], video: PreparedVideo | None
+    ) -> tuple[list[int], list[int]]:
+        """Each video-token id becomes the video's ignored slots (a marker without a video is a
+        mismatch); unchanged for a model without video."""
+        if self.video_token_id is None:
+            return ids, labels
+        counts = [] if video is None else [self.video_tokens(video.frames)]
+        return expand_image_slots(ids, labels, self.video_token_id, counts)
 
     @property
     def _markers(self) -> tuple[str, ...]:
@@ -355,7 +366,7 @@ class LlavaProcessor:
         for q, a in history:
             messages += [("user", q), ("assistant", a)]
         messages.append(("user", question))
-        sources = _as_list(image)
+        sources = as_image_list(image)
         first = 1 if system else 0
         text = messages[first][1]
         markers = sum(content.count(self.image_token) for _, content in messages)
@@ -363,13 +374,11 @@ class LlavaProcessor:
             text = (
                 "".join(f"{self.image_token}\n" for _ in sources) + text.replace(self.image_token, "").strip()
             )
-        if video is not None:
-            if self.video_token is None:
-                raise ValueError("this model reads no video (video_token is null in its config)")
-            text = f"{self.video_token}\n" + text.replace(self.video_token, "").strip()
+        prepared_video = None if video is None else self.prepare_video(video)  # refused without video
+        if prepared_video is not None:
+            text = f"{self.video_token}\n" + text.replace(str(self.video_token), "").strip()
         messages[first] = ("user", text)
         images = self.prepare_images(sources)
-        prepared_video = None if video is None else self.prepare_video(video)
         ids = prompt_for_generation(messages, self.tokenizer, self.template, self.image_token)
         ids, _ = expand_image_slots(
             ids,
@@ -377,16 +386,14 @@ class LlavaProcessor:
             self.image_token_id,
             [self.image_tokens(p.size, p.tiled) if self.anyres else self.num_image_tokens for p in images],
         )
-        if self.video_token_id is not None:
-            frames = [] if prepared_video is None else [self.video_tokens(prepared_video.frames)]
-            ids, _ = expand_image_slots(ids, [IGNORE_INDEX] * len(ids), self.video_token_id, frames)
+        ids, _ = self._expand_video_slots(ids, [IGNORE_INDEX] * len(ids), prepared_video)
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             **self.visual_inputs(images, prepared_video),
         }
 
 
-def _as_list(image: Any) -> list[Any]:
+def as_image_list(image: Any) -> list[Any]:
     """A sample's images as a list: None -> [], one image -> [image], a list or tuple as it is."""
     if image is None:
         return []

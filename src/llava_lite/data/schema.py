@@ -40,7 +40,7 @@ def normalize_conversation(
     the assistant. A leading assistant turn is dropped, as LLaVA's ``preprocess`` does (some
     ShareGPT records in ``llava_v1_5_mix665k.json`` open with a "gpt" turn). With one image,
     the first user turn carries exactly one ``image_token``, moved to the front and followed
-    by a newline as LLaVA does ("<image>\nquestion"); a record with an image but no marker
+    by a newline as LLaVA does ("<image>\\nquestion"); a record with an image but no marker
     gets one. With several images (``has_image`` is their count), the text holds one marker
     per image, where each image belongs (LLaVA-Interleave / OneVision), left in place. A video
     is marked by one ``video_token``, or, in a record without images, by one ``image_token``

@@ -26,11 +26,12 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
+from llava_lite.config import NO_VIDEO
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.collate import batch_images
 from llava_lite.data.processor import PreparedVideo
 from llava_lite.inference import ChatSession, DecodingSettings, load_model_dir
-from llava_lite.inference.chat import NO_VIDEO, visual_error
+from llava_lite.inference.chat import visual_error
 
 MODEL_ID = "llava_lite"
 # What lmms-eval's video tasks hand over: paths to files ending so (any case).

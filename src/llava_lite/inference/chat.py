@@ -26,10 +26,11 @@ import torch
 from PIL import Image
 from transformers import TextIteratorStreamer
 
+from llava_lite.config import NO_VIDEO
 from llava_lite.data.bad_samples import BadSampleError
 from llava_lite.data.collate import batch_images
 from llava_lite.data.images import open_image
-from llava_lite.data.processor import PreparedImage, PreparedVideo
+from llava_lite.data.processor import PreparedImage, PreparedVideo, as_image_list
 from llava_lite.inference.decoding import DecodingSettings
 from llava_lite.inference.loading import image_error
 
@@ -38,21 +39,12 @@ log = logging.getLogger(__name__)
 ImageSource = str | Path | bytes | Image.Image | PreparedImage
 # A video file or a folder of its frames, its decoded frames, or one prepared already.
 VideoSource = str | Path | Sequence[Image.Image] | PreparedVideo
-NO_VIDEO = "this model reads no video (video_token is null in its config)"
 
 
 def visual_error(err: BadSampleError, where: str = "") -> OSError | ValueError:
     """:func:`image_error` for images and videos: a missing file of either is a ``FileNotFoundError``."""
     error = image_error(err, where)
     return FileNotFoundError(str(error)) if err.reason == "missing_video" else error
-
-
-def as_sources(image: ImageSource | Sequence[ImageSource] | None) -> list[ImageSource]:
-    """None -> [], one image -> [image], a list or tuple of images as a list."""
-    if image is None:
-        return []
-    several = isinstance(image, list) or (isinstance(image, tuple) and not hasattr(image, "_fields"))
-    return list(image) if several else [image]  # type: ignore[list-item]
 
 
 class _Cancelled(Exception):
@@ -97,7 +89,7 @@ class ChatSession:
         self._sources: list[Image.Image | PreparedImage] = []
         self.images: list[PreparedImage] = []  # tiles and size under AnyRes
         self.video: PreparedVideo | None = None
-        self.set_images(as_sources(image))
+        self.set_images(as_image_list(image))
         self.set_video(video)
 
     @property
@@ -107,7 +99,7 @@ class ChatSession:
 
     def set_image(self, image: ImageSource | None) -> None:
         """Talk about ``image`` (or no image) instead of the images so far; a new conversation starts."""
-        self.set_images(as_sources(image))
+        self.set_images(as_image_list(image))
 
     def add_image(self, image: ImageSource) -> None:
         """Talk about ``image`` too, after the images so far; a new conversation starts."""

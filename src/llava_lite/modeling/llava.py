@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from transformers import AutoImageProcessor, AutoTokenizer, AutoVideoProcessor, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llava_lite.config import IGNORE_INDEX, LlavaConfig
+from llava_lite.config import IGNORE_INDEX, NO_VIDEO, LlavaConfig
 from llava_lite.image_grid import ImageGrid
 from llava_lite.modeling.anyres import ImageNewline, pack_tiles
 from llava_lite.modeling.hf_config import config_from_dict
@@ -273,7 +273,7 @@ class LlavaModel(nn.Module):
         if pixel_values_videos is None:
             return []
         if self.video_token_id is None:
-            raise ValueError("this model reads no video (video_token is null in its config)")
+            raise ValueError(NO_VIDEO)
         frames = as_int_list(video_frames)
         if not frames or sum(frames) != pixel_values_videos.shape[0] or min(frames) < 1:
             raise ImageTokenMismatch(
