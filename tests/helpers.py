@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import av
+import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -121,3 +123,20 @@ def make_video(
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def read_losses(output_dir: str | Path, logger_name: str = "csv") -> dict[int, float]:
+    """``{step: train/loss}`` from the CSV logger."""
+    with (Path(output_dir) / logger_name / "metrics.csv").open() as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+class CrashAt(L.Callback):
+    """Simulates a crash at the start of step ``at`` (after the step-``at`` checkpoint)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("simulated crash")

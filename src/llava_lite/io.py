@@ -8,6 +8,7 @@ it never counted as done. Any other unreadable line is an error naming the file 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -134,3 +135,17 @@ def _write_atomic(path: str | Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def lock_folder(folder: str | Path, user: str = "run") -> int:
+    """An exclusive lock on ``folder`` itself (no lock file is left behind): two runs appending
+    to one file would duplicate records. The OS drops the lock when the process dies, so a
+    killed run never blocks a rerun. Returns the folder's descriptor to close; ``user`` names
+    the kind of run in the error."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"output_dir={folder} is in use by another {user}") from None
+    return fd

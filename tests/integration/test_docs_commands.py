@@ -112,6 +112,12 @@ QUICK: dict[str, Quick] = {
         fill={"...": COCO, "output_dir=data/instruct": ("output_dir=data/instruct_batch",)},
         why="a fresh output_dir: in data/instruct every sample is done and nothing would be batched",
     ),
+    "llava-lite-pairs model_dir=out/stage2 questions_file=questions.jsonl image_root=images "
+    "captions_file=annotations/captions_val2017.json instances_file=annotations/instances_val2017.json "
+    "output_dir=data/pairs budget_usd=2": compose(
+        "needs a stage-2 model and a paid judge; tests/integration/test_pairs_run.py runs it against "
+        "the local API stand-in, and with the offline judge"
+    ),
     "llava-lite-generate ... teacher=offline": run(fill={"...": (*COCO, "output_dir=data/instruct_offline")}),
     # training: two steps of each tiny stage, then a resumed third
     "llava-lite-train experiment=tiny_pretrain data.train_files=data/captions.json "

@@ -20,7 +20,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from helpers import write_dataset
+from helpers import CrashAt, read_losses, write_dataset
 from llava_lite.training import LlavaLitModule, compose_config, train
 
 
@@ -36,12 +36,6 @@ def tiny_cfg(tmp_path: Path, data: Path, experiment: str, *overrides: str):
             *overrides,
         ]
     )
-
-
-def read_losses(output_dir: str | Path, logger_name: str = "csv") -> dict[int, float]:
-    """``{step: train/loss}`` from the CSV logger."""
-    with (Path(output_dir) / logger_name / "metrics.csv").open() as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
 def checkpoint_weights(path: str) -> dict[str, torch.Tensor]:
@@ -297,17 +291,6 @@ def test_bad_records_are_counted_in_the_result(tmp_path: Path, packing: bool) ->
     assert out["global_step"] == 2
 
 
-class _Crash(L.Callback):
-    """Simulates a crash at the start of step ``at`` (after the step-``at`` checkpoint)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.at:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.parametrize(
     ("streaming", "n_records", "packing", "workers"),
     [
@@ -354,7 +337,7 @@ def test_resume_matches_uninterrupted_run(
 
     crashed = tiny_cfg(tmp_path, records, "tiny_pretrain", "run_name=crashed", *common)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(crashed, callbacks=[_Crash(at=4)])
+        train(crashed, callbacks=[CrashAt(at=4)])
     first_part = read_losses(crashed.paths.output_dir)
     assert sorted(first_part) == sorted(reference)[:4]
 

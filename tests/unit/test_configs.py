@@ -44,6 +44,7 @@ TRAIN_GROUPS = (
     "experiment",
 )
 GENERATE_GROUPS = ("teacher",)
+PAIRS_GROUPS = ("judge",)
 DEMO_GROUPS = ("demo",)
 _HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
@@ -106,7 +107,7 @@ def _instantiate_trainer(trainer_node) -> None:
 
 
 def test_every_config_file_is_covered() -> None:
-    known = {*TRAIN_GROUPS, *GENERATE_GROUPS, *DEMO_GROUPS}
+    known = {*TRAIN_GROUPS, *GENERATE_GROUPS, *PAIRS_GROUPS, *DEMO_GROUPS}
     groups = {str(p.parent.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF}
     assert groups <= known, (
         f"config groups {sorted(groups - known)} are not tested: add them to test_configs.py"
@@ -210,25 +211,30 @@ def test_paths(option: str, train_file: Path) -> None:
 
 
 @pytest.mark.parametrize("option", _options("experiment"))
-def test_experiments(option: str, train_file: Path, tiny_model: LlavaModel) -> None:
+def test_experiments(option: str, train_file: Path, tiny_model: LlavaModel, tmp_path_factory) -> None:
     cfg = _cfg(train_file, f"experiment={option}", f"data.train_files={train_file}")
+    preference = option.endswith("dpo")  # stage 3 starts from a stage-2 model folder
     if missing := sorted(OmegaConf.missing_keys(cfg)):  # the demo's stages name the parts it makes
-        assert option.startswith("demo_") and missing == [
-            "model.llm.name_or_path",
-            "model.vision.name_or_path",
-        ]
-        cfg = _cfg(
-            train_file,
-            f"experiment={option}",
-            f"data.train_files={train_file}",
-            "model.llm.name_or_path=org/llm",
-            "model.vision.name_or_path=org/clip",
-        )
+        if preference:
+            assert missing == ["module.init_from"]
+            folder = tmp_path_factory.mktemp("stage2")
+            tiny_model.save_pretrained(folder)
+            named = [f"module.init_from={folder}"]
+        else:
+            assert option.startswith("demo_") and missing == [
+                "model.llm.name_or_path",
+                "model.vision.name_or_path",
+            ]
+            named = ["model.llm.name_or_path=org/llm", "model.vision.name_or_path=org/clip"]
+        cfg = _cfg(train_file, f"experiment={option}", f"data.train_files={train_file}", *named)
     OmegaConf.to_container(cfg, resolve=True)  # no dangling interpolation
     assert cfg.module.stage in ("pretrain", "finetune")
-    assert option.startswith(cfg.module.stage) or cfg.module.stage in option
+    if preference:
+        assert cfg.data.preference and cfg.module._target_.endswith("PreferenceLitModule")
+    else:
+        assert option.startswith(cfg.module.stage) or cfg.module.stage in option
     config = _llava_config(cfg.model)
-    if _is_offline(cfg.model):
+    if _is_offline(cfg.model) or preference:
         instantiate(cfg.module)
     else:
         assert config.llm.name_or_path
@@ -347,3 +353,20 @@ def test_the_demo_settings_count_is_the_one_the_docs_state() -> None:
     root = Path(__file__).resolve().parents[2]
     for doc in ("README.md", "docs/demo.md"):
         assert stated in (root / doc).read_text(), f"{doc} does not say {stated}"
+
+
+@pytest.mark.parametrize("option", _options("judge"))
+def test_pairs_judge_configs(option: str, tmp_path: Path) -> None:
+    """Each ``judge=<option>`` of llava-lite-pairs validates and builds its judge (nothing is sent)."""
+    from llava_lite.cli.pairs import build_judge
+    from llava_lite.preference.settings import settings_from as pairs_settings
+    from llava_lite.synthetic import build_world
+
+    world = build_world(tmp_path / "world", n_train=0, n_val=0, n_test=1, image_size=32)
+    overrides = [f"judge={option}", "model_dir=m", "questions_file=q.jsonl"]
+    if option == "offline":
+        overrides.append(f"judge.world={world.root}")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="pairs", overrides=overrides)
+    judge = build_judge(pairs_settings(OmegaConf.to_container(cfg, resolve=True)))
+    assert judge.model == ("offline-checker" if option == "offline" else "claude-sonnet-4-6")

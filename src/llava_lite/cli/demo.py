@@ -2,6 +2,7 @@
 
 llava-lite-demo                 # full demo (minutes on 2 CPU cores: README "The demo")
 llava-lite-demo --quick         # CI-sized: under 2 minutes, above chance
+llava-lite-demo --with-dpo      # + stage 3: DPO on pairs of its own answers (docs/preference.md)
 llava-lite-demo --out runs/demo --seed 1 --threads 2
 llava-lite-demo stage2.steps=400 llm.drill_pool=train   # any setting of conf/demo/*.yaml
 """
@@ -36,6 +37,11 @@ def thread_count(requested: int | None = None) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="llava-lite-demo", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small CI-sized run (< 2 min)")
+    parser.add_argument(
+        "--with-dpo",
+        action="store_true",
+        help="add stage 3: DPO on pairs of the stage-2 model's own answers, judged offline",
+    )
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo/<time>)")
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of every step (default: the config's, 0)"
@@ -96,8 +102,9 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """``--seed`` as the override it stands for, then the command line's own."""
-    return [*([] if args.seed is None else [f"seed={args.seed}"]), *args.overrides]
+    """``--seed`` and ``--with-dpo`` as the overrides they stand for, then the command line's own."""
+    seed = [] if args.seed is None else [f"seed={args.seed}"]
+    return [*seed, *(["dpo.enabled=true"] if args.with_dpo else []), *args.overrides]
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ BAD_SAMPLE_REASONS = (
     "special_token_text",  # a turn's text spells a special token or template marker ("</s>", "[/INST]")
     "too_long",  # over model_max_length (policy "skip" / "raise"), or the cut would split an image block
     "no_trained_tokens",  # after truncation no assistant token is left to train on
+    "not_a_pair",  # a preference record without a prompt and two answers (llava_lite.data.preference)
+    "identical_pair",  # a preference pair whose answers are the same text (or equally scored)
 )
 # How torch's DataLoader re-raises a worker's exception: ``type(message)``, the message ending
 # with the original "...BadSampleError: <reason>: ..." line.

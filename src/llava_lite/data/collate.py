@@ -104,18 +104,30 @@ class LlavaCollator:
                 positions.append(sample["stream_position"])
             if "input_ids" not in sample:
                 continue
-            fitted = self._check_images(sample)
-            if not isinstance(fitted, SkipReport):
-                fitted = self._fit(fitted)
-            if isinstance(fitted, SkipReport):
-                skipped.append(fitted)
+            admitted = self.admit(sample)
+            if isinstance(admitted, SkipReport):
+                skipped.append(admitted)
             else:
-                kept.append(fitted)
+                kept.append(admitted)
+        return self.assemble(kept, skipped, positions)
+
+    def admit(self, sample: dict[str, Any]) -> dict[str, Any] | SkipReport:
+        """The sample as it will be batched (cut to the length limit), or why it cannot be."""
+        checked = self._check_images(sample)
+        return checked if isinstance(checked, SkipReport) else self._fit(checked)
+
+    def assemble(
+        self,
+        kept: list[dict[str, Any]],
+        skipped: Sequence[SkipReport] = (),
+        positions: Sequence[Any] = (),
+    ) -> dict[str, Any]:
+        """One batch of admitted samples, in their order, with the batch's reports and positions."""
         batch = self._pad(kept)
         batch.setdefault("ids", [str(s.get("id", "")) for s in kept])
         if "labels" in batch:
             batch["trained_tokens"] = trained_tokens(batch["labels"], batch["input_ids"], self._slot_ids)
-        batch["skipped"] = skipped
+        batch["skipped"] = list(skipped)
         # Kept but cut (processor overlong="truncate"): one report per sample, for counting.
         batch["truncated"] = [
             SkipReport("truncated", str(s.get("id", "")), str(s.get("source", "")), s["truncated"])
@@ -123,7 +135,7 @@ class LlavaCollator:
             if s.get("truncated")
         ]
         if positions:
-            batch["stream_positions"] = positions
+            batch["stream_positions"] = list(positions)
         return batch
 
     def _check_images(self, sample: dict[str, Any]) -> dict[str, Any] | SkipReport:

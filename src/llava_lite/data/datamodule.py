@@ -26,6 +26,7 @@ from llava_lite.data.bad_samples import BadSampleCounter, SkipReport, check_poli
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.data.dataset import LlavaDataset, LlavaStreamingDataset
 from llava_lite.data.packing import PackingCollator, PackingConfig
+from llava_lite.data.preference import PreferenceCollator, PreferenceDataset, PreferenceStreamingDataset
 from llava_lite.data.processor import LlavaProcessor
 from llava_lite.data.resume import DataPosition, ResumableLoader, ResumableSampler
 from llava_lite.data.sampler import ModalityLengthGroupedSampler
@@ -44,6 +45,8 @@ class LlavaDataModule(L.LightningDataModule):
     ``packing`` (``{enabled, max_tokens_per_row}``) packs each training batch's samples into
     rows (``llava_lite.data.packing``); the processor's length limit becomes the row budget
     when that is smaller, so over-long samples follow the processor's policy there.
+    ``preference`` reads preference pairs (``llava_lite.data.preference``) instead of
+    conversations: each batch holds its pairs' chosen sequences, then their rejected ones.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class LlavaDataModule(L.LightningDataModule):
         processor: LlavaProcessor | None = None,
         shard_by: str = "record",
         packing: PackingConfig | dict[str, Any] | None = None,
+        preference: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -86,6 +90,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.processor = processor
         self.shard_by = shard_by
         self.packing = PackingConfig.from_value(packing)
+        self.preference = preference
         self.train_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.val_dataset: LlavaDataset | LlavaStreamingDataset | None = None
         self.counters = {"train": BadSampleCounter(), "val": BadSampleCounter()}
@@ -130,8 +135,9 @@ class LlavaDataModule(L.LightningDataModule):
         else:
             val = []
         kw = {"processor": self.processor, "image_root": self.image_root, "on_bad_sample": self.on_bad_sample}
-        self.train_dataset = LlavaDataset(train, **kw)
-        self.val_dataset = LlavaDataset(val, **kw) if val else None
+        dataset = PreferenceDataset if self.preference else LlavaDataset
+        self.train_dataset = dataset(train, **kw)
+        self.val_dataset = dataset(val, **kw) if val else None
         for split, ds in (("train", self.train_dataset), ("val", self.val_dataset)):
             for report in ds.counter.reports() if ds is not None else []:
                 self.counters[split].add(report, quiet=True)  # the dataset has logged it
@@ -149,16 +155,13 @@ class LlavaDataModule(L.LightningDataModule):
             "shard_by": self.shard_by,
         }
         held_out = ("train", self.val_fraction) if self.val_fraction and not self.val_files else None
-        self.train_dataset = LlavaStreamingDataset(
-            self.train_files, shuffle=self.shuffle, split=held_out, **kw
-        )
+        stream = PreferenceStreamingDataset if self.preference else LlavaStreamingDataset
+        self.train_dataset = stream(self.train_files, shuffle=self.shuffle, split=held_out, **kw)
         self.position.follow_stream(self.train_dataset.position)
         if self.val_files:
-            self.val_dataset = LlavaStreamingDataset(self.val_files, shuffle=False, **kw)
+            self.val_dataset = stream(self.val_files, shuffle=False, **kw)
         elif held_out:
-            self.val_dataset = LlavaStreamingDataset(
-                self.train_files, shuffle=False, split=("val", self.val_fraction), **kw
-            )
+            self.val_dataset = stream(self.train_files, shuffle=False, split=("val", self.val_fraction), **kw)
 
     def _rank_world(self) -> tuple[int | None, int | None]:
         trainer = getattr(self, "trainer", None)
@@ -167,31 +170,38 @@ class LlavaDataModule(L.LightningDataModule):
         return None, None
 
     # ---- loaders ----------------------------------------------------------------------
-    def collator(self, padding_side: str = "right") -> LlavaCollator:
+    def collator(self, padding_side: str = "right") -> LlavaCollator | PreferenceCollator:
         processor = self._processor()
-        return LlavaCollator(
-            pad_token_id=processor.pad_token_id,
-            model_max_length=processor.model_max_length,
-            padding_side=padding_side,
-            image_token_id=processor.image_token_id,
-            image_grid=processor.image_grid,
-            on_bad_sample=self.on_bad_sample,
-            video_token_id=processor.video_token_id,
+        return self._for_pairs(
+            LlavaCollator(
+                pad_token_id=processor.pad_token_id,
+                model_max_length=processor.model_max_length,
+                padding_side=padding_side,
+                image_token_id=processor.image_token_id,
+                image_grid=processor.image_grid,
+                on_bad_sample=self.on_bad_sample,
+                video_token_id=processor.video_token_id,
+            )
         )
 
-    def train_collator(self) -> LlavaCollator:
+    def _for_pairs(self, collator: LlavaCollator) -> LlavaCollator | PreferenceCollator:
+        return PreferenceCollator(collator) if self.preference else collator
+
+    def train_collator(self) -> LlavaCollator | PreferenceCollator:
         """Padded batches, or packed rows when ``packing.enabled``."""
         if not self.packing.enabled:
             return self.collator()
         processor = self._processor()
-        return PackingCollator(
-            processor.pad_token_id,
-            self.packing.max_tokens_per_row,
-            processor.image_token_id,
-            one_row=self.packing.one_row,
-            image_grid=processor.image_grid,
-            on_bad_sample=self.on_bad_sample,
-            video_token_id=processor.video_token_id,
+        return self._for_pairs(
+            PackingCollator(
+                processor.pad_token_id,
+                self.packing.max_tokens_per_row,
+                processor.image_token_id,
+                one_row=self.packing.one_row,
+                image_grid=processor.image_grid,
+                on_bad_sample=self.on_bad_sample,
+                video_token_id=processor.video_token_id,
+            )
         )
 
     def train_dataloader(self) -> DataLoader:

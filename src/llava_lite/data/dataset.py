@@ -77,6 +77,10 @@ class LlavaDataset(Dataset):
     which then returns a skip-only item ``{"skipped": [report]}`` for the collator.
     """
 
+    # How a record is checked and becomes a sample; preference data swaps in its own pair.
+    check_raw = staticmethod(check_record)
+    build = staticmethod(build_sample)
+
     def __init__(
         self,
         records: str | Sequence[str] | Sequence[RawRecord],
@@ -99,7 +103,7 @@ class LlavaDataset(Dataset):
         self.records: list[RawRecord] = []
         for raw in raws:
             try:
-                check_record(raw, token, video_token)
+                self.check_raw(raw, token, video_token)
             except BadSampleError as err:
                 if self.on_bad_sample == "raise":
                     raise
@@ -112,7 +116,7 @@ class LlavaDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            return build_sample(self.records[index], _require(self.processor), self.image_root)
+            return self.build(self.records[index], _require(self.processor), self.image_root)
         except BadSampleError as err:
             if err.raises(self.on_bad_sample):
                 raise
@@ -172,6 +176,8 @@ class LlavaStreamingDataset(IterableDataset):
     the main process reports delivered positions with :meth:`observe` (``LlavaDataModule``
     does this for every batch the Trainer consumes) and :meth:`state_dict` captures them.
     """
+
+    build = staticmethod(build_sample)  # as in LlavaDataset
 
     def __init__(
         self,
@@ -299,7 +305,7 @@ class LlavaStreamingDataset(IterableDataset):
                 continue
             where = (self.epoch, slot, num_slots, pos)
             try:
-                sample = build_sample(raw, processor, self.image_root)
+                sample = self.build(raw, processor, self.image_root)
             except BadSampleError as err:
                 if err.raises(self.on_bad_sample):
                     raise

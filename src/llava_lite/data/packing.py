@@ -109,6 +109,7 @@ class PackingCollator(LlavaCollator):
     """A :class:`LlavaCollator` whose batches are packed rows (see the module docstring).
 
         Output: ``input_ids [R, T]``, ``labels [R, T]``, ``position_ids [R, T]`` (per sample, from 0),
+        ``sequence_ids [R, T]`` (the index of each token's sample in the collated list, -1 for padding),
         no ``attention_mask``, images and videos in row-major sample order (as
     :func:`~llava_lite.data.collate.batch_images`), ``ids`` in
         the same order, ``real_tokens`` (non-padding), ``trained_tokens``, ``skipped`` and (streaming) ``stream_positions``.
@@ -146,6 +147,7 @@ class PackingCollator(LlavaCollator):
         input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)  # [R, T]
         labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)  # [R, T]
         position_ids = torch.zeros((n, longest), dtype=torch.long)  # [R, T]
+        sequence_ids = torch.full((n, longest), -1, dtype=torch.long)  # [R, T]: index into samples
         order: list[dict[str, Any]] = []
         for r, row in enumerate(rows):
             start = 0
@@ -158,6 +160,7 @@ class PackingCollator(LlavaCollator):
                     labels[r, cols] = s["labels"]
                     labels[r, start] = IGNORE_INDEX  # would be predicted from the previous sample
                 position_ids[r, cols] = torch.arange(length)
+                sequence_ids[r, cols] = i
                 start += length
                 order.append(s)
             position_ids[r, start:] = torch.arange(longest - start)  # padding: a segment of its own
@@ -167,5 +170,6 @@ class PackingCollator(LlavaCollator):
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
+            "sequence_ids": sequence_ids,
             **batch_images(order),  # pixel_values [N(_tiles), 3, H, W], image_sizes [N, 2], videos, or None
         }

@@ -214,6 +214,11 @@ class DataPosition:
                 self._pending[key] = state[key]
 
 
+# Per-batch counts a loss divides by over a whole optimiser step: trained tokens, and for
+# preference pairs the pairs and the chosen answers' tokens.
+STEP_TOTALS = ("trained_tokens", "pairs", "chosen_tokens")
+
+
 class ResumableLoader(DataLoader):
     """Also moves a streaming dataset to its next epoch when a pass ends, and tells each batch
     how many tokens its optimiser step trains.
@@ -250,9 +255,10 @@ class ResumableLoader(DataLoader):
 
 
 def _annotated(window: list[Any]) -> list[Any]:
-    """The window's batches, each told the trained tokens of the whole window."""
-    total = sum(b.get("trained_tokens", 0) for b in window if isinstance(b, dict))
-    for b in window:
-        if isinstance(b, dict) and "trained_tokens" in b:
-            b["step_trained_tokens"] = total
+    """The window's batches, each told the totals of the whole window (``step_<key>``)."""
+    for key in STEP_TOTALS:
+        total = sum(b.get(key, 0) for b in window if isinstance(b, dict))
+        for b in window:
+            if isinstance(b, dict) and key in b:
+                b[f"step_{key}"] = total
     return window

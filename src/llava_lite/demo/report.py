@@ -166,5 +166,35 @@ def summary_table(summary: dict[str, Any]) -> str:
             f"           {every['chats']} random held-out chats, the shown ones included: "
             f"{every['right']}/{every['claims']} claims right ({100 * every['right'] / max(every['claims'], 1):.0f}%)"
         )
+    if dpo := summary.get("dpo"):
+        lines.append("-" * 64)
+        lines.append(
+            f"stage 3    DPO on {dpo['pairs']['pairs']} pairs of its own answers, {dpo['steps']} steps"
+        )
+        lines.append(f"{'':<11}{'claims right':>14}{'held-out':>10}{'paraphrased':>13}{'words/answer':>14}")
+        for name in ("before", "after"):
+            m = dpo[name]
+            lines.append(
+                f"{name:<11}{m['claims_right']:>5}/{m['claims']:<4}({m['claims_right_pct']:4.1f}%)"
+                f"{m['accuracy']:>9.1f}%{m['accuracy_paraphrased']:>12.1f}%{m['words_per_answer']:>14.1f}"
+            )
     lines.append("=" * 64)
     return "\n".join(lines)
+
+
+def answer_measures(
+    scores: dict[str, dict[str, dict[str, float]]], chats: list[dict[str, Any]]
+) -> dict[str, float]:
+    """What preference tuning is judged by: chat claims right, held-out accuracy (both wordings)
+    and answer length, since DPO is known to lengthen answers."""
+    right, claims = sum(c["claims_right"] for c in chats), sum(c["claims"] for c in chats)
+    answers = [a for c in chats for _, a in c["turns"]]
+    return {
+        "claims_right": right,
+        "claims": claims,
+        "claims_right_pct": 100 * right / max(claims, 1),
+        "accuracy": scores["canonical"]["all"]["accuracy"],
+        "accuracy_paraphrased": scores["paraphrased"]["all"]["accuracy"],
+        "words_per_answer": sum(len(a.split()) for a in answers) / max(len(answers), 1),
+        "words_per_description": sum(len(c["turns"][0][1].split()) for c in chats) / max(len(chats), 1),
+    }

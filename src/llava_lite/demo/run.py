@@ -34,7 +34,15 @@ import torch
 
 from llava_lite.demo.data import DemoData, build_data
 from llava_lite.demo.evaluate import evaluate_closed_form
-from llava_lite.demo.report import plot_accuracy, plot_losses, sample_chat, summary_table, write_metrics_csv
+from llava_lite.demo.preference import chat_pairs, train_dpo
+from llava_lite.demo.report import (
+    answer_measures,
+    plot_accuracy,
+    plot_losses,
+    sample_chat,
+    summary_table,
+    write_metrics_csv,
+)
 from llava_lite.demo.settings import DemoSettings, StageSettings, demo_settings
 from llava_lite.demo.text import LLMWarmupResult, warmup_llm
 from llava_lite.demo.vision import VisionPretrainResult, cell_targets, pretrain_vision
@@ -223,6 +231,47 @@ def write_report(
     }  # fmt: skip
 
 
+def preference_stage(
+    settings: DemoSettings,
+    data: DemoData,
+    model: Any,
+    processor: Any,
+    stage2: dict[str, Any],
+    scores: dict[str, dict[str, dict[str, float]]],
+    chats: list[dict[str, Any]],
+    out_dir: Path,
+    clock: Clock,
+) -> dict[str, Any]:
+    """Stage 3 (``--with-dpo``): pairs, DPO, then the same held-out questions and chats again
+    (their answers under ``out_dir / "dpo"``); returns the pairs' summary and before / after."""
+    from llava_lite.data import LlavaProcessor
+    from llava_lite.modeling import LlavaModel
+
+    pairs = clock.step(
+        "stage 3: pairs of its own answers, judged offline",
+        lambda: chat_pairs(settings, data, model, processor, out_dir),
+    )
+    clock.say(f"  {pairs['pairs']} pairs from {pairs['sampled']} questions; no pair: {pairs['no_pair']}")
+    stage3 = clock.step("stage 3: DPO", lambda: train_dpo(settings, data, Path(stage2["model_dir"]), out_dir))
+    tuned = LlavaModel.from_pretrained(stage3["model_dir"])
+    tuned_processor = LlavaProcessor.from_model(tuned)
+    after_dir = out_dir / "dpo"
+    scores_after = clock.step(
+        "held-out evaluation after DPO",
+        lambda: evaluate_held_out(settings, data, tuned, tuned_processor, after_dir),
+    )
+    chats_after = clock.step(
+        "chats after DPO", lambda: check_chats(settings, data, tuned, tuned_processor, after_dir)
+    )
+    return {
+        "pairs": pairs,
+        "steps": stage3["global_step"],
+        "final_loss": _csv_losses(out_dir / "stage3")[-1:],
+        "before": answer_measures(scores, chats),
+        "after": answer_measures(scores_after, chats_after),
+    }
+
+
 def run_demo(
     out_dir: str | Path, settings: DemoSettings | None = None, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -287,6 +336,10 @@ def run_demo(
             echo(f"    wrong: {problem}")
 
     summary = write_report(s, data, vision, llm, stages, scores, chats, out)
+    if s.dpo.enabled:
+        summary["dpo"] = preference_stage(
+            s, data, model, processor, stages["stage2"], scores, chats, out, clock
+        )
     summary |= {"seconds": clock.times, "total_seconds": time.perf_counter() - clock.start}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     echo(summary_table(summary))

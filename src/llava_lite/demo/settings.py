@@ -94,6 +94,28 @@ class EvalSettings:
 
 
 @dataclass
+class DpoSettings:
+    """Stage 3 (``--with-dpo``): pairs from the stage-2 model's own answers about training images,
+    judged offline, then DPO (``experiment=demo_dpo``)."""
+
+    enabled: bool
+    images: int
+    samples: int
+    temperature: float
+    margin: float
+    max_new_tokens: int
+    steps: int
+    lr: float
+    beta: float
+    sft_weight: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ValueError(f"dpo.samples={self.samples}; valid: 2 or more (a pair needs two answers)")
+
+
+@dataclass
 class DemoSettings:
     seed: int
     world: WorldSettings
@@ -103,6 +125,7 @@ class DemoSettings:
     stage1: StageSettings
     stage2: FinetuneSettings
     eval: EvalSettings
+    dpo: DpoSettings
 
 
 def _check_share(name: str, value: float) -> None:

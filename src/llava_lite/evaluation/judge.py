@@ -5,7 +5,9 @@ when available), the question, a reference answer (Assistant 1) and the model's 
 (Assistant 2), and gives each an overall score from 1 to 10. Scores come from a forced tool
 call; a reply with text instead is read the paper's way, from a first line holding the two
 numbers. Anything else is a :class:`JudgeError` with a reason that the caller counts — a
-failed judgement is never scored as 0.
+failed judgement is never scored as 0. What every Claude judge shares (cache, budget, one
+judgement per distinct request, the model check, Message Batches) is
+:class:`~llava_lite.evaluation.judging.PaidJudge`; this module says what LLaVA-Bench asks.
 
 Paying for replies is the Claude layer's (:mod:`llava_lite.claude`, as for the teacher):
 :class:`~llava_lite.claude.paying.PaysForMessages` makes one bounded call (the SDK's
@@ -22,20 +24,18 @@ The API key is passed to the SDK only (explicitly, or read by the SDK from
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from llava_lite.claude.cache import RequestCache, request_key
-from llava_lite.claude.client import ApiCallError, ApiFatalError, usage_from_message
-from llava_lite.claude.paying import PaysForMessages
+from llava_lite.claude.client import usage_from_message
 from llava_lite.claude.prices import Budget, Usage
-from llava_lite.claude.replies import ReplyError, read_reply
+from llava_lite.claude.replies import read_reply
 from llava_lite.claude.settings import DEFAULT_MODEL, ClaudeSettings
+from llava_lite.evaluation.judging import JudgeError, PaidJudge
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,6 @@ SCORES_TOOL: dict[str, Any] = {
         "required": ["explanation", "assistant_1_score", "assistant_2_score"],
     },
 }
-
-
-class JudgeError(ReplyError):
-    """A judge reply (or call) that yields no scores; ``reason`` is counted by the caller."""
 
 
 @dataclass(frozen=True)
@@ -181,20 +177,20 @@ def parse_reply(message: Mapping[str, Any]) -> tuple[tuple[float, float], str]:
         if not isinstance(data, dict):
             raise JudgeError("malformed_scores", "tool input is not an object")
         scores = _checked(data.get("assistant_1_score"), data.get("assistant_2_score"))
-        return scores, _printable(str(data.get("explanation") or ""))
-    return parse_score_line(content.text), _printable(content.text)
+        return scores, printable(str(data.get("explanation") or ""))
+    return parse_score_line(content.text), printable(content.text)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """The review as writable UTF-8: a server may send lone surrogates, which no file accepts."""
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
 # ---- the client -----------------------------------------------------------------------
-class ClaudeJudge(PaysForMessages):
-    """Judges requests through ``AsyncAnthropic`` with caching, a budget and bounded concurrency."""
+class ClaudeJudge(PaidJudge[JudgeRequest, Judgement]):
+    """Judges requests through ``AsyncAnthropic`` with caching, a budget and bounded concurrency
+    (:class:`~llava_lite.evaluation.judging.PaidJudge`); this class says what LLaVA-Bench asks."""
 
-    reply_label = "judge reply"
     reply_log = log
 
     def __init__(
@@ -210,15 +206,14 @@ class ClaudeJudge(PaysForMessages):
         ``concurrency``, retries and timeouts, ``cache``, ``budget``, ``prices``)."""
         client_kwargs = {k: v for k, v in (("api_key", api_key), ("base_url", base_url)) if v is not None}
         super().__init__(model, client_kwargs=client_kwargs, **paying)
-        self._fatal: ApiFatalError | None = None  # once the API refuses this client, send nothing more
 
     def __repr__(self) -> str:  # never shows the key
-        return f"ClaudeJudge(model={self.model!r}, max_tokens={self.max_tokens})"
+        return f"{type(self).__name__}(model={self.model!r}, max_tokens={self.max_tokens})"
 
     @classmethod
     def from_settings(
         cls, settings: ClaudeSettings, *, cache: RequestCache | None = None, budget: Budget | None = None
-    ) -> ClaudeJudge:
+    ) -> Self:
         """A judge configured by ``settings`` (``ValueError`` for a model without prices)."""
         return cls(
             settings.model, base_url=settings.base_url, cache=cache, budget=budget, **settings.paying()
@@ -228,85 +223,21 @@ class ClaudeJudge(PaysForMessages):
     def spent_usd(self) -> float:
         return self.budget.spent_usd
 
-    async def judge(self, request: JudgeRequest, semaphore: asyncio.Semaphore | None = None) -> Judgement:
-        """One judgement; API and parse failures become a ``Judgement`` with ``error`` set."""
-        body = build_body(request, self.model, self.max_tokens)
-        key = cache_key(body)
-        hit = self.cache.get(key) if self.cache is not None else None
-        cached = hit is not None
-        try:
-            if hit is not None:
-                self.cache_hits += 1
-                message = hit[0]
-            else:
-                message = await self._call(body, key, semaphore)
-            scores, review = parse_reply(message)
-        except JudgeError as e:
-            log.warning("judge: question %r not scored (%s)", request.question_id, e)
-            return Judgement(request, None, error=e.reason, cached=cached, judge_model=self.model)
+    def body(self, request: JudgeRequest) -> dict[str, Any]:
+        return build_body(request, self.model, self.max_tokens)
+
+    def key(self, request: JudgeRequest, body: dict[str, Any]) -> str:
+        return cache_key(body)
+
+    def read(self, request: JudgeRequest, message: dict[str, Any], cached: bool) -> Judgement:
+        scores, review = parse_reply(message)
         usage = usage_from_message(message) or Usage()
         if request.model_first:  # the judge scored (model, reference)
             scores = (scores[1], scores[0])
         return Judgement(request, scores, review=review, cached=cached, usage=usage, judge_model=self.model)
 
-    async def _call(
-        self, body: dict[str, Any], key: str, semaphore: asyncio.Semaphore | None
-    ) -> dict[str, Any]:
-        if self._fatal is not None:
-            raise self._fatal
-        try:
-            # the slot first: requests waiting for one hold no budget; BudgetExceeded before sending
-            return await self.paid_message(body, key, slot=semaphore)
-        except ApiCallError as e:
-            raise JudgeError(e.reason, e.detail) from None
-        except ApiFatalError as e:
-            self._fatal = e
-            raise
+    def failed(self, request: JudgeRequest, error: JudgeError, cached: bool) -> Judgement:
+        return Judgement(request, None, error=error.reason, cached=cached, judge_model=self.model)
 
-    async def judge_all(
-        self, requests: Sequence[JudgeRequest], cache_file: str | Path | None = None
-    ) -> list[Judgement]:
-        """Every request, at most ``concurrency`` in flight, results in request order.
-
-        Requests with the same body are judged once (sent together, each would be paid for);
-        the others reuse that judgement as a cached one. A fatal error (budget exhausted, bad
-        credentials) is raised only after every request already sent has returned, so each
-        paid reply is in the cache for the rerun; after an :class:`ApiFatalError` nothing
-        more is sent.
-
-        ``cache_file`` (for a judge built without a cache): the request cache of this call,
-        closed at its end and created only once the model check passed, so a refused start
-        leaves no new file behind. The model is checked unless every reply is stored.
-        """
-        if cache_file is not None and self.cache is not None:
-            raise ValueError(f"cache_file={cache_file}: this judge already has a cache ({self.cache.path})")
-        keys = [cache_key(build_body(r, self.model, self.max_tokens)) for r in requests]
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            first.setdefault(key, i)
-        semaphore = asyncio.Semaphore(self.concurrency)
-        try:
-            if cache_file is not None and Path(cache_file).is_file():
-                self.cache = RequestCache(cache_file)  # an earlier run's: are all replies stored?
-            if self.cache is None or any(key not in self.cache for key in first):
-                await self.check_model()  # before any paid work; ApiFatalError for a retired model
-            if cache_file is not None and self.cache is None:
-                self.cache = RequestCache(cache_file)
-            results = await asyncio.gather(
-                *(self.judge(requests[i], semaphore) for i in first.values()), return_exceptions=True
-            )
-        finally:
-            await self.aclose()
-            if cache_file is not None and self.cache is not None:
-                self.cache.close()
-                self.cache = None
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        judged = dict(zip(first, results, strict=True))
-        out = []
-        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
-            j = judged[key]
-            assert isinstance(j, Judgement)
-            out.append(j if first[key] == i else replace(j, request=request, cached=True, usage=Usage()))
-        return out
+    def copied(self, judgement: Judgement, request: JudgeRequest) -> Judgement:
+        return replace(judgement, request=request, cached=True, usage=Usage())

@@ -34,7 +34,8 @@ from llava_lite.io import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; any other name as torch reads it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -82,7 +83,7 @@ class _Runner:
         if todo and before is not None:
             before()
         model, processor = load_model_dir(
-            model_dir, device=_resolve_device(self.s.device), template=self.s.template
+            model_dir, device=resolve_device(self.s.device), template=self.s.template
         )
         stats = generate_answers(
             model,

@@ -133,32 +133,37 @@ class PaidTeacher(Teacher, Protocol):
     async def aclose(self) -> None: ...
 
 
-def check_target(spec: Mapping[str, Any]) -> None:
-    """Refuse, in one line naming the setting, a teacher node whose ``_target_`` is not a dotted path."""
+def check_target(spec: Mapping[str, Any], setting: str = TARGET_SETTING) -> None:
+    """Refuse, in one line naming the setting, a node whose ``_target_`` is not a dotted path."""
     target = spec.get(TARGET_KEY)
     if not isinstance(target, str) or not target.strip() or any(not part for part in target.split(".")):
         raise ValueError(
-            f"{TARGET_SETTING}={target!r}: must be the dotted path of a teacher class or function "
+            f"{setting}={target!r}: must be the dotted path of a class or function "
             "(e.g. mypackage.teachers.MyTeacher)"
         )
 
 
-def teacher_from_target(spec: Mapping[str, Any], **kwargs: Any) -> Teacher:
-    """The teacher a config node names by ``_target_``, built with ``hydra.utils.instantiate`` (the
-    node's other keys, then ``kwargs``, are its arguments). A target that cannot be imported, refuses
-    its arguments or builds something that is not a teacher is one error line naming the setting."""
-    check_target(spec)
-    target = spec[TARGET_KEY]
-    from hydra.utils import instantiate  # only runs that build a teacher from config pay for it
+def built_from_target(spec: Mapping[str, Any], setting: str = TARGET_SETTING, **kwargs: Any) -> Any:
+    """What a config node names by ``_target_``, built with ``hydra.utils.instantiate`` (the node's
+    other keys, then ``kwargs``, are its arguments). A target that cannot be imported or refuses
+    its arguments is one error line naming ``setting``."""
+    check_target(spec, setting)
+    from hydra.utils import instantiate  # only runs that build from config pay for it
 
     try:
-        teacher = instantiate({"_convert_": "all", **spec}, **kwargs)
+        return instantiate({"_convert_": "all", **spec}, **kwargs)
     except Exception as e:
-        raise ValueError(f"{TARGET_SETTING}={target!r}: {_root_cause(e)}") from e
+        raise ValueError(f"{setting}={spec[TARGET_KEY]!r}: {_root_cause(e)}") from e
+
+
+def teacher_from_target(spec: Mapping[str, Any], **kwargs: Any) -> Teacher:
+    """The teacher a config node names by ``_target_`` (:func:`built_from_target`); something that
+    is not a teacher is one error line naming the setting."""
+    teacher = built_from_target(spec, TARGET_SETTING, **kwargs)
     generate = getattr(teacher, "generate", None)
     if not isinstance(getattr(teacher, "name", None), str) or not callable(generate):
         raise ValueError(
-            f"{TARGET_SETTING}={target!r} built a {type(teacher).__name__}, not a teacher "
+            f"{TARGET_SETTING}={spec[TARGET_KEY]!r} built a {type(teacher).__name__}, not a teacher "
             "(one needs a str `name` and an async `generate(request)`)"
         )
     return teacher

@@ -25,7 +25,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anthropic
 import httpx2
@@ -37,10 +38,33 @@ from llava_lite.claude.client import (
     message_problem,
     usage_from_message,
 )
-from llava_lite.claude.prices import BudgetExceeded
-from llava_lite.generation.base import BatchStats, GenerationRequest, PaidTeacher
+from llava_lite.claude.prices import Budget, BudgetExceeded, Prices, Usage
+from llava_lite.generation.base import BatchStats
+
+if TYPE_CHECKING:
+    from llava_lite.claude.cache import RequestCache
 
 log = logging.getLogger(__name__)
+
+
+class BuysReplies(Protocol):
+    """What a batch runner needs of its buyer: the teacher (:class:`~llava_lite.generation.base.PaidTeacher`)
+    or a judge (:class:`~llava_lite.evaluation.judging.PaidJudge`). ``client`` is built on first
+    use, so it is read only when a batch is submitted or collected."""
+
+    budget: Budget
+    cache: RequestCache | None
+    prices: Prices
+    usage: Usage
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic: ...
+
+    def body(self, request: Any) -> dict[str, Any]: ...
+
+    def key(self, request: Any, body: dict[str, Any]) -> str: ...
+
+    def worst_case_usd(self, body: dict[str, Any], batch: bool = False) -> float: ...
 
 
 class BatchError(RuntimeError):
@@ -48,13 +72,13 @@ class BatchError(RuntimeError):
 
 
 class BatchRunner:
-    """Buys a paid teacher's replies in Message Batches, through its SDK client (``client``,
-    which :class:`~llava_lite.claude.paying.PaysForMessages` builds on first use and so is no
-    member of the :class:`PaidTeacher` check: that would build it)."""
+    """Buys a paid teacher's (or judge's) replies in Message Batches, through its SDK client
+    (``client``, which :class:`~llava_lite.claude.paying.PaysForMessages` builds on first use
+    and so is no member of the ``PaidTeacher`` check: that would build it)."""
 
     def __init__(
         self,
-        teacher: PaidTeacher,
+        teacher: BuysReplies,
         *,
         max_requests_per_batch: int = 10_000,
         poll_interval_s: float = 30.0,
@@ -73,7 +97,7 @@ class BatchRunner:
         self._bodies: dict[str, dict[str, Any]] = {}  # key -> body, to charge a reply without usage
         self.bought: set[str] = set()  # keys whose replies this runner stored (bought, or collected)
 
-    async def fill_cache(self, requests: list[GenerationRequest]) -> BatchStats:
+    async def fill_cache(self, requests: Sequence[Any]) -> BatchStats:
         """Make a stored reply exist for as many of ``requests`` as rounds and budget allow."""
         try:
             await self._fill(requests)
@@ -89,7 +113,7 @@ class BatchRunner:
             raise BatchError(f"Message Batches API: {detail}; a rerun collects the open batches") from None
         return self.stats
 
-    async def _fill(self, requests: list[GenerationRequest]) -> None:
+    async def _fill(self, requests: Sequence[Any]) -> None:
         self._without_reply(requests)  # learns every request's body first
         for batch_id, keys in self.cache.open_batches():  # left by an interrupted run
             log.info("resuming batch %s (%d requests)", batch_id, len(keys))
@@ -106,7 +130,7 @@ class BatchRunner:
                 if self.stats.budget_stopped:
                     break
 
-    def _without_reply(self, requests: list[GenerationRequest]) -> list[tuple[str, dict[str, Any]]]:
+    def _without_reply(self, requests: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
         pending: dict[str, dict[str, Any]] = {}
         for request in requests:
             body = self.teacher.body(request)

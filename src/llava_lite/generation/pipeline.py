@@ -28,7 +28,6 @@ way before it propagates.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import random
@@ -49,7 +48,7 @@ from llava_lite.generation.prompts import load_detail_instructions
 from llava_lite.generation.settings import GenerateSettings
 from llava_lite.generation.teacher import ClaudeTeacher, build_teacher
 from llava_lite.generation.validation import SampleRejected, SampleValidator, dedupe_turns, to_conversations
-from llava_lite.io import JsonlAppender, read_jsonl, repair_torn_tail, write_json_atomic
+from llava_lite.io import JsonlAppender, lock_folder, read_jsonl, repair_torn_tail, write_json_atomic
 from llava_lite.symbolic import SymbolicContext, load_coco
 
 log = logging.getLogger(__name__)
@@ -432,13 +431,5 @@ class GenerationPipeline:
 
 
 def _lock_output_dir(out_dir: Path) -> int:
-    """An exclusive lock on the output folder itself (no lock file is left behind): two runs
-    appending to one file would duplicate samples. The OS drops the lock when the process
-    dies, so a killed run never blocks a rerun. Returns the folder's descriptor to close."""
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RuntimeError(f"output_dir={out_dir} is in use by another generation run") from None
-    return fd
+    """The run folder's lock (:func:`~llava_lite.io.lock_folder`); the folder's descriptor to close."""
+    return lock_folder(out_dir, "generation run")

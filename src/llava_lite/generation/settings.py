@@ -114,15 +114,17 @@ def settings_from(cfg: DictConfig | dict[str, Any] | GenerateSettings) -> Genera
     """
     if isinstance(cfg, GenerateSettings):
         return cfg
-    return validated_settings(GenerateSettings, _target_moved(cfg))
+    return validated_settings(GenerateSettings, target_moved(cfg, "teacher"))
 
 
-def _target_moved(cfg: DictConfig | dict[str, Any]) -> DictConfig | dict[str, Any]:
-    teacher = cfg.get("teacher")
-    if not isinstance(teacher, Mapping) or TARGET_KEY not in teacher:
+def target_moved(cfg: DictConfig | dict[str, Any], key: str) -> DictConfig | dict[str, Any]:
+    """``cfg`` with a ``key`` node that has a ``_target_`` moved whole into ``key.target`` (the
+    node's keys are that class's arguments, not the built-in Claude settings)."""
+    node = cfg.get(key)
+    if not isinstance(node, Mapping) or TARGET_KEY not in node:
         return cfg
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     assert isinstance(plain, dict)
-    spec = plain["teacher"]
+    spec = plain[key]
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
-    return {**plain, "teacher": {"target": spec}}
+    return {**plain, key: {"target": spec}}

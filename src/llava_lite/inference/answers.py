@@ -236,6 +236,50 @@ def generate_answers(
     return stats
 
 
+@torch.no_grad()
+def sample_answers(
+    model: Any,
+    processor: Any,
+    questions: Sequence[Question],
+    k: int,
+    *,
+    settings: DecodingSettings,
+    image_root: str | Path | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    system: str | None = None,
+) -> Iterator[tuple[Question, list[str]]]:
+    """``k`` sampled answers to each question, yielded question by question.
+
+    A question's ``k`` samples are ``k`` rows of one left-padded batch (``batch_size`` rows a
+    call, never fewer than ``k``), so candidates for preference pairs cost one decode per
+    batch. Each call draws from its own generator state, seeded from ``seed`` and the batch's
+    first question id, inside :func:`torch.random.fork_rng`: the same questions give the same
+    answers, and the caller's random state is left as it was.
+    """
+    if k < 1 or batch_size < 1:
+        raise ValueError(f"need k >= 1 and batch_size >= 1, got k={k}, batch_size={batch_size}")
+    check_images(questions, image_root)
+    collator = LlavaCollator(
+        processor.pad_token_id, padding_side="left", image_token_id=processor.image_token_id
+    )
+    device = next(model.parameters()).device
+    forked = [device.index or 0] if device.type == "cuda" else []
+    was_training = model.training
+    model.eval()
+    try:
+        for group in _batches(questions, max(1, batch_size // k)):
+            rows = [q for q in group for _ in range(k)]
+            digest = hashlib.sha256(f"{seed}:{group[0].key}".encode()).hexdigest()
+            with torch.random.fork_rng(devices=forked):  # the CPU state, and the GPU's when on one
+                torch.manual_seed(int(digest[:12], 16))
+                texts = _answer_batch(model, processor, collator, rows, image_root, settings, system, device)
+            for i, q in enumerate(group):
+                yield q, texts[i * k : (i + 1) * k]
+    finally:
+        model.train(was_training)
+
+
 def _answer_batch(
     model: Any,
     processor: Any,

@@ -69,6 +69,7 @@ class LossTerms(NamedTuple):
     loss_sum: Tensor  # [] summed cross-entropy over trained tokens
     num_tokens: int  # trained tokens (labels != -100 after the shift, image slots excluded)
     logits: Tensor | None  # [N, V] logits at the trained positions only; None with a fused loss
+    trained: Tensor | None = None  # [B, T-1] bool: where the N trained positions are (shifted)
 
 
 class ImageTokenMismatch(ValueError):
@@ -409,12 +410,12 @@ class LlavaModel(nn.Module):
             head = self.llm.get_output_embeddings()
             if linear_cross_entropy is not None:
                 loss = linear_cross_entropy(head.weight, hidden, targets[trained])
-                return LossTerms(loss, int(trained.sum()), None)
+                return LossTerms(loss, int(trained.sum()), None, trained)
             logits = head(hidden)  # [N, V]
         else:
             logits = self.llm(inputs_embeds=inputs_embeds, use_cache=False, **mask_kw).logits[:, :-1][trained]
         loss_sum = nn.functional.cross_entropy(logits.float(), targets[trained], reduction="sum")
-        return LossTerms(loss_sum, int(trained.sum()), logits)
+        return LossTerms(loss_sum, int(trained.sum()), logits, trained)
 
     @torch.no_grad()
     def generate(

@@ -24,8 +24,9 @@ import torch
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
-from llava_lite.modeling.llava import VISUAL_INPUTS, ImageTokenMismatch
+from llava_lite.modeling.llava import VISUAL_INPUTS, ImageTokenMismatch, LossTerms
 from llava_lite.modeling.llm import check_packed_attention
+from llava_lite.modeling.load import load_pretrained
 from llava_lite.training.freeze import (
     apply_lora,
     apply_stage,
@@ -62,6 +63,9 @@ class LlavaLitModule(L.LightningModule):
             ``weight_decay``, ``betas``, ``eps``.
         warmup_ratio: share of optimiser steps with linear warmup before the cosine decay.
         lora: ``peft.LoraConfig`` fields to train the LLM through LoRA (finetune only).
+        init_from: a saved model folder (this library's, llava-hf or original LLaVA) that this
+            stage starts from, config and weights; ``model`` is then not used. Later stages
+            (preference tuning) start from a stage-2 folder this way.
         gradient_checkpointing: recompute LLM activations in backward to save memory
             (activation checkpointing).
         compile_llm: ``torch.compile`` the LLM's decoder (GPU; the first steps compile, and
@@ -78,7 +82,7 @@ class LlavaLitModule(L.LightningModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
+        model: dict[str, Any] | None = None,
         stage: str = "pretrain",
         optimizer: dict[str, Any] | None = None,
         warmup_ratio: float = 0.03,
@@ -88,6 +92,7 @@ class LlavaLitModule(L.LightningModule):
         on_empty_batch: str = "error",
         compile_llm: bool = False,
         fused_cross_entropy: str | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if on_empty_batch not in EMPTY_BATCH_POLICIES:
@@ -102,7 +107,15 @@ class LlavaLitModule(L.LightningModule):
         self.save_hyperparameters()
         self.optimizer_cfg = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
 
-        self.model = LlavaModel(LlavaConfig.from_dict(dict(model)))
+        if init_from:
+            self.model = load_pretrained(init_from).train()  # loaded for inference, in eval mode
+            self.model.config.init_projector_from = None  # its stage-1 file is in the weights already
+        elif model is not None:
+            self.model = LlavaModel(LlavaConfig.from_dict(dict(model)))
+        else:
+            raise ValueError(
+                "module.model (a model config) or module.init_from (a saved model folder) is needed"
+            )
         self.init_projector_from = self.model.config.init_projector_from
         if gradient_checkpointing:
             self.model.llm.activation_checkpointing_enable(
@@ -142,7 +155,11 @@ class LlavaLitModule(L.LightningModule):
                 self.model.image_newline,
             )
             log.info("projector initialised from %s", self.init_projector_from)
-        elif stage == "fit" and self.hparams.stage == "finetune" and not self.init_projector_from:
+        elif (
+            stage == "fit"
+            and self.hparams.stage == "finetune"
+            and not (self.init_projector_from or self.hparams.init_from)
+        ):
             log.warning(
                 "finetune without model.init_projector_from: the projector starts from random weights"
             )
@@ -184,8 +201,13 @@ class LlavaLitModule(L.LightningModule):
 
     def _loss_terms(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """Summed token loss of the batch and its trained-token count (padded or packed rows)."""
+        terms = self._forward(self.model, batch)
+        return terms.loss_sum, terms.num_tokens
+
+    def _forward(self, model: LlavaModel, batch: dict[str, Any]) -> LossTerms:
+        """``model.loss_terms`` on the batch, a slot mismatch naming its samples, the count checked."""
         try:
-            terms = self.model.loss_terms(
+            terms = model.loss_terms(
                 input_ids=batch["input_ids"],  # [B, T]
                 labels=batch["labels"],  # [B, T]
                 attention_mask=batch.get("attention_mask"),  # [B, T], None for packed rows
@@ -206,7 +228,7 @@ class LlavaLitModule(L.LightningModule):
             raise RuntimeError(
                 f"the loss trains {terms.num_tokens} tokens but the collator counted {expected}"
             )
-        return terms.loss_sum, terms.num_tokens
+        return terms
 
     def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
         if self.trainer.world_size == 1:
