@@ -389,3 +389,36 @@ def test_long_answers_corpus_reads_a_seeded_share_of_the_sentence_turns(world, t
         warmup_llm(
             records, [], [], scenes, tmp_path / "bad", dataclasses.replace(settings, long_answer_sample=1.5)
         )
+
+
+def test_stage3_questions_are_the_chat_script_on_training_images_only(world) -> None:
+    from llava_lite.demo.preference import chat_questions_on_training_images
+
+    settings = demo_settings(["seed=3", "dpo.images=5"])
+    data = DemoData(
+        world=world, train_contexts=[], instruct=[], captions=[], stage1_file=world.root / "c.json", stage2_files=[],
+        drills=[], held_out=[], paraphrased=[], generation={},
+    )  # fmt: skip
+    questions = chat_questions_on_training_images(settings, data)
+    images = {q.image for q in questions}
+    assert len(images) == 5 and all(image.startswith("train/") for image in images)
+    assert len(questions) == 5 * 5  # a description, then one question of each closed-form type
+    assert len({q.question_id for q in questions}) == len(questions)
+    assert questions == chat_questions_on_training_images(settings, data)  # seeded
+
+
+def test_stage3_overrides_compose_the_shipped_dpo_experiment(tmp_path) -> None:
+    from llava_lite.demo.preference import stage3_overrides
+
+    settings = demo_settings(["seed=4", "dpo.steps=9", "dpo.lr=0.002", "dpo.beta=0.3", "dpo.batch_size=5"])
+    data = DemoData(
+        world=WorldPaths(tmp_path / "world"), train_contexts=[], instruct=[], captions=[],
+        stage1_file=tmp_path / "c.json", stage2_files=[], drills=[], held_out=[], paraphrased=[], generation={},
+    )  # fmt: skip
+    cfg = compose_config(stage3_overrides(settings, data, tmp_path / "stage2" / "model", tmp_path))
+    assert cfg.module._target_.endswith("PreferenceLitModule") and cfg.data.preference
+    assert cfg.module.init_from == str(tmp_path / "stage2" / "model")
+    assert (cfg.seed, cfg.trainer.max_steps, cfg.module.optimizer.lr, cfg.data.batch_size) == (4, 9, 0.002, 5)
+    assert cfg.module.preference.beta == 0.3 and cfg.module.preference.sft_weight == settings.dpo.sft_weight
+    assert list(cfg.data.train_files) == [str(tmp_path / "pairs" / "pairs.jsonl")]
+    assert cfg.paths.output_dir == str(tmp_path / "stage3") and cfg.export_model

@@ -15,7 +15,7 @@ from llava_lite.data.collate import LlavaCollator
 from llava_lite.data.preference import PreferenceCollator, PreferenceDataset
 from llava_lite.modeling import LlavaModel
 from llava_lite.training import compose_config, train
-from llava_lite.training.preference import sequence_logps
+from llava_lite.training.logps import sequence_logps
 
 
 @pytest.fixture(scope="module")

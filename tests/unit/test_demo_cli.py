@@ -66,6 +66,16 @@ def test_seed_and_overrides_reach_the_settings(monkeypatch, tmp_path) -> None:
     (settings,) = seen
     assert (settings.seed, settings.stage2.steps, settings.llm.drill_pool) == (7, 3, "varied")
     assert settings.world.n_train == 500  # the quick recipe under the overrides
+    assert not settings.dpo.enabled  # stage 3 only when asked
+
+
+def test_with_dpo_turns_stage_3_on(monkeypatch, tmp_path) -> None:
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(demo_run, "run_demo", lambda out, settings: seen.append(settings))
+    demo_cli.main(["--quick", "--with-dpo", "--out", str(tmp_path), "dpo.steps=3"])
+    (settings,) = seen
+    assert settings.dpo.enabled and settings.dpo.steps == 3
 
 
 def test_cfg_job_prints_the_settings_and_runs_nothing(monkeypatch, capsys) -> None:

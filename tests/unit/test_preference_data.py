@@ -173,12 +173,18 @@ def _pairs(root, n: int) -> list[dict]:
     ]
 
 
-def test_padded_pairs_batch_chosen_then_rejected_with_their_sequences(world) -> None:
+def _items(world, n: int) -> list[dict]:
+    """``n`` pairs written to ``pairs.json`` and read back as the dataset's items."""
     root, _, processor = world
     path = root / "pairs.json"
-    path.write_text(json.dumps(_pairs(root, 3)))
+    path.write_text(json.dumps(_pairs(root, n)))
     dataset = PreferenceDataset(str(path), processor, str(root / "images"), "raise")
-    items = [dataset[i] for i in range(3)]
+    return [dataset[i] for i in range(n)]
+
+
+def test_padded_pairs_batch_chosen_then_rejected_with_their_sequences(world) -> None:
+    processor = world[2]
+    items = _items(world, 3)
     batch = PreferenceCollator(
         LlavaCollator(processor.pad_token_id, image_token_id=processor.image_token_id)
     )(items)
@@ -202,11 +208,8 @@ def test_padded_pairs_batch_chosen_then_rejected_with_their_sequences(world) -> 
 
 
 def test_packed_pairs_map_every_token_to_its_sequence(world) -> None:
-    root, _, processor = world
-    path = root / "pairs.json"
-    path.write_text(json.dumps(_pairs(root, 3)))
-    dataset = PreferenceDataset(str(path), processor, str(root / "images"), "raise")
-    items = [dataset[i] for i in range(3)]
+    processor = world[2]
+    items = _items(world, 3)
     inner = PackingCollator(processor.pad_token_id, 256, processor.image_token_id)
     batch = PreferenceCollator(inner)(items)
     assert batch["input_ids"].shape[0] < 6  # several sequences share a row
@@ -216,11 +219,8 @@ def test_packed_pairs_map_every_token_to_its_sequence(world) -> None:
 
 def test_a_pair_whose_side_the_collator_refuses_is_skipped_whole(world) -> None:
     """A foreign rejected sample past the length limit with nothing trained before it: the pair goes."""
-    root, _, processor = world
-    path = root / "pairs.json"
-    path.write_text(json.dumps(_pairs(root, 2)))
-    dataset = PreferenceDataset(str(path), processor, str(root / "images"), "raise")
-    items = [dataset[i] for i in range(2)]
+    processor = world[2]
+    items = _items(world, 2)
     limit = max(it[side]["input_ids"].numel() for it in items for side in ("chosen", "rejected"))
     rejected = items[1]["rejected"]
     extra = torch.full((10,), processor.pad_token_id)
@@ -235,3 +235,24 @@ def test_a_pair_whose_side_the_collator_refuses_is_skipped_whole(world) -> None:
     batch = PreferenceCollator(inner)(items)
     assert batch["ids"] == ["p0"] and batch["pairs"] == 1 and batch["input_ids"].shape[0] == 2
     assert [(r.reason, r.record_id) for r in batch["skipped"]] == [("no_trained_tokens", "p1")]
+
+
+def test_pairs_stream_from_webdataset_shards_with_their_images(world, tmp_path) -> None:
+    from llava_lite.data.wds_shards import convert_to_wds
+
+    root, _, processor = world
+    records = _pairs(root, 3)
+    records[1]["image"] = "gone.png"  # a bad pair is counted by the conversion, not written
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = convert_to_wds(
+        str(root / "pairs.jsonl"), str(tmp_path / "shards"), str(root / "images"), preference=True
+    )
+    assert result.written == 2 and result.counter.counts() == {"missing_image": 1}
+    dm = LlavaDataModule(
+        result.shards, batch_size=2, num_workers=0, streaming=True, preference=True, shuffle=False
+    )
+    dm.attach_processor(processor)
+    dm.setup("fit")
+    (batch,) = [dm.observe_batch(b) for b in dm.train_dataloader()]
+    assert sorted(batch["ids"]) == ["p0", "p2"] and batch["pairs"] == 2
+    assert batch["pixel_values"].shape[0] == 4  # each pair's image, for both of its answers

@@ -13,7 +13,8 @@ from llava_lite.data import LlavaDataModule, LlavaProcessor
 from llava_lite.data.collate import LlavaCollator
 from llava_lite.data.packing import PackingCollator
 from llava_lite.data.preference import PreferenceCollator, PreferenceDataset
-from llava_lite.training.preference import PreferenceLitModule, dpo_loss, sequence_logps
+from llava_lite.training.logps import sequence_logps
+from llava_lite.training.preference import PreferenceLitModule, dpo_loss
 from llava_lite.training.reference import compute_logps
 
 

@@ -25,6 +25,7 @@ from webdataset import TarWriter
 from llava_lite.config import IMAGE_TOKEN, VIDEO_TOKEN
 from llava_lite.data.bad_samples import BadSampleCounter, BadSampleError, check_policy
 from llava_lite.data.images import resolve_image_path
+from llava_lite.data.preference import check_pair
 from llava_lite.data.schema import check_record
 from llava_lite.data.sources import IMAGE_EXTS, VIDEO_EXTS, read_records
 
@@ -85,8 +86,12 @@ def convert_to_wds(
     shard_size: int = 1000,
     prefix: str = "shard",
     on_bad_sample: str = "skip",
+    preference: bool = False,
 ) -> ConversionResult:
     """Write ``{out_dir}/{prefix}-000000.tar`` ... with at most ``shard_size`` samples each.
+
+    ``preference``: the records are preference pairs (``llava_lite.data.preference``), checked
+    as pairs and written as the LLaVA pair each format reads as.
 
     Bad records (structure, missing or unreadable image) follow ``on_bad_sample``: skipped
     ones are counted in the result's ``counter`` and logged; ``"raise"`` names record and file.
@@ -100,9 +105,8 @@ def convert_to_wds(
     try:
         for position, raw in enumerate(read_records(records)):
             try:
-                check_record(
-                    raw, IMAGE_TOKEN, VIDEO_TOKEN
-                )  # shards keep video records for models that read them
+                # shards keep video records for models that read them
+                (check_pair if preference else check_record)(raw, IMAGE_TOKEN, VIDEO_TOKEN)
                 assert raw.record is not None
                 sample = {"__key__": f"{position:09d}", "json": json.dumps(raw.record).encode()}
                 if raw.has_video:

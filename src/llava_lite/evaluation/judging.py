@@ -112,13 +112,7 @@ class PaidJudge(PaysForMessages, Generic[R, J]):
         ``no_batch_result``, never a full-price call)."""
         from llava_lite.generation.batches import BatchRunner
 
-        runner = BatchRunner(
-            self,
-            max_requests_per_batch=settings.max_requests_per_batch,
-            poll_interval_s=settings.poll_interval_s,
-            max_wait_s=settings.max_wait_s,
-            max_rounds=settings.max_rounds,
-        )
+        runner = BatchRunner.from_settings(self, settings)
         stats = await runner.fill_cache(list(requests))
         self.batch_replies += stats.succeeded
         self.replay_only = True

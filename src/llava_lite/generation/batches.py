@@ -39,7 +39,7 @@ from llava_lite.claude.client import (
     usage_from_message,
 )
 from llava_lite.claude.prices import Budget, BudgetExceeded, Prices, Usage
-from llava_lite.generation.base import BatchStats
+from llava_lite.generation.base import BatchSettings, BatchStats
 
 if TYPE_CHECKING:
     from llava_lite.claude.cache import RequestCache
@@ -96,6 +96,17 @@ class BatchRunner:
         self.stats = BatchStats()
         self._bodies: dict[str, dict[str, Any]] = {}  # key -> body, to charge a reply without usage
         self.bought: set[str] = set()  # keys whose replies this runner stored (bought, or collected)
+
+    @classmethod
+    def from_settings(cls, teacher: BuysReplies, settings: BatchSettings) -> BatchRunner:
+        """A runner with the ``batch.*`` settings of a run's config."""
+        return cls(
+            teacher,
+            max_requests_per_batch=settings.max_requests_per_batch,
+            poll_interval_s=settings.poll_interval_s,
+            max_wait_s=settings.max_wait_s,
+            max_rounds=settings.max_rounds,
+        )
 
     async def fill_cache(self, requests: Sequence[Any]) -> BatchStats:
         """Make a stored reply exist for as many of ``requests`` as rounds and budget allow."""

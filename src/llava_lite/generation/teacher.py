@@ -160,13 +160,7 @@ class ClaudeTeacher(PaysForMessages):
         replays them (never a full-price live call)."""
         from llava_lite.generation.batches import BatchRunner
 
-        runner = BatchRunner(
-            self,
-            max_requests_per_batch=settings.max_requests_per_batch,
-            poll_interval_s=settings.poll_interval_s,
-            max_wait_s=settings.max_wait_s,
-            max_rounds=settings.max_rounds,
-        )
+        runner = BatchRunner.from_settings(self, settings)
         stats = await runner.fill_cache(requests)
         self._bought_in_batches.update(runner.bought)
         self.replay_only = True

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from llava_lite.io import write_json_atomic
+from llava_lite.training.logps import sequence_logps
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,6 @@ def compute_logps(module: Any, datamodule: Any) -> dict[str, list[float]]:
     module's current model, in eval mode, in padded batches."""
     from llava_lite.data.preference import PreferenceDataset
     from llava_lite.data.sources import read_records
-    from llava_lite.training.preference import sequence_logps
 
     files = datamodule.train_files + (datamodule.val_files or [])
     dataset = PreferenceDataset(
