@@ -90,6 +90,7 @@ FINETUNE_DATA = (
     "data.image_root=data/images",
     "model.init_projector_from=runs/train/s1/projector.safetensors",
 )
+DPO_STEPS = (*TINY_TRAIN, "global_batch_size=null", "data.batch_size=2", "data.num_workers=0")
 GPU_7B = "a real run trains a 7B model on GPUs from the hub's Vicuna and CLIP weights"
 HUB_TASK = "downloads the task's dataset from the Hugging Face hub"
 MODEL = "runs/train/s2/model"
@@ -130,6 +131,15 @@ QUICK: dict[str, Quick] = {
         "callbacks.progress_bar=null",
         fill={"...": FINETUNE_DATA},
     ),
+    # stage 3 from the s2 model folder, on the sandbox's pairs
+    "llava-lite-pairs model_dir=runs/train/s2/model questions_file=q.jsonl image_root=data/images "
+    "captions_file=captions.json instances_file=instances.json output_dir=data/pairs budget_usd=2": compose(
+        "needs a paid judge; tests/integration/test_pairs_run.py runs it against the local API stand-in"
+    ),
+    "llava-lite-train experiment=dpo module.init_from=runs/train/s2/model "
+    "data.train_files=data/pairs/pairs.jsonl data.image_root=data/images": run(*DPO_STEPS),
+    "llava-lite-train experiment=dpo module.init_from=runs/train/s2/model "
+    "data.train_files=data/pairs/pairs.jsonl data.image_root=data/images run_name=s3": run(*DPO_STEPS),
     "llava-lite-train experiment=llava_v1_5_pretrain trainer=ddp run_name=v15_s1": compose(GPU_7B),
     "llava-lite-train experiment=llava_v1_5_finetune trainer=deepspeed "
     "model.init_projector_from=runs/train/v15_s1/projector.safetensors": compose(GPU_7B),
@@ -281,6 +291,13 @@ def _write_sandbox(root: Path) -> None:
             }
         )
     (root / "data" / "captions.json").write_text(json.dumps(captions))
+    pairs = [
+        {"id": f"p{i}", "image": f"{i}.png", "prompt": "What colour is it?", "chosen": f"It is {name}.",
+         "rejected": "It is a circle."}
+        for i, name in enumerate(colours)
+    ]  # fmt: skip
+    (root / "data" / "pairs").mkdir()
+    (root / "data" / "pairs" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     (root / "data" / "instruct.jsonl").write_text("".join(json.dumps(r) + "\n" for r in instruct))
 
     annotations = root / "coco" / "annotations"
