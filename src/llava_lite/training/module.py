@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
@@ -49,6 +50,35 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {
     "betas": (0.9, 0.999),
     "eps": 1e-8,
 }
+
+
+def loss_scale(trainer: L.Trainer) -> float:
+    """What a micro-batch's share of the step loss is multiplied by so the step's gradient is exact.
+
+    ``training_step`` wants the optimiser to see the gradient of (summed token losses) / (step
+    tokens), but the frameworks rescale what it returns (paths under ``lightning/pytorch/`` of
+    Lightning 2.6.6 and ``deepspeed/`` of DeepSpeed 0.19.8):
+
+    - Lightning divides it by ``accumulate_grad_batches`` under every strategy
+      (``loops/optimization/automatic.py:329`` passes it to ``ClosureResult``, which divides at :83).
+    - DDP averages gradients over ranks, and so does DeepSpeed's ZeRO-1/2/3 by default
+      (``gradient_allreduce_op: mean``, ``runtime/engine.py:542``; ``zero/stage_1_and_2.py:1687``,
+      ``zero/stage3.py:1878``; ``gradient_predivide_factor`` only splits the division around the
+      all-reduce). ZeRO-1/2 may sum instead (``gradient_allreduce_op: sum``; ZeRO-3 refuses it,
+      ``runtime/config.py:694``).
+    - DeepSpeed divides *again* by ``gradient_accumulation_steps``: Lightning calls
+      ``engine.backward(loss)`` (``plugins/precision/deepspeed.py:117``), whose ``scale_wrt_gas``
+      defaults to true (``runtime/engine.py:3413``), and sets that to ``accumulate_grad_batches``
+      (``strategies/deepspeed.py:928``).
+    """
+    accumulate = trainer.accumulate_grad_batches
+    scale = float(accumulate * trainer.world_size)
+    strategy = trainer.strategy
+    if isinstance(strategy, DeepSpeedStrategy):
+        scale *= accumulate
+        if (getattr(strategy, "config", None) or {}).get("gradient_allreduce_op") == "sum":
+            scale /= trainer.world_size
+    return scale
 
 
 class LlavaLitModule(L.LightningModule):
@@ -250,10 +280,9 @@ class LlavaLitModule(L.LightningModule):
         self._step_loss = self._step_loss + loss_sum.detach()
         self._step_counts[0] += n_tokens
         self._step_counts[1] += len(batch.get("ids", []))
-        # Lightning divides by accumulate_grad_batches and DDP averages over ranks; undo both so
-        # the step's gradient is that of (sum of all token losses) / (all trained tokens).
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / step_tokens
-        return loss_sum * scale
+        # Undo the strategy's rescaling (``loss_scale``) so the step's gradient is that of
+        # (sum of all token losses) / (all trained tokens).
+        return loss_sum * (loss_scale(self.trainer) / step_tokens)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         totals = torch.tensor([float(self._step_loss), *self._step_counts], dtype=torch.float64)

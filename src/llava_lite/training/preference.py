@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from llava_lite.training.logps import sequence_logps
-from llava_lite.training.module import LlavaLitModule
+from llava_lite.training.module import LlavaLitModule, loss_scale
 from llava_lite.training.reference import REFERENCES, Reference
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ class PreferenceLitModule(LlavaLitModule):
             ("reward_right", (t["rc"] > t["rr"]).sum()),
         ):
             self._sums[key] += float(value)
-        # As in stage 2: Lightning divides by accumulate_grad_batches and DDP averages over ranks.
-        return loss * accumulate * self.trainer.world_size
+        # As in stage 2: undo the strategy's rescaling of the returned loss.
+        return loss * loss_scale(self.trainer)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         totals = torch.tensor([self._sums[k] for k in _STEP_SUMS], dtype=torch.float64)
