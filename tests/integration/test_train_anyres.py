@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_train_e2e import _Crash, read_losses, tiny_cfg
+from test_train_e2e import tiny_cfg
 
-from helpers import write_dataset
+from helpers import CrashAt, read_losses, write_dataset
 from llava_lite.training import train
 
 # (height, width) per record: wide, tall, square, tiny and thin images give 16 to 88 tokens each.
@@ -40,7 +40,7 @@ def test_anyres_stage_two_resumes_exactly_with_packing(tmp_path: Path, streaming
 
     crashed = tiny_cfg(tmp_path, records, "tiny_anyres_finetune", "run_name=crashed", *common)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(crashed, callbacks=[_Crash(at=3)])
+        train(crashed, callbacks=[CrashAt(at=3)])
     resume = ("run_name=crashed", "ckpt_path=last", "logger.csv.name=resumed")
     resumed = train(tiny_cfg(tmp_path, records, "tiny_anyres_finetune", *resume, *common))
     continued = read_losses(resumed["output_dir"], "resumed")
