@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -86,3 +90,16 @@ def pipeline_settings(
         else:
             cfg[k] = v
     return settings_from(cfg)
+
+
+def kill_at_request(api: FakeAnthropicAPI, argv: list[str], calls: int, timeout_s: float) -> None:
+    """Run ``argv`` and SIGKILL it once the fake API has seen ``calls`` requests (the last one
+    scripted to hang), as a crash mid-run would; fails if it exits or stalls before that."""
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout_s
+    while len(api.calls()) < calls:
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "the child never reached the hanging request"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()

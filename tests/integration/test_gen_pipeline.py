@@ -3,17 +3,14 @@
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from api_helpers import pipeline_settings
+from api_helpers import kill_at_request, pipeline_settings
 from llava_lite.cli.generate import config_dir
 from llava_lite.cli.generate import run as cli_run
 from llava_lite.data.schema import normalize_conversation
@@ -173,18 +170,9 @@ _CHILD = textwrap.dedent(
 def test_killed_run_resumes_with_every_sample_once_and_no_paid_request_repeated(api, tmp_path):
     cap, inst = _coco(tmp_path)
     api.script.extend([{}, {}, {}, {}, {}, {"hang_s": 20}])  # the 6th request never answers
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(cap), str(inst), str(tmp_path / "out"), api.url, KEY],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    kill_at_request(
+        api, [sys.executable, "-c", _CHILD, str(cap), str(inst), str(tmp_path / "out"), api.url, KEY], 6, 60
     )
-    deadline = time.monotonic() + 60
-    while len(api.calls()) < 6:
-        assert child.poll() is None, child.stderr.read().decode()
-        assert time.monotonic() < deadline, "child never reached the hanging request"
-        time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
     before = len(_output(tmp_path))
     assert before == 5
     with open(tmp_path / "out" / "instruct.jsonl", "a") as f:

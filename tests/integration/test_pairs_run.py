@@ -4,19 +4,15 @@ a killed run resumes without repeating a pair or a paid request; the budget cap 
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from api_helpers import TEST_PRICES
+from api_helpers import TEST_PRICES, kill_at_request
 from fakes.anthropic_api import FakeAnthropicAPI
 from helpers import tiny_llava
 from llava_lite.claude.prices import Budget
@@ -191,18 +187,7 @@ def test_a_killed_run_resumes_with_every_pair_once_and_nothing_paid_twice(api, t
     out = tmp_path / "out"
     cfg = _config(files, out, api.url)
     api.script.extend([{}] * 5 + [{"hang_s": 20}])  # the 6th judge request never answers
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, json.dumps(cfg), KEY],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 90
-    while len(api.calls()) < 6:
-        assert child.poll() is None, child.stderr.read().decode()
-        assert time.monotonic() < deadline, "the child never reached the hanging request"
-        time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_at_request(api, [sys.executable, "-c", _CHILD, json.dumps(cfg), KEY], 6, 90)
     assert len(list(read_jsonl(out / "judgements.jsonl"))) == 5 and not (out / "pairs.jsonl").exists()
     with open(out / "judgements.jsonl", "a") as f:
         f.write('{"id": "0", "answ')  # as if the kill had hit a write

@@ -292,8 +292,12 @@ class LlavaLitModule(L.LightningModule):
             self.log("train/loss", loss_sum / tokens, prog_bar=True, batch_size=1)
         self.log("train/trained_tokens", tokens, batch_size=1)
         self.log("train/samples", samples, batch_size=1)
+        self._log_learning_rates(optimizer)
+
+    def _log_learning_rates(self, optimizer: torch.optim.Optimizer) -> None:
+        """``train/lr_<part>`` per optimiser group pair (a no-decay group has its twin's lr)."""
         for group in optimizer.param_groups:
-            if not group["name"].endswith("/no_decay"):  # same lr as its decay twin
+            if not group["name"].endswith("/no_decay"):
                 self.log(f"train/lr_{group['name']}", group["lr"], batch_size=1)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -173,9 +173,7 @@ class PreferenceLitModule(LlavaLitModule):
         )
         self.log("train/reward_accuracy", sums["reward_right"] / pairs, prog_bar=True, batch_size=1)
         self.log("train/pairs", sums["pairs"], batch_size=1)
-        for group in optimizer.param_groups:
-            if not group["name"].endswith("/no_decay"):
-                self.log(f"train/lr_{group['name']}", group["lr"], batch_size=1)
+        self._log_learning_rates(optimizer)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not self._has_trained_tokens(batch, batch_idx, "val"):

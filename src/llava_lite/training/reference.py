@@ -127,26 +127,24 @@ class Reference(nn.Module):
         self.cache_file = str(path)
         stamp = fingerprint(module, datamodule)
         stored = _read_cache(path)
-        if stored is not None and stored.get("fingerprint") == stamp:
-            self.table = {k: tuple(v) for k, v in stored["logps"].items()}
-            log.info("reference log-probs of %d pairs read from %s", len(self.table), path)
-            return
-        if resuming:
-            raise FileNotFoundError(
-                f"{path} is missing or was written for another model or data: a resumed run cannot "
-                "compute the reference from its trained model; restore that file or start afresh"
-            )
-        if module.trainer.is_global_zero:
-            why = (
-                "none there yet"
-                if stored is None
-                else "its fingerprint differs (model, data or tokenisation)"
-            )
-            log.info("computing reference log-probs into %s (%s)", path, why)
-            table = compute_logps(module, datamodule)
-            write_json_atomic(path, {"fingerprint": stamp, "logps": table})
-        module.trainer.strategy.barrier()
-        self.table = {k: tuple(v) for k, v in json.loads(path.read_text())["logps"].items()}
+        if stored is None or stored.get("fingerprint") != stamp:
+            if resuming:
+                raise FileNotFoundError(
+                    f"{path} is missing or was written for another model or data: a resumed run cannot "
+                    "compute the reference from its trained model; restore that file or start afresh"
+                )
+            if module.trainer.is_global_zero:
+                why = (
+                    "none there yet"
+                    if stored is None
+                    else "its fingerprint differs (model, data or tokenisation)"
+                )
+                log.info("computing reference log-probs into %s (%s)", path, why)
+                write_json_atomic(path, {"fingerprint": stamp, "logps": compute_logps(module, datamodule)})
+            module.trainer.strategy.barrier()
+            stored = json.loads(path.read_text())
+        self.table = {k: tuple(v) for k, v in stored["logps"].items()}
+        log.info("reference log-probs of %d pairs from %s", len(self.table), path)
 
     # ---- checkpoints ------------------------------------------------------------------
     @staticmethod
