@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,17 @@ class CrashAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at:
             raise RuntimeError("simulated crash")
+
+
+class KillAt(L.Callback):
+    """``kill -9`` of one rank at the start of step ``at`` (after the step-``at`` checkpoint):
+    no exception, no cleanup, as when a node dies. For runs launched as commands
+    (``+callbacks.kill._target_=helpers.KillAt`` with ``tests/`` on ``PYTHONPATH``)."""
+
+    def __init__(self, at: int, rank: int = 1) -> None:
+        self.at = at
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)

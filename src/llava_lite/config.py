@@ -133,6 +133,44 @@ class VideoConfig:
             raise ValueError(f"video.pool={self.pool}; must be >= 1")
 
 
+# LLM weight quantisation (``QuantizationConfig``): bitsandbytes' 4-bit formats and the dtypes
+# its kernels multiply dequantised weights in.
+QUANT_BITS = (4,)
+QUANT_TYPES = ("nf4", "fp4")
+QUANT_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class QuantizationConfig:
+    """The LLM's linear layers stored in 4 bits by bitsandbytes (QLoRA), as LLaVA's ``--bits 4
+    --quant_type nf4 --double_quant``; set as ``LLMConfig.quantization``.
+
+    Only the decoder's linear layers are quantised (transformers keeps the LM head, embeddings
+    and norms in full precision); the vision tower and projector are never touched. The 4-bit
+    weights are frozen, so the LLM trains through LoRA only (``module.lora``).
+    ``double_quant`` also quantises the per-block scales (about 0.37 bit a parameter saved);
+    ``compute_dtype`` is what the dequantised weights multiply in (null: ``LLMConfig.dtype``).
+    """
+
+    bits: int = 4
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits not in QUANT_BITS:
+            raise ValueError(f"model.llm.quantization.bits={self.bits!r}; valid: {list(QUANT_BITS)}")
+        if self.quant_type not in QUANT_TYPES:
+            raise ValueError(
+                f"model.llm.quantization.quant_type={self.quant_type!r}; valid: {list(QUANT_TYPES)}"
+            )
+        if self.compute_dtype is not None and self.compute_dtype not in QUANT_COMPUTE_DTYPES:
+            raise ValueError(
+                f"model.llm.quantization.compute_dtype={self.compute_dtype!r}; valid: "
+                f"{[None, *QUANT_COMPUTE_DTYPES]}"
+            )
+
+
 @dataclass
 class LLMConfig:
     """Which causal LM to use, and how its tokenizer is obtained.
@@ -153,6 +191,17 @@ class LLMConfig:
     pad_vocab_to_multiple_of: int = 1
     # Pickle (.bin) checkpoints can run code when loaded; only safetensors unless allowed.
     allow_pickle: bool = False
+    # null: full precision; set: 4-bit linear layers (QLoRA), see QuantizationConfig.
+    quantization: QuantizationConfig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantization, dict | DictConfig):
+            self.quantization = _from_dict(QuantizationConfig, dict(self.quantization))
+        elif self.quantization is not None and not isinstance(self.quantization, QuantizationConfig):
+            raise ValueError(
+                f"model.llm.quantization={self.quantization!r}; valid: null or a mapping such as "
+                "{bits: 4, quant_type: nf4, double_quant: true, compute_dtype: null}"
+            )
 
 
 @dataclass

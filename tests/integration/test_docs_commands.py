@@ -92,6 +92,10 @@ FINETUNE_DATA = (
 )
 DPO_STEPS = (*TINY_TRAIN, "global_batch_size=null", "data.batch_size=2", "data.num_workers=0")
 GPU_7B = "a real run trains a 7B model on GPUs from the hub's Vicuna and CLIP weights"
+NODES = (
+    "needs several GPU nodes; tests/integration/test_multinode.py launches the same way (the sbatch "
+    "script under a stand-in srun, torchrun, MASTER_ADDR / NODE_RANK) as two CPU 'nodes' on one machine"
+)
 HUB_TASK = "downloads the task's dataset from the Hugging Face hub"
 MODEL = "runs/train/s2/model"
 OV_MODEL = "runs/train/ov/model"  # a tiny_onevision model (several images and video), saved by the sandbox
@@ -148,6 +152,20 @@ QUICK: dict[str, Quick] = {
     "llava-lite-train experiment=llava_v1_5_finetune paths.data_dir=/data run_name=v15_7b_s2 "
     "module.gradient_checkpointing=true model.init_projector_from=runs/train/v15_7b_s1/projector.safetensors": (
         compose(GPU_7B)
+    ),
+    "llava-lite-train experiment=llava_v1_5_finetune trainer=fsdp2 trainer.devices=8 "
+    "module.gradient_checkpointing=true model.init_projector_from=runs/train/v15_7b_s1/projector.safetensors": (
+        compose(GPU_7B)
+    ),
+    # several nodes (docs/training.md, "Several nodes")
+    "sbatch --nodes=4 scripts/slurm/train_multinode.sbatch experiment=llava_v1_5_pretrain paths.data_dir=/data "
+    "data.batch_size=8": skip(NODES),
+    "torchrun --nnodes 4 --nproc-per-node 8 --node-rank 0 --master-addr node0.example --master-port 29500 "
+    "-m llava_lite.cli.train experiment=llava_v1_5_pretrain trainer=multinode trainer.num_nodes=4 "
+    "paths.data_dir=/data data.batch_size=8 run_name=v15_s1_4nodes": skip(NODES),
+    "MASTER_ADDR=node0.example MASTER_PORT=29500 NODE_RANK=0 llava-lite-train experiment=llava_v1_5_pretrain "
+    "trainer=multinode trainer.num_nodes=4 paths.data_dir=/data data.batch_size=8 run_name=v15_s1_4nodes": skip(
+        NODES
     ),
     # using the trained tiny model
     f"llava-lite-chat {MODEL} --image photo.jpg": run(*TWO_TOKENS, stdin="What is this?\n/reset\n/exit\n"),

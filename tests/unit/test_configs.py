@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Trainer
@@ -86,7 +87,7 @@ def _is_offline(model_node) -> bool:
 
 
 def _instantiate_trainer(trainer_node) -> None:
-    """A CPU-sized Trainer from the config; GPU-only strategies get their strategy object built."""
+    """A CPU-sized Trainer from the config; DeepSpeed (GPU-only) gets its strategy object built."""
     node = copy.deepcopy(trainer_node)
     strategy = node.get("strategy")
     target = strategy.get("_target_", "") if strategy is not None else ""
@@ -95,15 +96,15 @@ def _instantiate_trainer(trainer_node) -> None:
             pytest.skip("deepspeed is not installed (optional extra llava_lite[deepspeed])")
         instantiate(strategy)
         return
-    if target.endswith("FSDPStrategy"):  # Lightning allows FSDP on GPUs only
-        built = instantiate(strategy)
-        policy = built.kwargs["auto_wrap_policy"]
-        assert isinstance(policy, ModuleWrapPolicy) and "LlamaDecoderLayer" in repr(policy._module_classes)
-        return
     with open_dict(node):
         node.accelerator, node.devices, node.precision = "cpu", 1, "32-true"
     trainer = instantiate(node, logger=False, enable_checkpointing=False)
     assert isinstance(trainer, Trainer)
+    if target.endswith(".FSDPStrategy"):  # llava_lite's, which also runs on CPU processes
+        policy = trainer.strategy.kwargs["auto_wrap_policy"]
+        assert isinstance(policy, ModuleWrapPolicy) and "LlamaDecoderLayer" in repr(policy._module_classes)
+    if target.endswith(".FSDP2Strategy"):
+        assert trainer.strategy.param_dtype == torch.bfloat16
 
 
 def test_every_config_file_is_covered() -> None:
@@ -188,6 +189,9 @@ def test_trainer_configs(option: str, train_file: Path) -> None:
         assert cfg.trainer.precision == "32-true"
     if option in ("gpu", "ddp", "fsdp") or option.startswith("deepspeed"):
         assert cfg.trainer.precision == "bf16-mixed"
+    if option == "fsdp2":  # bf16 compute through FSDP2's own policy, over float32 shards
+        assert cfg.trainer.precision == "32-true"
+        assert cfg.trainer.strategy.reduce_dtype == "float32"
     _instantiate_trainer(cfg.trainer)
 
 

@@ -14,9 +14,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
-from llava_lite.config import IGNORE_INDEX
+from llava_lite.config import IGNORE_INDEX, QuantizationConfig
 from llava_lite.training import LlavaLitModule
-from llava_lite.training.plan import GB, compose_plan, fit_table, format_plan, plan_run
+from llava_lite.training.plan import GB, compose_plan, fit_table, format_plan, four_bit_bytes, plan_run
 
 ROOT = Path(__file__).resolve().parents[2]
 # A "medium" model: a 4-layer Llama of width 256 and a wider tower, about 4M parameters.
@@ -30,6 +30,14 @@ MEDIUM = (
     "model.vision.arch.intermediate_size=512",
 )
 V15 = ("trainer.devices=8", "module.gradient_checkpointing=true")
+# LLaVA-1.5-7B stage 2 on one GPU, as docs/training.md's QLoRA section plans it
+ONE_GPU_7B = (
+    "model=llava_v1_5_7b",
+    "data=llava_v1_5_mix665k",
+    "trainer=gpu",
+    "trainer.devices=1",
+    "module.gradient_checkpointing=true",
+)
 
 
 def measured_peak(overrides: list[str], batch: int, seq_len: int, trained: int, trace: Path) -> float:
@@ -203,3 +211,32 @@ def test_unknown_checkpoint_or_data_is_one_clear_error() -> None:
         )
     with pytest.raises(ValueError, match=r"set plan\.samples"):
         plan_run(compose_plan(["experiment=tiny_finetune"]))
+
+
+def test_7b_qlora_stage_2_is_far_smaller_than_bf16_on_one_gpu() -> None:
+    qlora = plan_run(compose_plan(["experiment=finetune_qlora", *ONE_GPU_7B]))
+    lora = plan_run(compose_plan(["experiment=finetune_lora", *ONE_GPU_7B]))  # the same run, bf16 LLM
+    full = plan_run(compose_plan(["experiment=finetune", *ONE_GPU_7B]))
+    assert qlora.params == lora.params  # the same adapters and projector train
+    # Vicuna-7B's 32 decoder layers: q, k, v, o of 4096 x 4096 and gate, up, down of 4096 x 11008
+    four_bit = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    norms = (2 * 32 + 1) * 4096  # float32 under QLoRA (prepare_model_for_kbit_training), bf16 under LoRA
+    assert four_bit_bytes(QuantizationConfig()) == 0.5 + 1 / 64 + 1 / 4096  # NF4 + double-quantised scales
+    saved = four_bit * (2 - four_bit_bytes(QuantizationConfig())) - norms * (4 - 2)
+    assert lora.memory.weights - qlora.memory.weights == pytest.approx(saved, rel=1e-9)
+    assert qlora.memory.weights < 0.4 * lora.memory.weights
+    assert qlora.memory.total < 0.25 * full.memory.total and qlora.memory.states < 0.1 * full.memory.states
+    assert qlora.fits and not full.fits  # one 80 GB GPU
+    # the figures docs/training.md states are the planner's
+    docs = (ROOT / "docs" / "training.md").read_text()
+    section = docs[docs.index("## QLoRA") : docs.index("## On a CPU")]
+    assert "\n".join(format_plan(qlora).splitlines()[6:15]) in section
+    prose = " ".join(section.split())
+    assert f"(`experiment=finetune_lora`) plans {lora.memory.total / GB:.2f} GB" in prose
+    assert f"(`experiment=finetune`) {full.memory.total / GB:.2f} GB" in prose
+    small = plan_run(compose_plan(["experiment=finetune_qlora", *ONE_GPU_7B, "data.batch_size=4"]))
+    assert f"QLoRA plans {small.memory.total / GB:.2f} GB" in prose
+    assert f"({qlora.epoch_hours:.1f} h at 40%" in prose
+    with pytest.raises(ValueError, match="planned on one device or with DDP"):
+        plan_run(compose_plan(["experiment=finetune_qlora", "model=llava_v1_5_7b", "data=llava_v1_5_mix665k",
+                               "trainer=deepspeed_zero3", "trainer.devices=8"]))  # fmt: skip

@@ -91,6 +91,23 @@ def test_param_groups_only_trainable_and_no_decay_on_1d(pretrain_module: LlavaLi
     assert n_grouped == sum(p.numel() for p in parts["projector"].parameters())
 
 
+def test_param_groups_decide_decay_by_the_shape_before_flattening(pretrain_module: LlavaLitModule) -> None:
+    """FSDP1 keeps the parameter objects but turns each into a flat 1-D view of its shard: the
+    shapes recorded at construction still put weights under decay."""
+    parts = pretrain_module.model.components()
+    want = [[id(p) for p in g["params"]] for g in param_groups(parts, lr=1e-3, weight_decay=0.1)]
+    saved = {p: p.data for p in parts["projector"].parameters()}
+    try:
+        for p in saved:
+            p.data = p.data.flatten()  # as FSDP1 leaves them between steps
+        assert len(param_groups(parts, lr=1e-3, weight_decay=0.1)) == 1  # everything 1-D
+        groups = param_groups(parts, 1e-3, 0.1, ndims=pretrain_module._param_ndims)
+        assert [[id(p) for p in g["params"]] for g in groups] == want
+    finally:
+        for p, data in saved.items():
+            p.data = data
+
+
 def test_component_lr_and_norms_without_decay() -> None:
     module = LlavaLitModule(model=_tiny(), stage="finetune")
     parts = module.model.components()

@@ -35,6 +35,9 @@ def thread_count(requested: int | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Offline by construction: the demo needs nothing from the hub, and some installed
+    # packages look there at import (bitsandbytes fetches a CPU kernel on AVX512-BF16 CPUs).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="llava-lite-demo", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small CI-sized run (< 2 min)")
     parser.add_argument(

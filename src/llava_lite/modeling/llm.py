@@ -9,12 +9,22 @@ remote code runs only when ``trust_remote_code`` is on.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.utils import logging as hf_logging
 
-from llava_lite.config import LLMConfig
+from llava_lite.config import LLMConfig, QuantizationConfig
 from llava_lite.modeling.dtypes import resolve_dtype
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 
@@ -59,7 +69,13 @@ def build_llm(cfg: LLMConfig, tokenizer: Any, hf_config: PretrainedConfig | None
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    quantized = cfg.quantization is not None and hf_config is None
     if hf_config is not None:
+        if cfg.quantization is not None:
+            raise ValueError(
+                "model.llm.quantization applies when the LLM loads from model.llm.name_or_path or is built "
+                "from model.llm.arch; a saved model folder loads in full precision (set it to null)"
+            )
         llm = AutoModelForCausalLM.from_config(hf_config, **kwargs)
     elif cfg.name_or_path is None:
         arch = dict(cfg.arch)
@@ -68,6 +84,20 @@ def build_llm(cfg: LLMConfig, tokenizer: Any, hf_config: PretrainedConfig | None
             arch.setdefault(name, getattr(tokenizer, name))
         config = AutoConfig.for_model(cfg.model_type, **arch)
         llm = AutoModelForCausalLM.from_config(config, **kwargs)
+        if quantized:
+            # The route a real checkpoint takes: written out, then read back through
+            # from_pretrained, which quantises as it loads.
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a local round trip of a small model: no bars
+            try:
+                with tempfile.TemporaryDirectory(prefix="llava_lite_llm_") as folder:
+                    llm.save_pretrained(folder)
+                    llm = _load_quantized(folder, cfg, kwargs)
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
+    elif quantized:
+        llm = _load_quantized(cfg.name_or_path, cfg, kwargs)
     else:
         llm = AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path, use_safetensors=not cfg.allow_pickle or None, **kwargs
@@ -76,6 +106,51 @@ def build_llm(cfg: LLMConfig, tokenizer: Any, hf_config: PretrainedConfig | None
     if llm.config.pad_token_id is None:
         llm.config.pad_token_id = tokenizer.pad_token_id
     return llm
+
+
+def bnb_config(quantization: QuantizationConfig, dtype: torch.dtype) -> BitsAndBytesConfig:
+    """transformers' bitsandbytes settings for ``quantization`` (compute in ``dtype`` unless it names one)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "model.llm.quantization needs bitsandbytes: pip install 'llava_lite[qlora]'"
+        ) from err
+    compute = resolve_dtype(quantization.compute_dtype) if quantization.compute_dtype else dtype
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.quant_type,
+        bnb_4bit_use_double_quant=quantization.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def _load_quantized(source: str, cfg: LLMConfig, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """``from_pretrained`` with 4-bit linear layers, quantised on this process's GPU when there is one."""
+    assert cfg.quantization is not None
+    # Each rank quantises on its own GPU (LOCAL_RANK, as launchers set it), not all on GPU 0;
+    # Lightning moves the module again if the trainer runs elsewhere.
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    llm = AutoModelForCausalLM.from_pretrained(
+        source,
+        quantization_config=bnb_config(cfg.quantization, kwargs["dtype"]),
+        device_map={"": device},
+        use_safetensors=not cfg.allow_pickle or None,
+        **kwargs,
+    )
+    for layer in llm.modules():
+        if hasattr(layer, "support_avx512bf16_for_cpu"):
+            # bitsandbytes (0.50) repacks a layer's 4-bit weight for a bf16 CPU kernel at its first
+            # eval forward on an AVX512-BF16 CPU and keeps it so; later training steps then backprop
+            # through that kernel, which has no autograd formula: silently wrong gradients. CPU runs
+            # keep the one dequantise-and-matmul path, in the compute dtype. GPUs never take it.
+            layer.support_avx512bf16_for_cpu = False
+    return llm
+
+
+def is_quantized(llm: Any) -> bool:
+    """Whether the LLM (or the model a peft wrapper holds) was loaded with 4-bit weights."""
+    return bool(getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_quantized", False))
 
 
 def resize_for_tokenizer(llm: PreTrainedModel, tokenizer: Any, multiple_of: int = 1) -> None:

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.tensor import DTensor
 
 from llava_lite.training.projector import NEWLINE_KEY, save_projector
+from llava_lite.training.strategies import full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +42,24 @@ class ProjectorCheckpoint(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        prefix = "model.projector."
         full = checkpoint.get("state_dict") or {}
-        state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
-        if state and "model.image_newline.weight" in full:
-            state[NEWLINE_KEY] = full["model.image_newline.weight"]
-        self._write(trainer, pl_module, state)
+        if any(isinstance(v, DTensor | ShardedTensor) for v in full.values()):  # every rank a shard
+            full = full_state_dict(trainer.strategy.model)
+        self._write(trainer, pl_module, _projector_state(full))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._written_at_step != trainer.global_step:
-            self._write(trainer, pl_module, None)
+            sharded = is_sharded(trainer.strategy)
+            state = _projector_state(full_state_dict(trainer.strategy.model)) if sharded else None
+            self._write(trainer, pl_module, state)
         if trainer.is_global_zero:
             log.info("projector weights written to %s", self.path)
+
+
+def _projector_state(full: dict[str, Any]) -> dict[str, Any]:
+    """The projector's (and AnyRes newline's) weights out of the module's full state dict."""
+    prefix = "model.projector."
+    state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+    if state and "model.image_newline.weight" in full:
+        state[NEWLINE_KEY] = full["model.image_newline.weight"]
+    return state

@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from llava_lite.modeling.llm import is_quantized
+
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "finetune")
@@ -44,7 +46,9 @@ def apply_stage(components: dict[str, nn.Module], stage: str, train_vision: bool
         raise ValueError(f"model.components() lacks {missing}; expected {list(COMPONENTS)}")
     trained = trainable_components(stage, train_vision)
     for name, module in components.items():
-        module.requires_grad_(name in trained)
+        for p in module.parameters():
+            # 4-bit (QLoRA) weights are integer storage: they never take gradients
+            p.requires_grad_(name in trained and p.is_floating_point())
     return trained
 
 
@@ -53,12 +57,23 @@ def apply_lora(llm: nn.Module, lora: dict[str, Any]) -> nn.Module:
 
     ``lora`` keys are ``peft.LoraConfig`` fields (``r``, ``lora_alpha``, ``lora_dropout``,
     ``target_modules``, ...). ``peft`` is the optional extra ``llava_lite[lora]``.
+    A 4-bit LLM (QLoRA) first goes through peft's ``prepare_model_for_kbit_training``, as
+    LLaVA's ``--bits 4`` does: every base weight frozen, the full-precision ones upcast to
+    float32; then, as LLaVA's ``train.py``, the embeddings and LM head go back to the LLM's dtype
+    (norms stay float32), so the residual stream and logits are not float32 in a bf16 run.
     """
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     except ImportError as err:  # pragma: no cover - peft is in the dev extra
         raise ImportError("LoRA needs peft: pip install 'llava_lite[lora]'") from err
     config = LoraConfig(task_type="CAUSAL_LM", **lora)
+    if is_quantized(llm):
+        dtype = llm.get_input_embeddings().weight.dtype
+        # Checkpointing is the module's own setting (non-reentrant, so inputs need no grad hook).
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
+        for embeddings in (llm.get_input_embeddings(), llm.get_output_embeddings()):
+            if embeddings is not None:
+                embeddings.to(dtype)
     return get_peft_model(llm, config)
 
 

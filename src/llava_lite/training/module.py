@@ -25,6 +25,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import IGNORE_INDEX, LlavaModel
+from llava_lite.modeling.dtypes import resolve_dtype
 from llava_lite.modeling.llava import VISUAL_INPUTS, ImageTokenMismatch, LossTerms
 from llava_lite.modeling.llm import check_packed_attention
 from llava_lite.modeling.load import load_pretrained
@@ -36,7 +37,9 @@ from llava_lite.training.freeze import (
 )
 from llava_lite.training.optim import build_adamw, build_cosine_schedule, param_groups
 from llava_lite.training.projector import load_projector
+from llava_lite.training.qlora import load_quant_state, merged_llm
 from llava_lite.training.rng import rng_states, set_rng_states
+from llava_lite.training.strategies import FSDP2Strategy, is_fsdp1, shard_fsdp2
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,8 @@ class LlavaLitModule(L.LightningModule):
         optimizer: AdamW settings: ``lr``, ``component_lr`` (e.g. ``{projector: 2e-5}``),
             ``weight_decay``, ``betas``, ``eps``.
         warmup_ratio: share of optimiser steps with linear warmup before the cosine decay.
-        lora: ``peft.LoraConfig`` fields to train the LLM through LoRA (finetune only).
+        lora: ``peft.LoraConfig`` fields to train the LLM through LoRA (finetune only); with
+            ``model.llm.quantization`` set, QLoRA: LoRA on the 4-bit LLM, the only way it trains.
         init_from: a saved model folder (this library's, llava-hf or original LLaVA) that this
             stage starts from, config and weights; ``model`` is then not used. Later stages
             (preference tuning) start from a stage-2 folder this way.
@@ -134,6 +138,17 @@ class LlavaLitModule(L.LightningModule):
         self.linear_cross_entropy = liger_linear_cross_entropy() if fused_cross_entropy == "liger" else None
         if lora and stage != "finetune":
             raise ValueError(f"LoRA trains the LLM, which stage {stage!r} keeps frozen; use stage 'finetune'")
+        quantized = ((model or {}).get("llm") or {}).get("quantization") is not None
+        if quantized and init_from:
+            raise ValueError(
+                "model.llm.quantization (QLoRA) loads the LLM from model.llm.name_or_path; module.init_from "
+                "loads a saved folder in full precision: set one of them"
+            )
+        if quantized and stage == "finetune" and not lora:
+            raise ValueError(
+                "model.llm.quantization keeps the LLM's 4-bit weights frozen: stage 'finetune' trains it "
+                "through LoRA only; set module.lora (experiment=finetune_qlora)"
+            )
         self.save_hyperparameters()
         self.optimizer_cfg = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
 
@@ -163,6 +178,8 @@ class LlavaLitModule(L.LightningModule):
                     p.data = p.data.float()
         if compile_llm:
             self.model.llm.get_decoder().compile()
+        # FSDP1 keeps these parameter objects but makes them flat views of shards: remember shapes
+        self._param_ndims = {id(p): p.ndim for p in self.model.parameters()}
         self.empty_batches = 0
         self._batch_start = 0.0
         self._step_loss: torch.Tensor | float = 0.0  # summed token loss of this optimiser step (local)
@@ -194,6 +211,15 @@ class LlavaLitModule(L.LightningModule):
                 "finetune without model.init_projector_from: the projector starts from random weights"
             )
 
+    def configure_model(self) -> None:
+        # FSDP2 shards in place, here; the other strategies wrap the module themselves.
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy):
+            # training_step calls loss_terms, not forward: it must gather the root's shards too
+            blocks = shard_fsdp2(self.model, strategy, methods=("loss_terms",))
+            if blocks is not None:
+                log.info("FSDP2: %d transformer blocks and the root sharded", blocks)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning does not checkpoint the global RNGs; without them a resumed run reshuffles
         # map-style data and redraws dropout masks differently from an uninterrupted one.
@@ -205,6 +231,8 @@ class LlavaLitModule(L.LightningModule):
         # draws its base seed) may be created before any later hook runs.
         if RNG_KEY in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             set_rng_states(checkpoint[RNG_KEY])
+        if self.model.config.llm.quantization is not None:  # QLoRA: bitsandbytes cannot load its own
+            load_quant_state(self, checkpoint["state_dict"])
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
@@ -318,9 +346,25 @@ class LlavaLitModule(L.LightningModule):
         self.log("val/loss", loss_sum / n_tokens, prog_bar=True, sync_dist=True, batch_size=n_tokens)
 
     # ---- optimisation ------------------------------------------------------------------
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning's FSDP precision refuses norm clipping; FSDP's own clip_grad_norm_ takes the
+        # norm over every rank's shards, as a single process would.
+        wrapped = self.trainer.strategy.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_fsdp1(wrapped):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_cfg
-        groups = param_groups(self.model.components(), cfg["lr"], cfg["weight_decay"], cfg["component_lr"])
+        groups = param_groups(
+            self.model.components(), cfg["lr"], cfg["weight_decay"], cfg["component_lr"], self._param_ndims
+        )
         optimizer = build_adamw(groups, cfg["lr"], betas=cfg["betas"], eps=cfg["eps"])
         total = self.trainer.estimated_stepping_batches
         scheduler = build_cosine_schedule(optimizer, total, self.hparams.warmup_ratio)
@@ -328,9 +372,11 @@ class LlavaLitModule(L.LightningModule):
 
     # ---- export ------------------------------------------------------------------------
     def export_model(self, path: str | Path) -> Path:
-        """Save the trained ``LlavaModel`` (LoRA merged into the LLM) for generation and eval."""
-        if self.hparams.lora:
-            self.model.llm = self.model.llm.merge_and_unload()
+        """Save the trained ``LlavaModel`` (LoRA merged into the LLM, a 4-bit LLM dequantised first)
+        for generation and eval; the saved model is full precision."""
+        if self.hparams.lora or self.model.config.llm.quantization is not None:
+            self.model.llm = merged_llm(self.model.llm, resolve_dtype(self.model.config.llm.dtype))
+            self.model.config.llm.quantization = None
         self.model.save_pretrained(path)
         return Path(path)
 

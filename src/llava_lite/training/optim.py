@@ -19,13 +19,17 @@ def param_groups(
     lr: float,
     weight_decay: float = 0.0,
     component_lr: dict[str, float | None] | None = None,
+    ndims: dict[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Trainable parameters grouped as ``{component}`` and ``{component}/no_decay``.
 
     Biases and normalisation weights (every parameter with fewer than 2 dimensions) get no
     weight decay. ``component_lr`` maps a component name to its own learning rate; missing or
     ``None`` means ``lr``. Frozen parameters are left out, so they carry no optimiser state.
+    ``ndims`` (``id(parameter) -> ndim``, taken before sharding) gives the dimensions where
+    FSDP1 has turned every parameter into a flat 1-D view of its shard.
     """
+    ndims = ndims or {}
     component_lr = component_lr or {}
     unknown = sorted(set(component_lr) - set(components))
     if unknown:
@@ -38,7 +42,7 @@ def param_groups(
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if ndims.get(id(p), p.ndim) >= 2 else no_decay).append(p)
         group_lr = component_lr.get(name)
         group_lr = lr if group_lr is None else group_lr
         if decay:

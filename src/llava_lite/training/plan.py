@@ -14,6 +14,11 @@ vision side. FLOPs: 6 x parameters x tokens where weights train, 4x where only a
 gradients pass (a frozen LLM above a trained projector), 2x for forward-only parts (a frozen
 tower), plus a forward pass again when checkpointing. ``docs/training.md`` shows the arithmetic
 and how the CPU estimate compares with measured peaks.
+
+QLoRA (``model.llm.quantization``): the decoder's frozen linear weights at 4 bits plus their
+quantisation constants (:func:`four_bit_bytes`), its norms in float32 when LoRA trains it (peft's
+``prepare_model_for_kbit_training``), embeddings and LM head in ``model.llm.dtype``; one device
+or DDP only.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, CLIPImageProcessor, PretrainedConfig
 
-from llava_lite.config import LlavaConfig
+from llava_lite.config import LlavaConfig, QuantizationConfig
 from llava_lite.hydra_conf import config_dir
 from llava_lite.modeling import LlavaModel
 from llava_lite.modeling.tokenizer import build_tiny_tokenizer
 from llava_lite.training.freeze import apply_lora, apply_stage
 
 GB = 1e9
+# bitsandbytes' 4-bit layout: one scale (absmax) per block of 64 weights; double quantisation
+# stores the scales in 8 bits with one float32 scale per 256 of them (QLoRA paper, section 3).
+FOUR_BIT_BLOCK = 64
+DOUBLE_QUANT_BLOCK = 256
 
 # The architectures of the hub checkpoints the shipped presets name (their config.json values,
 # the fields that set shapes), and the length of each tokenizer, so planning needs no download.
@@ -141,6 +150,7 @@ class Sharding:
     deepspeed: bool = False
     buffers_elements: float = 0.0  # communication buckets, in elements of the compute dtype
     gathered_layers: int = 0  # full layers a sharded-weight strategy holds gathered at once
+    precision: str | None = None  # the strategy's own compute precision (FSDP2's param_dtype)
 
 
 @dataclass
@@ -250,6 +260,7 @@ def meta_model(config: LlavaConfig) -> LlavaModel:
     adds), the image processor by a default one; nothing is read from disk or network.
     """
     config = LlavaConfig.from_dict(config.to_dict())
+    config.llm.quantization = None  # shapes only; the planner counts 4-bit bytes itself
     if config.llm.attn_implementation not in (None, "eager", "sdpa"):
         # flash / flex attention keep no score matrix, as sdpa: the same memory, no kernel needed here
         config.llm.attn_implementation = "sdpa"
@@ -330,7 +341,15 @@ def sharding(trainer_cfg: DictConfig, devices: int) -> Sharding:
             gathered_layers=2 if full else 0,
         )
     if issubclass(cls, ModelParallelStrategy):
-        return Sharding("FSDP2 (fully_shard)", weights=n, gradients=n, optimizer=n, gathered_layers=2)
+        bf16 = str(settings.get("param_dtype")) in ("bfloat16", "bf16")  # gathered in bf16 for compute
+        return Sharding(
+            "FSDP2 (fully_shard)" + (", bf16 compute" if bf16 else ""),
+            weights=n,
+            gradients=n,
+            optimizer=n,
+            gathered_layers=2,
+            precision="bf16-mixed" if bf16 else None,
+        )
     if issubclass(cls, DDPStrategy | SingleDeviceStrategy):
         return Sharding("single device" if devices == 1 else "DDP")
     raise ValueError(f"trainer.strategy {cls.__name__}: the planner knows DDP, FSDP, FSDP2 and DeepSpeed")
@@ -398,15 +417,22 @@ def plan_run(cfg: DictConfig) -> Plan:
     module_cfg = cfg.module
     model_cfg = LlavaConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
     stage = str(module_cfg.stage)
+    devices = _devices(cfg.trainer, settings)
+    shard = sharding(cfg.trainer, devices)
+    quantization = model_cfg.llm.quantization
+    if quantization is not None and (shard.weights > 1 or shard.gathered_layers):
+        raise ValueError(
+            f"model.llm.quantization (QLoRA) is planned on one device or with DDP; {shard.name} shards the "
+            "weights, which bitsandbytes' 4-bit layers here are not set up for"
+        )
     model = meta_model(model_cfg)
     apply_stage(model.components(), stage, train_vision=not model_cfg.vision.freeze)
     lora = module_cfg.get("lora")
     if lora:
-        model.llm = apply_lora(model.llm, OmegaConf.to_container(lora, resolve=True))  # type: ignore[arg-type]
+        with torch.device("meta"):  # the adapters too: peft would otherwise initialise them on the CPU
+            model.llm = apply_lora(model.llm, OmegaConf.to_container(lora, resolve=True))  # type: ignore[arg-type]
     params = _params(model)
-    devices = _devices(cfg.trainer, settings)
-    shard = sharding(cfg.trainer, devices)
-    precision = str(cfg.trainer.get("precision", "32-true"))
+    precision = shard.precision or str(cfg.trainer.get("precision", "32-true"))
     samples, text_tokens, longest_text, notes = _dataset(cfg, settings)
 
     grid = model.image_grid
@@ -419,10 +445,16 @@ def plan_run(cfg: DictConfig) -> Plan:
     global_batch = int(cfg.get("global_batch_size") or micro * devices)
     ckpt = bool(module_cfg.get("gradient_checkpointing", False))
     memory = _memory(model, params, shard, precision, bool(module_cfg.get("fp32_trainable", True)),
-                     micro, seq_len, trained, ckpt)  # fmt: skip
+                     micro, seq_len, trained, ckpt, quantization, bool(lora))  # fmt: skip
     flops = _flops_per_sample(model, params, text_tokens, ckpt)
     if grid.anyres:
         notes.append("AnyRes: images planned at their largest grid")
+    if quantization is not None:
+        notes.append(
+            f"QLoRA: {_four_bit_params(model):,} LLM weights at {four_bit_bytes(quantization):.4f} bytes "
+            f"({quantization.quant_type}, double quantisation {'on' if quantization.double_quant else 'off'})"
+            + ("; its norms in float32 (prepare_model_for_kbit_training)" if lora else "")
+        )
     if cfg.data.get("packing") and cfg.data.packing.get("enabled"):
         notes.append("packing: planned as padded rows of seq_len tokens, an upper bound")
     if not str(module_cfg.get("_target_", "")).endswith(".LlavaLitModule"):
@@ -464,6 +496,45 @@ def _choice(cfg: DictConfig, group: str) -> str:
     return str(choice or "?")
 
 
+def four_bit_bytes(quantization: QuantizationConfig) -> float:
+    """Bytes of one 4-bit weight with its share of the quantisation constants: 0.5 + 1/64 + 1/4096
+    (8-bit scales and their float32 scales) with double quantisation, 0.5 + 4/64 without."""
+    if quantization.double_quant:
+        return 0.5 + 1 / FOUR_BIT_BLOCK + 4 / (FOUR_BIT_BLOCK * DOUBLE_QUANT_BLOCK)
+    return 0.5 + 4 / FOUR_BIT_BLOCK
+
+
+def _four_bit_params(model: LlavaModel) -> int:
+    """Weights bitsandbytes stores in 4 bits: the decoder's frozen linear layers (not LoRA's, nor the
+    LM head, embeddings or norms, which transformers leaves in full precision)."""
+    return sum(
+        m.weight.numel()
+        for m in model.llm.get_decoder().modules()
+        if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+    )
+
+
+def _embedding_params(model: LlavaModel) -> int:
+    """The LLM's input embedding and LM head (once if tied)."""
+    weights = {
+        id(m.weight): m.weight.numel()
+        for m in (model.llm.get_input_embeddings(), model.llm.get_output_embeddings())
+    }
+    return sum(weights.values())
+
+
+def _lora_dropout_inputs(model: LlavaModel) -> float:
+    """Elements per token and decoder layer that LoRA's dropout copies (its own input to ``lora_A``)."""
+    from peft.tuners.lora import LoraLayer
+
+    total = 0
+    for m in model.llm.get_decoder().modules():
+        if isinstance(m, LoraLayer):
+            dropouts = [d for d in m.lora_dropout.values() if isinstance(d, torch.nn.Dropout) and d.p > 0]
+            total += len(dropouts) * int(m.in_features)
+    return total / int(model.llm.config.num_hidden_layers)
+
+
 def _memory(
     model: LlavaModel,
     params: dict[str, tuple[int, int]],
@@ -474,6 +545,8 @@ def _memory(
     seq_len: int,
     trained: int,
     ckpt: bool,
+    quantization: QuantizationConfig | None = None,
+    lora: bool = False,
 ) -> Memory:
     """Per-device bytes at the step's peak (see the module docstring and docs/training.md)."""
     half = precision.startswith(("bf16", "16"))
@@ -490,7 +563,13 @@ def _memory(
     n_t = sum(t for t, _ in params.values())
     n_f = sum(f for _, f in params.values())
     cmp = 2 if half else w_f  # activation bytes under autocast / a half module
-    weights = (n_t * w_t + n_f * w_f) / shard.weights + shard.gathered_layers * _largest_layer(model) * cmp
+    frozen = n_f * w_f
+    if quantization is not None:  # QLoRA's 4-bit linear weights; LoRA's preparation upcasts the norms
+        n_q = _four_bit_params(model)
+        n_norms = params["llm"][1] - n_q - _embedding_params(model)
+        norm_bytes = 4 if lora and not (shard.deepspeed or true_half) else w_f
+        frozen = n_q * four_bit_bytes(quantization) + n_norms * norm_bytes + (n_f - n_q - n_norms) * w_f
+    weights = (n_t * w_t + frozen) / shard.weights + shard.gathered_layers * _largest_layer(model) * cmp
     gradients = n_t * g_t / shard.gradients
     optimizer = n_t * o_t / shard.optimizer
     buffers = shard.buffers_elements * cmp
@@ -502,11 +581,15 @@ def _memory(
     kv = int(getattr(cfg, "num_key_value_heads", None) or heads) * head_dim
     f = int(getattr(cfg, "intermediate_size", None) or 4 * d)
     llm_trains = params["llm"][0] > 0
-    # the residual stream keeps the LLM weights' dtype; matmul outputs are in the compute dtype
-    res = cmp if shard.deepspeed or true_half else (w_t if llm_trains else w_f)
+    # the residual stream keeps the embeddings' dtype (float32 if they train, else the frozen
+    # weights' dtype, as under LoRA); matmul outputs are in the compute dtype
+    embedding_trains = model.llm.get_input_embeddings().weight.requires_grad
+    res = cmp if shard.deepspeed or true_half else (w_t if embedding_trains else w_f)
     cast = d * cmp * 2 if res != cmp else 0  # autocast's copies of the two norm outputs
     if llm_trains:  # one decoder layer, per token: norms' inputs and outputs, q/k/v, attention, MLP
         per_token = 4 * d * res + cast + (3 * d + 2 * kv) * cmp + 4 * f * cmp
+        if lora:  # each adapter's dropout keeps its output (and autocast's copy of it) and a mask
+            per_token += _lora_dropout_inputs(model) * (res + (cmp if res != cmp else 0) + 1)
     else:  # frozen weights: linear layers keep no inputs (only activation gradients pass)
         per_token = 2 * d * res + (2 * d + 2 * kv) * cmp + 3 * f * cmp
     if getattr(cfg, "_attn_implementation", "sdpa") == "eager":
@@ -556,21 +639,28 @@ def _flops_per_sample(
     model: LlavaModel, params: dict[str, tuple[int, int]], text_tokens: int, ckpt: bool
 ) -> float:
     """Training FLOPs of one mean sample: 2 forward + 2 activation-gradient + 2 weight-gradient per
-    parameter and token; the input embedding is a lookup (no FLOPs), the head runs on text."""
+    parameter and token; the input embedding is a lookup (no FLOPs), the head runs on text. A
+    frozen LLM weight under trained ones (LoRA's base) or above a trained projector costs 4."""
     grid = model.image_grid
     tower = model.vision_tower
     views = _views_per_sample(model)
     view_tokens = tower.num_patches + tower.num_prefix_tokens
     tower_t, tower_f = params["vision_tower"]
     proj_t, proj_f = params["projector"]
-    llm_t, llm_f = params["llm"]
-    embed = model.llm.get_input_embeddings().weight.numel()
-    head = model.llm.get_output_embeddings().weight.numel()
-    body = llm_t + llm_f - embed - head
+    llm_t = params["llm"][0]
+    embedding = model.llm.get_input_embeddings().weight
+    body_t = body_f = 0  # the decoder's weights without the embedding, trained / frozen
+    for p in model.llm.get_decoder().parameters():
+        if p is not embedding:
+            body_t, body_f = (body_t + p.numel(), body_f) if p.requires_grad else (body_t, body_f + p.numel())
+    body = body_t + body_f
+    head_weight = model.llm.get_output_embeddings().weight
+    head = head_weight.numel()
     tokens = grid.max_tokens + text_tokens
     below_trains = tower_t + proj_t > 0  # activation gradients must pass through the LLM
-    llm_mult = 6 if llm_t else (4 if below_trains else 2)
-    flops = llm_mult * body * tokens + llm_mult * head * text_tokens
+    frozen_mult = 4 if llm_t or below_trains else 2
+    head_mult = 6 if head_weight.requires_grad else frozen_mult
+    flops = (6 * body_t + frozen_mult * body_f) * tokens + head_mult * head * text_tokens
     if ckpt:
         flops += 2 * body * tokens
     flops += (6 if proj_t else 2) * (proj_t + proj_f) * grid.max_tokens

@@ -22,6 +22,7 @@ from llava_lite.hydra_conf import config_dir
 from llava_lite.modeling import LlavaModel
 from llava_lite.training.callbacks import ProjectorCheckpoint
 from llava_lite.training.module import LlavaLitModule
+from llava_lite.training.strategies import full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,10 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
     ckpt_cb = trainer.checkpoint_callback
     model_dir = None
-    if cfg.get("export_model") and trainer.is_global_zero:
+    if cfg.get("export_model"):  # every rank: gathering FSDP shards is a collective
         last = ckpt_cb.last_model_path if ckpt_cb else None
-        model_dir = str(_export(trainer, module, output_dir, last))
+        exported = _export(trainer, module, output_dir, last)
+        model_dir = str(exported) if exported else None
     projector_path = next((c.path for c in trainer.callbacks if isinstance(c, ProjectorCheckpoint)), None)
     return {
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -131,24 +133,29 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
 def _export(
     trainer: L.Trainer, module: LlavaLitModule, output_dir: Path, last_checkpoint: str | None
-) -> Path:
-    """Save the final ``LlavaModel``; sharded strategies go through their consolidated checkpoint."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+) -> Path | None:
+    """Save the final ``LlavaModel`` from rank 0 (``None`` elsewhere). FSDP / FSDP2 gather the
+    whole weights from every rank's shard into an unsharded copy on rank 0's CPU; ZeRO-3
+    consolidates its last checkpoint."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
 
     strategy = trainer.strategy
-    sharded = isinstance(strategy, FSDPStrategy) or (
-        isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
-    )
-    if sharded:
+    if is_sharded(strategy):
+        state = full_state_dict(strategy.model)  # every rank takes part; rank 0 gets the weights
+        if not trainer.is_global_zero:
+            return None
+        module = type(module)(**module.hparams)
+        module.load_state_dict(state)
+    elif isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+        if not trainer.is_global_zero:
+            return None
         if not last_checkpoint:
-            raise ValueError(
-                "export_model under FSDP / ZeRO-3 reads the last checkpoint: keep save_last=true"
-            )
-        if isinstance(strategy, DeepSpeedStrategy):
-            from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+            raise ValueError("export_model under ZeRO-3 reads the last checkpoint: keep save_last=true")
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
-            consolidated = output_dir / "consolidated.ckpt"
-            convert_zero_checkpoint_to_fp32_state_dict(last_checkpoint, consolidated)
-            last_checkpoint = str(consolidated)
-        module = LlavaLitModule.load_from_checkpoint(last_checkpoint, map_location="cpu")
+        consolidated = output_dir / "consolidated.ckpt"
+        convert_zero_checkpoint_to_fp32_state_dict(last_checkpoint, consolidated)
+        module = type(module).load_from_checkpoint(str(consolidated), map_location="cpu")
+    elif not trainer.is_global_zero:
+        return None
     return module.export_model(output_dir / "model")
