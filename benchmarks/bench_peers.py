@@ -5,7 +5,7 @@ Both sides train one llava-hf folder (``LlavaForConditionalGeneration``: the ``v
 weights exported by ``export_to_hf_llava``) on the same single-turn LLaVA records, in file order:
 
 - **ours**: ``llava_lite.training.train(cfg)``, the ``llava-lite-train`` path (``LlavaLitModule``,
-  ``LlavaDataModule``, Lightning), ``experiment=finetune +module.init_from=<folder>``: the folder is read
+  ``LlavaDataModule``, Lightning), ``experiment=finetune module.init_from=<folder>``: the folder is read
   by ``load_pretrained``, the projector and LLM train, the tower is frozen, the loss is the token mean
   over the answer tokens of each optimiser step. ``--packing`` packs each batch into rows
   (``data.packing``); off by default, as slower here: these samples differ little in length (15% of a
@@ -331,7 +331,7 @@ def run_ours(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     overrides = [
         "experiment=finetune",
         "trainer=cpu",
-        f"+module.init_from={folder / MODEL_DIR}",
+        f"module.init_from={folder / MODEL_DIR}",
         f"module.optimizer.lr={args.lr}",
         "module.warmup_ratio=0.0",
         f"data.train_files={folder / RECORDS}",
