@@ -21,8 +21,10 @@ class ProjectorCheckpoint(L.Callback):
 
     This is what stage 2 loads through ``model.init_projector_from``; the Lightning checkpoint
     beside it remains the thing to resume from. Weights come from the checkpoint's full state
-    dict when it has one (so FSDP's gathered ``state_dict_type: full`` works), else from the
-    module, which must then be unsharded on rank 0 (single device, DDP, ZeRO-2).
+    dict when it has one (FSDP's ``state_dict_type: full`` gathers one on rank 0); FSDP's and
+    FSDP2's sharded checkpoints, and the end of a sharded run, gather them from every rank (a
+    collective); otherwise they come from the module, unsharded on rank 0 (single device, DDP,
+    ZeRO-2).
     """
 
     def __init__(self, path: str | Path) -> None:
