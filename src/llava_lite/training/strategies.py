@@ -137,7 +137,7 @@ def shard_fsdp2(model: nn.Module, strategy: FSDP2Strategy, methods: tuple[str, .
     policy = MixedPrecisionPolicy(param_dtype=strategy.param_dtype, reduce_dtype=strategy.reduce_dtype)
     names = block_class_names(model)
     blocks = [m for m in model.modules() if type(m).__name__ in names]
-    for block in blocks:
+    for block in reversed(blocks):  # inner before outer, should a listed block hold another
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     for method in methods:
