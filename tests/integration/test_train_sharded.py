@@ -11,6 +11,8 @@
 - export a model (native, then llava-hf) whose logits equal the one-process model's.
 
 ``trainer=fsdp2`` as shipped (bf16 gather over float32 shards) also trains once, near float32.
+``trainer=deepspeed`` (ZeRO-2, stage 1) and ``trainer=deepspeed_zero3`` (stage 2, packed) pass the
+same checks on DeepSpeed's CPU accelerator where the extra ``llava_lite[deepspeed]`` is installed.
 
 How this differs from a GPU run is in ``docs/training.md`` ("FSDP and FSDP2").
 """
@@ -18,6 +20,7 @@ How this differs from a GPU run is in ``docs/training.md`` ("FSDP and FSDP2").
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -54,6 +57,8 @@ def common(stage: str, packing: bool) -> list[str]:
 
 
 def strategy_overrides(strategy: str, sharded: bool) -> list[str]:
+    if strategy.startswith("deepspeed"):  # a checkpoint folder of per-rank partitions, always
+        return [f"trainer={strategy}"]
     if strategy == "fsdp":
         kind = "sharded" if sharded else "full"
         return ["trainer=fsdp", f"trainer.strategy.state_dict_type={kind}"]
@@ -155,6 +160,9 @@ def logits(model: LlavaModel) -> torch.Tensor:
 
 
 def checkpoint_kind(path: Path) -> str:
+    if (path / "checkpoint").is_dir():  # DeepSpeed: model states and each rank's optimiser partition
+        assert len(list((path / "checkpoint").glob("*optim_states.pt"))) == 2
+        return "sharded"
     if path.is_dir():  # torch.distributed.checkpoint: a file per rank's shard
         assert len(list(path.glob("*.distcp"))) == 2, sorted(p.name for p in path.iterdir())
         return "sharded"
@@ -169,13 +177,22 @@ CASES = [  # (strategy, stage, packing, sharded checkpoint)
     for s in ("fsdp", "fsdp2")
     for stage, packing, sharded in (("stage1", False, False), ("stage2", True, True))
 ]
+# DeepSpeed (its CPU accelerator over gloo): ZeRO-2 for stage 1, ZeRO-3 for stage 2, as LLaVA's scripts.
+CASES += [("deepspeed", "stage1", False, True), ("deepspeed_zero3", "stage2", True, True)]
 IDS = [f"{s}-{st}-{'packed' if p else 'padded'}-{'sharded' if sh else 'full'}" for s, st, p, sh in CASES]
+NEEDS_DEEPSPEED = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="deepspeed is not installed (optional extra llava_lite[deepspeed])",
+)
+PARAMS = [
+    pytest.param(*case, id=i, marks=NEEDS_DEEPSPEED if case[0].startswith("deepspeed") else ())
+    for case, i in zip(CASES, IDS, strict=True)
+]
 
 
 @pytest.mark.parametrize(
     ("strategy", "stage", "packing", "sharded"),
-    CASES,
-    ids=IDS,
+    PARAMS,
 )
 def test_trains_saves_and_exports_as_one_process(
     root: Path, strategy: str, stage: str, packing: bool, sharded: bool
@@ -217,8 +234,7 @@ def test_trains_saves_and_exports_as_one_process(
 
 @pytest.mark.parametrize(
     ("strategy", "stage", "packing", "sharded"),
-    CASES,
-    ids=IDS,
+    PARAMS,
 )
 def test_resumes_after_one_rank_is_killed(
     root: Path, strategy: str, stage: str, packing: bool, sharded: bool

@@ -194,7 +194,8 @@ def test_gpu_checks_lightning_deepspeed_step_on_a_cpu(stage: int, tmp_path: Path
 
 @needs_deepspeed
 def test_lightning_runs_deepspeed_on_cuda_only(tmp_path) -> None:
-    """Why the CPU suite has no Lightning run under DeepSpeed although DeepSpeed's CPU accelerator runs.
+    """Why llava_lite's ``DeepSpeedStrategy`` exists: Lightning's refuses a CPU although DeepSpeed's
+    CPU accelerator runs (tests/integration/test_train_sharded.py trains through llava_lite's).
 
     ``DeepSpeedStrategy.setup_environment`` refuses every accelerator but CUDA; ZeRO-2 and ZeRO-3
     runs are in benchmarks/gpu_check.sh (docs/training.md, "DeepSpeed on a CPU").

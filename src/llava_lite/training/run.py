@@ -111,9 +111,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
 
     ckpt_cb = trainer.checkpoint_callback
     model_dir = None
-    if cfg.get("export_model"):  # every rank: gathering FSDP shards is a collective
-        last = ckpt_cb.last_model_path if ckpt_cb else None
-        exported = _export(trainer, module, output_dir, last)
+    if cfg.get("export_model"):  # every rank: gathering shards is a collective
+        exported = _export(trainer, module, output_dir)
         model_dir = str(exported) if exported else None
     projector_path = next((c.path for c in trainer.callbacks if isinstance(c, ProjectorCheckpoint)), None)
     return {
@@ -131,12 +130,14 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, An
     }
 
 
-def _export(
-    trainer: L.Trainer, module: LlavaLitModule, output_dir: Path, last_checkpoint: str | None
-) -> Path | None:
-    """Save the final ``LlavaModel`` from rank 0 (``None`` elsewhere). FSDP / FSDP2 gather the
-    whole weights from every rank's shard into an unsharded copy on rank 0's CPU; ZeRO-3
-    consolidates its last checkpoint."""
+def _export(trainer: L.Trainer, module: LlavaLitModule, output_dir: Path) -> Path | None:
+    """Save the final ``LlavaModel`` from rank 0 (``None`` elsewhere); every rank calls it.
+
+    FSDP / FSDP2 gather the whole weights from every rank's shard into an unsharded copy on
+    rank 0's CPU. DeepSpeed keeps the float32 master weights in its optimiser (ZeRO-2's module
+    parameters are views into its flat buffers, ZeRO-3's are partitioned): a final checkpoint
+    is written and consolidated (DeepSpeed's zero_to_fp32).
+    """
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     strategy = trainer.strategy
@@ -146,15 +147,15 @@ def _export(
             return None
         module = type(module)(**module.hparams)
         module.load_state_dict(state)
-    elif isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
-        if not trainer.is_global_zero:
-            return None
-        if not last_checkpoint:
-            raise ValueError("export_model under ZeRO-3 reads the last checkpoint: keep save_last=true")
+    elif isinstance(strategy, DeepSpeedStrategy):
         from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
+        final = output_dir / "checkpoints" / "final.ckpt"
+        trainer.save_checkpoint(final)  # every rank writes its partition
+        if not trainer.is_global_zero:
+            return None
         consolidated = output_dir / "consolidated.ckpt"
-        convert_zero_checkpoint_to_fp32_state_dict(last_checkpoint, consolidated)
+        convert_zero_checkpoint_to_fp32_state_dict(str(final), str(consolidated))
         module = type(module).load_from_checkpoint(str(consolidated), map_location="cpu")
     elif not trainer.is_global_zero:
         return None

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeedStrategy
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.optim import Optimizer
 from transformers import PreTrainedModel
@@ -81,6 +82,50 @@ class FSDPStrategy(LightningFSDPStrategy):
         if self.global_rank == 0:  # Lightning's full format: keyed by parameter index
             state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
         return state
+
+
+class DeepSpeedStrategy(LightningDeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy``, which also runs on CPU processes (DeepSpeed's CPU
+    accelerator over gloo). Lightning refuses every accelerator but CUDA in
+    ``setup_environment``, checks CUDA device indices in ``setup_distributed`` and passes
+    ``deepspeed.initialize`` the root device's index, ``None`` on a CPU; on a CPU this class
+    skips the first two and passes rank 0's device slot. On a GPU it is Lightning's class."""
+
+    def setup_environment(self) -> None:
+        if self.root_device.type != "cpu":
+            return super().setup_environment()
+        DDPStrategy.setup_environment(self)  # Lightning's own, without the CUDA-only check
+        return None
+
+    def setup_distributed(self) -> None:
+        if self.root_device.type != "cpu":
+            return super().setup_distributed()
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+        return None
+
+    def _setup_model_and_optimizer(
+        self, model: nn.Module, optimizer: Optimizer | None, lr_scheduler: Any = None
+    ) -> Any:
+        if self.root_device.type != "cpu":
+            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+        import argparse
+
+        import deepspeed
+
+        engine, deepspeed_optimizer, _, _ = deepspeed.initialize(
+            args=argparse.Namespace(device_rank=0),  # one CPU "device" a process
+            config=self.config,
+            model=model,
+            model_parameters=filter(lambda p: p.requires_grad, model.parameters()),
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dist_init_required=False,
+        )
+        return engine, deepspeed_optimizer
 
 
 class FSDP2Strategy(ModelParallelStrategy):
