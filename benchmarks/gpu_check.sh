@@ -255,9 +255,14 @@ import sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-train = json.loads((out / "train.txt").read_text().strip().splitlines()[-1])
-packing = json.loads((out / "packing.txt").read_text().strip().splitlines()[-1])
-anyres = json.loads((out / "packing_anyres.txt").read_text().strip().splitlines()[-1])
+
+
+def last(name: str) -> dict:
+    """The JSON line a step printed last into $OUT/<name>.txt."""
+    return json.loads((out / f"{name}.txt").read_text().strip().splitlines()[-1])
+
+
+train, packing, anyres = last("train"), last("packing"), last("packing_anyres")
 for r in train["runs"]:
     print(f"train {r['size']:>8} stage {r['stage']}: {r['step_s_ours']:.3f} s vs hf {r['step_s_hf']:.3f} s, "
           f"MFU {r['mfu_ours']:.1%} vs {r['mfu_hf']:.1%}, peak {r['peak_mem_mb_ours']:.0f} vs {r['peak_mem_mb_hf']:.0f} MB")
@@ -267,9 +272,9 @@ for mode, r in anyres["modes"].items():
     print(f"anyres packing {mode:>12}: {r['tokens_per_s']:.0f} tok/s, {r['useful_fraction']:.1%} useful")
 diff = max(packing["max_rel_loss_diff"], anyres["max_rel_loss_diff"])
 print(f"packed vs unpacked bf16 loss: max relative difference {diff:.2e} (tolerance 2e-2)")
-zero_ok = True
+zero, zero_ok = {}, True
 for stage in (2, 3):
-    r = json.loads((out / f"zero{stage}.txt").read_text().strip().splitlines()[-1])
+    r = zero[f"zero{stage}"] = last(f"zero{stage}")
     if "skipped" in r:
         print(f"deepspeed ZeRO-{stage}: skipped, {r['skipped']}")
     elif "error" in r:
@@ -279,7 +284,7 @@ for stage in (2, 3):
         zero_ok &= r["rel_grad_diff"] <= 1e-3
         print(f"deepspeed ZeRO-{stage}: step gradient vs token mean: relative difference {r['rel_grad_diff']:.1e}, "
               f"norm ratio {r['grad_norm_ratio']:.4f} (tolerance 1e-3; 1/3 if the loss were divided twice)")
-q = json.loads((out / "qlora.txt").read_text().strip().splitlines()[-1])
+q = last("qlora")
 if "skipped" in q:
     qlora_ok = True
     print(f"qlora: skipped, {q['skipped']}")
@@ -294,7 +299,7 @@ else:
           f"logits {q['merged_rel_logit_diff']:.1e} (tolerance 5e-2): {'ok' if qlora_ok else 'FAILED'}")
 sharded, sharded_ok = {}, True
 for strategy in ("fsdp", "fsdp2"):
-    r = sharded[strategy] = json.loads((out / f"{strategy}.txt").read_text().strip().splitlines()[-1])
+    r = sharded[strategy] = last(strategy)
     if "error" in r:
         sharded_ok = False
         print(f"{strategy}: FAILED, {r['error']}")
@@ -303,7 +308,6 @@ for strategy in ("fsdp", "fsdp2"):
         print(f"{strategy} on {r['devices']} GPU(s), {r['attn']}, packed: losses vs one GPU, max relative difference "
               f"{r['max_rel_loss_diff_vs_one_gpu']:.1e} (tolerance 2e-2), export loads")
 ok = diff <= 2e-2 and zero_ok and qlora_ok and sharded_ok
-zero = {f"zero{s}": json.loads((out / f"zero{s}.txt").read_text().strip().splitlines()[-1]) for s in (2, 3)}
 print(json.dumps({"bench": "gpu_check", "ok": ok, "train": train["runs"], "packing": packing["modes"],
                   "anyres": anyres["modes"], "packed_vs_unpacked_bf16": diff, **zero, "qlora": q, **sharded}))
 sys.exit(0 if ok else 1)

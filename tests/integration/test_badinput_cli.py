@@ -9,7 +9,6 @@ eval's start: no empty output folder left behind, an old ``generation`` key name
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import free_port
 from llava_lite.cli import chat as chat_cli
 from llava_lite.cli import evaluate as eval_cli
 from llava_lite.config import LlavaConfig
@@ -90,12 +90,6 @@ def _eval(monkeypatch, *overrides: str) -> None:
     eval_cli.main()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("kind", list(EXPECTED))
 def test_a_path_that_is_not_a_model_is_one_line_in_chat_web_and_eval(
     kind, model_dir, tmp_path, capsys, monkeypatch
@@ -121,7 +115,7 @@ def test_a_path_that_is_not_a_model_is_one_line_in_chat_web_and_eval(
     from llava_lite.cli import web as web_cli
 
     with pytest.raises(SystemExit) as exit_info:
-        web_cli.main([str(path), "--port", str(_free_port())])
+        web_cli.main([str(path), "--port", str(free_port())])
     error = _error(capsys, exit_info, "llava-lite-web")
     assert str(path) in error and EXPECTED[kind] in error, error
 

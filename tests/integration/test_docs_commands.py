@@ -21,7 +21,6 @@ import io
 import json
 import re
 import shlex
-import socket
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import torch
 from PIL import Image
 
 from fakes.anthropic_api import FakeAnthropicAPI
-from helpers import make_video, write_llava_bench_files
+from helpers import free_port, make_video, write_llava_bench_files
 from llava_lite.config import LlavaConfig
 from llava_lite.modeling import LlavaModel
 
@@ -367,12 +366,6 @@ def _write_sandbox(root: Path) -> None:
     (sqa / "pid_splits.json").write_text(json.dumps({"test": ["10", "11"]}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _entry_point(program: str) -> Callable[[], object]:
     [entry] = [e for e in entry_points(group="console_scripts") if e.name == program]
     return entry.load()
@@ -412,7 +405,7 @@ def test_the_quick_forms_run(tmp_path, monkeypatch, capsys) -> None:
     fetched: list[int] = []
     failures: list[str] = []
     with FakeAnthropicAPI() as api:
-        values = {"api": api.url, "port": str(_free_port())}
+        values = {"api": api.url, "port": str(free_port())}
         for command, quick in QUICK.items():
             program = _program(command)
             if quick.how == "skip" or command not in shown:

@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import lightning as L
 import pytest
 import torch
 
-from helpers import read_losses, write_dataset
+from helpers import free_port, read_losses, write_dataset
 
 TESTS = Path(__file__).resolve().parents[1]
 SBATCH = TESTS.parent / "scripts/slurm/train_multinode.sbatch"
@@ -97,12 +96,6 @@ class Run:
     @property
     def output(self) -> Path:
         return self.roots[0] / RUN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_args(data: Path, root: Path | None, probe: Path, *overrides: str) -> list[str]:

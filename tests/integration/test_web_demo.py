@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import free_port
 from llava_lite.cli import web as web_cli
 from llava_lite.config import LlavaConfig
 from llava_lite.data import LlavaProcessor
@@ -27,12 +28,6 @@ gradio_client = pytest.importorskip(
 )
 
 MAX_NEW_TOKENS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
