@@ -149,7 +149,8 @@ def assert_same_steps(ours: dict, reference: dict) -> None:
         assert loss == pytest.approx(reference[step][0], rel=1e-5), step
 
 
-def logits(model: LlavaModel) -> torch.Tensor:
+def logits(model: LlavaModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's logits on one image question, with the input ids and pixels it read."""
     ids = model.tokenizer("what colour is the rectangle", return_tensors="pt").input_ids
     input_ids = torch.cat(
         [ids[:, :1], torch.full((1, model.num_image_tokens), model.image_token_id), ids[:, 1:]], 1
